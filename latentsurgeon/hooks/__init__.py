@@ -1,0 +1,20 @@
+"""The one hook mechanism: layer selection, hook contexts that always clean up, a state guard."""
+
+from latentsurgeon.errors import LayerNotFoundError
+from latentsurgeon.hooks.handles import HookGroup, hooked
+from latentsurgeon.hooks.outputs import primary_tensor, replace_primary
+from latentsurgeon.hooks.resolve import get_layer, layer_names, resolve_layers
+from latentsurgeon.hooks.state import hook_count, preserve_model_state
+
+__all__ = [
+    "HookGroup",
+    "LayerNotFoundError",
+    "get_layer",
+    "hook_count",
+    "hooked",
+    "layer_names",
+    "preserve_model_state",
+    "primary_tensor",
+    "replace_primary",
+    "resolve_layers",
+]
