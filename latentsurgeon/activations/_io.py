@@ -20,18 +20,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+def write_json_atomic(path: Path, payload: Any, *, durable: bool = True) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename alone makes the write atomic for other processes and survives the writer being
+    killed; ``durable=True`` also fsyncs file and folder so it survives a power cut.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1, sort_keys=True)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)

@@ -95,7 +95,8 @@ def capture(
 
     def record(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         tensor = primary_tensor(output)
-        result._put(result._acts, name, tensor.detach() if detach else tensor)
+        # Copy: a later in-place op (``ReLU(inplace=True)``) would otherwise change what we stored.
+        result._put(result._acts, name, tensor.detach().clone() if detach else tensor)
         if gradients and tensor.requires_grad:
             tensor.register_hook(lambda g, _n=name: result._put(result._grads, _n, g.detach()))
 

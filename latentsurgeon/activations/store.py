@@ -71,6 +71,27 @@ def _read_json(path: Path, what: str) -> dict:
     return payload
 
 
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """Raise :class:`StoreError` (not ``KeyError``) when a manifest lacks a field readers need."""
+    fields = {"layers": dict, "n_samples": int, "model_fingerprint": str,
+              "data_fingerprint": str, "config": dict}
+    entry_fields = {"file": str, "shape": list, "dtype": str, "bytes": int, "fingerprint": str,
+                    "pooling": str}
+    config_fields = ("layers", "pooling", "dtype", "model_fingerprint", "n_samples")
+    bad = [k for k, t in fields.items() if not isinstance(manifest.get(k), t)]
+    if not bad:
+        bad += [k for k in config_fields if k not in manifest["config"]]
+        for layer, entry in manifest["layers"].items():
+            if not isinstance(entry, dict):
+                bad.append(layer)
+                continue
+            bad += [f"{layer}.{k}" for k, t in entry_fields.items()
+                    if not isinstance(entry.get(k), t)]
+    if bad:
+        raise StoreError(f"The manifest of the store at {path} is damaged (bad or missing fields: "
+                         f"{', '.join(bad)}). Extract it again with overwrite=True.")
+
+
 def _batch_fingerprint(inputs: Any) -> str:
     if isinstance(inputs, torch.Tensor):
         return tensor_fingerprint(inputs)
@@ -109,6 +130,7 @@ class ActivationStore:
                 )
             raise StoreError(f"No activation store at {self.path} (no {MANIFEST}).")
         self.manifest = _read_json(manifest_path, "manifest")
+        _check_manifest(self.path, self.manifest)
         if not self.manifest.get("complete"):
             raise StoreError(f"The store at {self.path} is marked incomplete.")
         self._check_files(verify)
@@ -287,7 +309,10 @@ class ActivationStore:
             captured: dict[str, torch.Tensor] = {}
 
             def record(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
-                captured[name] = primary_tensor(output)
+                # Pool and copy now: a later in-place op (``ReLU(inplace=True)``) would otherwise
+                # change the output before it is written.
+                tensor = primary_tensor(output).detach()
+                captured[name] = pool(tensor, poolings[name]).clone()
 
             group.forward(model, names, record)
             bar = tqdm(loader, desc="extracting activations", unit="batch", disable=not progress,
@@ -314,7 +339,7 @@ class ActivationStore:
                 for name in names:
                     if name not in captured:
                         raise StoreError(f"Layer {name!r} was not run by the forward pass.")
-                    pooled[name] = pool(captured[name].detach(), poolings[name]).to("cpu")
+                    pooled[name] = captured[name].to("cpu")
                 writer.write(position, pooled, fingerprint)
                 position += size
             bar.close()
@@ -432,13 +457,14 @@ class _StoreWriter:
                     f"store holds {expected}; inputs of varying size need pooling='max' or 'mean'."
                 )
             self.arrays[name][start:end] = value.numpy()
-            self.arrays[name].flush()
-        # Only once the rows are flushed is the batch recorded as done: a kill before this line
-        # makes the resumed run redo the batch, never skip it.
+        # The rows are in the shared mapping (the page cache) before the batch is recorded as
+        # done, so a killed process never skips a batch on resume. Syncing to the disk every batch
+        # would only guard against power cuts and costs an msync per batch; rows damaged that way
+        # are caught by the per-batch checksums when resuming.
         self.state["batches"].append([end, fingerprint])
         self.state["checksums"].append(_rows_checksum(self.arrays, start, end))
         self.state["n_done"] = end
-        write_json_atomic(self.path / PROGRESS, self.state)
+        write_json_atomic(self.path / PROGRESS, self.state, durable=False)
 
     def finish(self) -> None:
         if not self.arrays:

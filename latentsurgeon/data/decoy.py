@@ -248,7 +248,9 @@ def _corner_index(corners: torch.Tensor | int | str | Sequence[int], n: int) -> 
     if idx.dim() == 0:
         idx = idx.expand(n)
     if idx.shape != (n,):
-        raise ShapeMismatchError(f"corners must be a scalar or shape ({n},), got {tuple(idx.shape)}")
+        raise ShapeMismatchError(
+            f"corners must be a scalar or shape ({n},), got {tuple(idx.shape)}"
+        )
     if idx.numel() and (idx.min() < 0 or idx.max() > 3):
         raise ValueError(f"corner indices must lie in 0..3 ({', '.join(CORNERS)})")
     return idx
@@ -285,7 +287,9 @@ def paste_swatch(
     if gray_t.dim() == 0:
         gray_t = gray_t.expand(n)
     if gray_t.shape != (n,):
-        raise ShapeMismatchError(f"gray must be a scalar or shape ({n},), got {tuple(gray_t.shape)}")
+        raise ShapeMismatchError(
+            f"gray must be a scalar or shape ({n},), got {tuple(gray_t.shape)}"
+        )
     if gray_t.numel() and (gray_t.min() < 0 or gray_t.max() > 1):
         raise ValueError("gray levels must lie in [0, 1]")
     top = (idx == 0) | (idx == 1)

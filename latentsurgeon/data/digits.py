@@ -86,7 +86,7 @@ def stratified_split(
             f"choose n_test between about {len(classes)} and {n - len(classes)}"
         )
     train_parts, test_parts = [], []
-    for cls, q in zip(classes.tolist(), quota.tolist()):  # one iteration per class
+    for cls, q in zip(classes.tolist(), quota.tolist(), strict=True):  # one iteration per class
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(idx.numel(), generator=generator)]
         test_parts.append(idx[:q])

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: latentsurgeon vs a peer on the same work, in one process run."""

@@ -1,0 +1,126 @@
+"""Benchmark runner: times ours and the peer alternately, writes JSON and a markdown table.
+
+A benchmark module ``bench/cases/<name>.py`` defines ``cases() -> list[Case]``. Each case holds two
+zero-argument callables doing the same work. The runner warms both up, then alternates them
+``repeats`` times (ours, peer, ours, peer, ...) so that drift of the machine hits both alike, and
+reports medians. ``ratio = peer_s / ours_s``: above 1 means latentsurgeon is faster (for an
+overhead benchmark whose peer is the bare model, it is the relative throughput).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+TABLE = ROOT.parent / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Case:
+    name: str
+    ours: Callable[[], Any]
+    peer: Callable[[], Any]
+    peer_name: str
+    description: str = ""
+    goal: str = ""
+    agreement: Callable[[Any, Any], Any] | None = None  # compares ours() and peer() outputs
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "cases").glob("*.py") if not p.stem.startswith("_"))
+
+
+def time_case(case: Case, repeats: int = 7, warmup: int = 1) -> dict[str, Any]:
+    for _ in range(warmup):
+        case.ours()
+        case.peer()
+    ours_t, peer_t = [], []
+    ours_out = peer_out = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours_out = case.ours()
+        ours_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        peer_out = case.peer()
+        peer_t.append(time.perf_counter() - start)
+    ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
+    agreement = case.agreement(ours_out, peer_out) if case.agreement else None
+    return {
+        "name": case.name,
+        "ours_s": ours_s,
+        "peer": case.peer_name,
+        "peer_s": peer_s,
+        "ratio": peer_s / ours_s if ours_s > 0 else float("inf"),
+        "agreement": agreement,
+        "description": case.description,
+        "goal": case.goal,
+        "repeats": repeats,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
+                   f"{_torch_threads()}",
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def write_result(result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{result['name']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_table() -> Path:
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Measured side by side in one process run (`python -m bench NAME`), alternating ours and the",
+        "peer; medians over the repeats. `ratio = peer_s / ours_s`: above 1, latentsurgeon is faster;",
+        "for overhead benchmarks whose peer is the bare model, it is our relative throughput.",
+        "This file is regenerated from `bench/results/*.json`.",
+        "",
+        "| benchmark | peer | ours (s) | peer (s) | ratio | goal | agreement |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        agreement = r.get("agreement")
+        if isinstance(agreement, float):
+            agreement = f"{agreement:.3g}"
+        lines.append(f"| {r['name']} | {r['peer']} | {r['ours_s']:.4f} | {r['peer_s']:.4f} | "
+                     f"{r['ratio']:.2f} | {r.get('goal', '')} | {agreement} |")
+    lines.append("")
+    for r in rows:
+        if r.get("description"):
+            lines.append(f"- **{r['name']}**: {r['description']} ({r.get('machine', '')})")
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    TABLE.write_text("\n".join(lines) + "\n")
+    return TABLE
+
+
+def run(name: str, repeats: int = 7) -> list[dict[str, Any]]:
+    if name not in available():
+        raise SystemExit(f"Unknown benchmark {name!r}; available: {', '.join(available())}")
+    module = importlib.import_module(f"bench.cases.{name}")
+    results = []
+    for case in module.cases():
+        result = time_case(case, repeats=repeats)
+        write_result(result)
+        results.append(result)
+    write_table()
+    return results

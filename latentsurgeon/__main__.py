@@ -1,0 +1,5 @@
+import sys
+
+from latentsurgeon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""Helpers shared by patching and steering: running a model over user inputs, token positions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from latentsurgeon.activations.batching import as_loader, batch_inputs, to_device
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+Positions = Union[int, Sequence[int], slice, torch.Tensor, None]
+
+
+def default_forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping (HuggingFace ``input_ids``/``attention_mask`` dicts),
+    ``model(inputs)`` otherwise."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(inputs)
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (``None`` for a stateless model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def batch_size_of(inputs: Any) -> int:
+    """Number of samples in one batch of model inputs (a tensor or a mapping of tensors)."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 1
+    if isinstance(inputs, Mapping):
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor) and value.dim():
+                return int(value.shape[0])
+    if isinstance(inputs, (tuple, list)) and inputs and isinstance(inputs[0], torch.Tensor):
+        return int(inputs[0].shape[0])
+    raise LatentSurgeonError(
+        f"Cannot tell the batch size of inputs of type {type(inputs).__name__}; pass a tensor "
+        "(N, ...), a dict of tensors (N, ...), a Dataset or a DataLoader."
+    )
+
+
+def _split_mapping(inputs: Mapping, batch_size: int) -> Iterator[dict[str, Any]]:
+    n = batch_size_of(inputs)
+    for start in range(0, n, batch_size):
+        yield {
+            key: value[start:start + batch_size]
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n
+            else value
+            for key, value in inputs.items()
+        }
+
+
+def iter_batches(inputs: Any, batch_size: int | None) -> Iterator[Any]:
+    """Model inputs batch by batch, in order.
+
+    * a tensor ``(N, ...)`` or a mapping of tensors ``(N, ...)`` (e.g. a tokenizer's output): one
+      batch when ``batch_size`` is ``None``, else slices of ``batch_size`` samples;
+    * a ``DataLoader``: its batches (``batch_size`` is ignored); the model input of a tuple batch
+      is its first element;
+    * a ``Dataset``: wrapped in a loader of ``batch_size`` (64 when ``None``).
+    """
+    if batch_size is not None and batch_size < 1:
+        raise LatentSurgeonError(f"batch_size must be a positive integer or None, got {batch_size}.")
+    if isinstance(inputs, torch.Tensor):
+        yield from ([inputs] if batch_size is None else inputs.split(batch_size))
+    elif isinstance(inputs, Mapping):
+        if batch_size is None:
+            yield inputs
+        else:
+            yield from _split_mapping(inputs, batch_size)
+    elif isinstance(inputs, (DataLoader, Dataset)):
+        for batch in as_loader(inputs, batch_size or 64):
+            yield batch_inputs(batch)
+    else:
+        raise TypeError(
+            "Inputs must be a tensor (N, ...), a dict of tensors (N, ...) such as a tokenizer's "
+            f"output, a Dataset or a DataLoader; got {type(inputs).__name__}."
+        )
+
+
+def run_batches(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    batch_size: int | None,
+    forward_fn: ForwardFn | None,
+    device: str | torch.device | None,
+    before_batch: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Run ``model`` over ``inputs`` batch by batch; yield ``(n_samples_in_batch, output)``.
+
+    ``before_batch(start, stop)`` is called with the batch's sample range before its forward pass,
+    so hooks know which rows of recorded activations belong to it.
+    """
+    forward = forward_fn or default_forward
+    target = device if device is not None else model_device(model)
+    start = 0
+    for batch in iter_batches(inputs, batch_size):
+        n = batch_size_of(batch)
+        if before_batch is not None:
+            before_batch(start, start + n)
+        moved = to_device(batch, target) if target is not None else batch
+        yield n, forward(model, moved)
+        start += n
+
+
+def count_samples(inputs: Any) -> int | None:
+    """Number of samples in ``inputs`` when it can be known without iterating, else ``None``."""
+    if isinstance(inputs, (torch.Tensor, Mapping)):
+        return batch_size_of(inputs)
+    if isinstance(inputs, Dataset) and hasattr(inputs, "__len__"):
+        return len(inputs)  # type: ignore[arg-type]
+    return None
+
+
+def check_positions(positions: Positions, activation: torch.Tensor, what: str) -> None:
+    """Positions index the token axis (dim 1) of ``(N, T, D)`` activations and nothing else."""
+    if positions is None:
+        return
+    if activation.dim() != 3:
+        raise ShapeMismatchError(
+            f"{what}: positions= selects tokens of (N, T, D) activations, but this layer's "
+            f"activation has shape {tuple(activation.shape)}. Use positions=None here "
+            "(or a custom function to select channels or pixels)."
+        )
+
+
+def position_index(positions: Positions) -> Any:
+    """An index for dim 1 that keeps the dimension (so ``x[:, idx]`` stays 3-D)."""
+    if isinstance(positions, int):
+        return [positions]
+    if isinstance(positions, (slice, torch.Tensor)):
+        return positions
+    return list(positions)  # type: ignore[arg-type]
+
+
+def merge_positions(original: torch.Tensor, changed: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """``original`` with the token positions ``positions`` (dim 1) taken from ``changed``."""
+    if positions is None:
+        return changed
+    out = original.clone()
+    idx = position_index(positions)
+    out[:, idx] = changed[:, idx].to(out.dtype)
+    return out
+
+
+def as_float(value: Any, what: str) -> torch.Tensor:
+    """A metric's value as a detached CPU float64 tensor (any shape)."""
+    try:
+        tensor = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LatentSurgeonError(
+            f"{what} must return a number or a tensor, got {type(value).__name__}."
+        ) from exc
+    return tensor.to("cpu", torch.float64)
+
+
+def broadcast_vector(vector: torch.Tensor, activation: torch.Tensor, what: str) -> torch.Tensor:
+    """View ``vector`` so that it broadcasts against ``activation`` ``(N, ...)`` sample-wise.
+
+    Accepted shapes: the full per-sample shape ``activation.shape[1:]``; ``(D,)`` for ``(N, D)``
+    and ``(N, T, D)`` activations (features last, added at every token); ``(C,)`` for
+    ``(N, C, H, W)`` (and other ``(N, C, ...)``) activations (channels first, added at every
+    pixel).
+
+    Raises:
+        ShapeMismatchError: any other shape; the message says which shapes would fit.
+    """
+    per_sample = tuple(activation.shape[1:])
+    shape = tuple(vector.shape)
+    if shape == per_sample:
+        return vector
+    if activation.dim() in (2, 3) and shape == per_sample[-1:]:
+        return vector
+    if activation.dim() >= 4 and shape == per_sample[:1]:
+        return vector.reshape(shape + (1,) * (activation.dim() - 2))
+    if activation.dim() in (2, 3):
+        expected = f"({per_sample[-1]},) or {per_sample}"
+    elif activation.dim() >= 4:
+        expected = f"({per_sample[0]},) (one value per channel) or {per_sample}"
+    else:
+        expected = f"{per_sample}"
+    raise ShapeMismatchError(
+        f"{what}: expected a vector of shape {expected} for activations of shape "
+        f"{tuple(activation.shape)}, got shape {shape}."
+    )

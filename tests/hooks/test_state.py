@@ -1,0 +1,178 @@
+"""preserve_model_state: training flags, requires_grad flags, hooks and (optionally) weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from latentsurgeon.hooks import hook_count, preserve_model_state
+
+HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
+
+
+def flags(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def grad_flags(model: nn.Module) -> list[bool]:
+    return [p.requires_grad for p in model.parameters()]
+
+
+def hook_tables(model: nn.Module) -> list[dict]:
+    return [{t: list(getattr(m, t, {})) for t in HOOK_TABLES} for m in model.modules()]
+
+
+@pytest.fixture
+def net() -> nn.Sequential:
+    return make_net()
+
+
+def test_hook_count(net):
+    assert hook_count(net) == 0
+    handles = [
+        net[0].register_forward_hook(lambda *a: None),
+        net[0].register_forward_hook(lambda *a, **k: None, with_kwargs=True, always_call=True),
+        net[1].register_forward_pre_hook(lambda *a: None),
+        net[1].register_forward_pre_hook(lambda *a, **k: None, with_kwargs=True),
+        net[5].register_full_backward_hook(lambda *a: None),
+        net[5].register_full_backward_pre_hook(lambda *a: None),
+        net.register_forward_hook(lambda *a: None),
+    ]
+    assert hook_count(net) == 7  # a kwargs/always-call hook is one hook, not two
+    for h in handles:
+        h.remove()
+    assert hook_count(net) == 0
+
+
+def test_restores_mixed_training_flags(net):
+    net.train()
+    net[1].eval()
+    net[3].eval()
+    before = flags(net)
+    assert len(set(before)) == 2  # really mixed
+    with preserve_model_state(net) as guarded:
+        assert guarded is net
+        net.eval()
+        net[5].train()
+    assert flags(net) == before
+
+    net.eval()
+    net[1].train()
+    before = flags(net)
+    with pytest.raises(RuntimeError):
+        with preserve_model_state(net):
+            net.train()
+            raise RuntimeError
+    assert flags(net) == before
+
+
+def test_restores_requires_grad_flags(net):
+    net[0].weight.requires_grad_(False)
+    net[1].bias.requires_grad_(False)
+    before = grad_flags(net)
+    assert len(set(before)) == 2
+    with pytest.raises(ValueError):
+        with preserve_model_state(net):
+            net.requires_grad_(True)
+            net[5].weight.requires_grad_(False)
+            raise ValueError
+    assert grad_flags(net) == before
+
+
+def test_removes_hooks_added_inside_and_keeps_old_ones(net):
+    x = torch.randn(2, 1, 6, 6)
+    old_calls, new_calls = [], []
+    old = net[0].register_forward_hook(lambda *a: old_calls.append(1))
+    old_pre = net[5].register_forward_pre_hook(lambda *a, **k: old_calls.append(2), with_kwargs=True)
+    before_tables = hook_tables(net)
+    assert hook_count(net) == 2
+
+    with pytest.raises(RuntimeError):
+        with preserve_model_state(net):
+            net[0].register_forward_hook(lambda *a: new_calls.append(1))
+            net[1].register_forward_hook(lambda *a, **k: new_calls.append(2), with_kwargs=True)
+            net[1].register_forward_hook(lambda *a: new_calls.append(3), always_call=True)
+            net[2].register_forward_pre_hook(lambda *a: new_calls.append(4))
+            net[2].register_forward_pre_hook(lambda *a, **k: new_calls.append(5), with_kwargs=True)
+            net[5].register_full_backward_hook(lambda *a: new_calls.append(6))
+            net[5].register_full_backward_pre_hook(lambda *a: new_calls.append(7))
+            net.register_forward_hook(lambda *a: new_calls.append(8))
+            assert hook_count(net) == 10
+            net(x).sum().backward()
+            assert sorted(new_calls) == [1, 2, 3, 4, 5, 6, 7, 8]
+            raise RuntimeError
+
+    assert hook_count(net) == 2
+    assert hook_tables(net) == before_tables  # no stale kwargs / always-call entries either
+    new_calls.clear()
+    old_calls.clear()
+    net(x).sum().backward()
+    assert new_calls == []
+    assert old_calls == [1, 2]  # the hooks that were there before still run
+    old.remove()
+    old_pre.remove()
+    assert hook_count(net) == 0
+
+
+def test_restore_weights_after_failed_optimizer_step(net):
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = list(net.parameters())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(RuntimeError, match="diverged"):
+        with preserve_model_state(net, restore_weights=True):
+            net(x).square().mean().backward()
+            optimizer.step()
+            assert not torch.equal(net[5].weight, before["5.weight"])  # training did happen
+            raise RuntimeError("diverged")
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key  # weights and BN running stats / counters
+    # The same Parameter objects are kept (an optimizer built before still points at them).
+    assert all(a is b for a, b in zip(params, net.parameters()))
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_without_restore_weights_the_change_stays(net):
+    reference = copy.deepcopy(net)
+    with preserve_model_state(net):
+        with torch.no_grad():
+            net[5].weight.add_(1.0)
+    assert not torch.equal(net[5].weight, reference[5].weight)
+
+
+def test_restore_weights_on_success_too(net):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with preserve_model_state(net, restore_weights=True):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
