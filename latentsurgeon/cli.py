@@ -43,7 +43,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.replace("x", ",").split(",") if s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"A shape like 1,1,16,16 is expected, got {text!r}.")
+        raise argparse.ArgumentTypeError(f"A shape like 1,1,16,16 is expected, got {text!r}.") from None
 
 
 def _reference_model(args: argparse.Namespace) -> nn.Module:

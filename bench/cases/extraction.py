@@ -34,7 +34,8 @@ def cases() -> list[Case]:
         with capture(model, conv_layers, accumulate=True) as cap:
             for b in batches:
                 outs.append(model(b))
-        cap.activations  # materialise the concatenation like a user would
+        captured = cap.activations  # materialise the concatenation like a user would
+        assert len(captured) == len(conv_layers)
         return torch.cat(outs)
 
     tmp = tempfile.TemporaryDirectory()

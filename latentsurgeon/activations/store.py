@@ -405,7 +405,7 @@ def _verify_written(path: Path, state: dict) -> None:
     arrays = {name: np.load(path / info["file"], mmap_mode="r")
               for name, info in state["shapes"].items()}
     start = 0
-    for (end, _), checksum in zip(state["batches"], state["checksums"]):
+    for (end, _), checksum in zip(state["batches"], state["checksums"], strict=True):
         if _rows_checksum(arrays, start, end) != checksum:
             raise StoreError(
                 f"Cannot resume the store at {path}: rows {start}..{end} were damaged after they "

@@ -208,11 +208,19 @@ class CAV(Estimator):
                 f"{sorted(set(np.unique(y).tolist()))}.")
         if min((y == 0).sum(), (y == 1).sum()) < 2:
             raise LatentSurgeonError("Each group needs at least 2 samples to fit a CAV.")
-        X = self._vectors(acts).numpy()
+        return self._fit_vectors(self._vectors(acts).numpy(), y, tuple(acts.shape[1:]))
+
+    def _fit_vectors(self, X: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...]) -> CAV:
+        """Fit on vectors that are already pooled: ``X (N, D)`` float64, ``y (N,)`` in {0, 1}.
+
+        ``input_shape`` is the per-sample shape *before* pooling, so that the fitted CAV applies
+        to raw layer activations (TCAV pools once per input set and fits many CAVs on it).
+        """
+        self._validate()
         idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=self.test_size,
                                           random_state=self.seed, stratify=y)
         scores = self._scores(X[idx_tr], y[idx_tr], X[idx_te], y[idx_te])
-        return self._finish(X, y, tuple(acts.shape[1:]), scores)
+        return self._finish(X, y, input_shape, scores)
 
     def fit_paired(self, with_concept: Any, without_concept: Any) -> CAV:
         """Fit on paired activations: row ``i`` of both comes from the same input, once with the

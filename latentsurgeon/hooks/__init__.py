@@ -1,6 +1,7 @@
 """The one hook mechanism: layer selection, hook contexts that always clean up, a state guard."""
 
 from latentsurgeon.errors import LayerNotFoundError
+from latentsurgeon.hooks.clarc import add_clarc_hook, add_mass_mean_probe_hook
 from latentsurgeon.hooks.handles import HookGroup, hooked
 from latentsurgeon.hooks.outputs import primary_tensor, replace_primary
 from latentsurgeon.hooks.resolve import get_layer, layer_names, resolve_layers
@@ -9,6 +10,8 @@ from latentsurgeon.hooks.state import hook_count, preserve_model_state
 __all__ = [
     "HookGroup",
     "LayerNotFoundError",
+    "add_clarc_hook",
+    "add_mass_mean_probe_hook",
     "get_layer",
     "hook_count",
     "hooked",

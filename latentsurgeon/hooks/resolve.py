@@ -12,13 +12,12 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
-from typing import Union
 
 from torch import nn
 
 from latentsurgeon.errors import LayerNotFoundError
 
-LayerSelector = Union[str, type, nn.Module, Iterable[Union[str, type, nn.Module]]]
+LayerSelector = str | type | nn.Module | Iterable[str | type | nn.Module]
 
 ROOT_NAME = ""
 _GLOB_CHARS = set("*?[")

@@ -46,11 +46,11 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
     try:
         yield model
     finally:
-        for module, flag in zip(modules, training):
+        for module, flag in zip(modules, training, strict=True):
             module.training = flag
         for param, flag in grad_flags:
             param.requires_grad_(flag)
-        for module, before in zip(modules, hook_keys):
+        for module, before in zip(modules, hook_keys, strict=True):
             for table, keys in before.items():
                 hooks = getattr(module, table, None)
                 if hooks is None:

@@ -96,8 +96,8 @@ def run_batches(
     forward_fn: ForwardFn | None,
     device: str | torch.device | None,
     before_batch: Callable[[int, int], None] | None = None,
-) -> Iterator[tuple[int, Any]]:
-    """Run ``model`` over ``inputs`` batch by batch; yield ``(n_samples_in_batch, output)``.
+) -> Iterator[tuple[int, Any, Any]]:
+    """Run ``model`` over ``inputs`` batch by batch; yield ``(n_samples, batch, output)``.
 
     ``before_batch(start, stop)`` is called with the batch's sample range before its forward pass,
     so hooks know which rows of recorded activations belong to it.
@@ -110,7 +110,7 @@ def run_batches(
         if before_batch is not None:
             before_batch(start, start + n)
         moved = to_device(batch, target) if target is not None else batch
-        yield n, forward(model, moved)
+        yield n, moved, forward(model, moved)
         start += n
 
 
