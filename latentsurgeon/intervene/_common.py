@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from latentsurgeon.activations.batching import as_loader, batch_inputs, to_devic
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
 ForwardFn = Callable[[nn.Module, Any], Any]
-Positions = Union[int, Sequence[int], slice, torch.Tensor, None]
+Positions = int | Sequence[int] | slice | torch.Tensor | None
 
 
 def default_forward(model: nn.Module, inputs: Any) -> Any:

@@ -203,7 +203,7 @@ def _combine(values: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
     if all(v.dim() == 0 for v in values):
         weights = torch.tensor(sizes, dtype=torch.float64)
         return (torch.stack(values) * weights).sum() / weights.sum()
-    if all(v.dim() >= 1 and v.shape[0] == n for v, n in zip(values, sizes)):
+    if all(v.dim() >= 1 and v.shape[0] == n for v, n in zip(values, sizes, strict=True)):
         return torch.cat(values)
     raise LatentSurgeonError(
         "With batch_size set, the metric is called once per batch and must return a scalar "

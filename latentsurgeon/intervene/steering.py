@@ -1,0 +1,419 @@
+"""Steering vectors: add a direction to a layer's activation at inference time.
+
+A :class:`SteeringVector` holds one vector per layer, learned as the difference between the mean
+activation on *positive* inputs and on *negative* inputs (Turner et al. 2023; Rimsky et al. 2024,
+"contrastive activation addition"), or given directly. While attached, the layer's output ``a``
+becomes ``a + alpha * v`` (or whatever ``steer_fn`` returns). :class:`ActivationAddition` is the
+same estimator with the defaults of Turner et al.'s "ActAdd": one positive and one negative prompt,
+their activation difference kept *per position* and added to the first positions of the prompt
+being steered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon._estimator import Estimator
+from latentsurgeon.activations.capture import capture
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
+from latentsurgeon.hooks.resolve import LayerSelector, resolve_layers
+from latentsurgeon.intervene._common import (
+    ForwardFn,
+    broadcast_vector,
+    check_positions,
+    merge_positions,
+    run_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+SteerFn = Callable[[str, torch.Tensor, torch.Tensor, float], torch.Tensor]
+TOKENS = ("mean", "last", "none")
+
+
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise LatentSurgeonError(f"alpha must be a finite number, got {alpha!r}.")
+    return float(alpha)
+
+
+def _check_positions_param(positions: Any) -> int | list[int] | None:
+    if positions is None or (isinstance(positions, int) and not isinstance(positions, bool)):
+        return positions
+    if isinstance(positions, Sequence) and not isinstance(positions, str) and positions \
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        return list(positions)
+    raise LatentSurgeonError(
+        f"positions must be None, an int or a non-empty list of ints (token indices, negative "
+        f"counting from the end), got {positions!r}."
+    )
+
+
+def _attention_mask(batch: Any, activation: torch.Tensor) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` ``(N, T)`` when it lines up with ``(N, T, D)`` activations."""
+    if activation.dim() != 3 or not isinstance(batch, Mapping):
+        return None
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(activation.shape[:2]):
+        return mask.to(activation.device)
+    return None
+
+
+def _reduce(activation: torch.Tensor, token: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample vectors from a layer's activation ``(N, ...)``.
+
+    ``"mean"``: ``(N, T, D) -> (N, D)`` over (unmasked) tokens, ``(N, C, H, W) -> (N, C)`` over
+    pixels; ``"last"``: ``(N, T, D) -> (N, D)``, the last (unmasked) token; ``"none"``: as is.
+    ``(N, D)`` activations are kept as they are.
+    """
+    if token == "none" or activation.dim() <= 2:
+        return activation
+    if activation.dim() == 3:
+        if token == "mean":
+            if mask is None:
+                return activation.mean(1)
+            weights = mask.to(activation.dtype).unsqueeze(-1)
+            return (activation * weights).sum(1) / weights.sum(1).clamp_min(1)
+        if mask is None:
+            return activation[:, -1]
+        # Last attended position, whichever side the padding is on.
+        t = activation.shape[1]
+        last = t - 1 - mask.ne(0).flip(1).to(torch.int64).argmax(1)
+        return activation[torch.arange(len(activation), device=activation.device), last]
+    if token == "last":
+        raise ShapeMismatchError(
+            f"token='last' needs (N, T, D) sequence activations, got shape "
+            f"{tuple(activation.shape)}; use token='mean' (average over positions) or 'none'."
+        )
+    return activation.flatten(2).mean(-1)
+
+
+def _default_steer(name: str, activation: torch.Tensor, vector: torch.Tensor,
+                   alpha: float) -> torch.Tensor:
+    """``activation + alpha * vector``, the vector broadcast over tokens/pixels; a per-position
+    vector ``(T_v, D)`` on ``(N, T, D)`` with ``T_v < T`` goes to the first ``T_v`` positions."""
+    if activation.dim() == 3 and vector.dim() == 2 and tuple(vector.shape) != tuple(activation.shape[1:]):
+        t_v, d = vector.shape
+        if d != activation.shape[2] or t_v > activation.shape[1]:
+            raise ShapeMismatchError(
+                f"SteeringVector at layer {name!r}: expected a per-position vector of shape "
+                f"(T_v <= {activation.shape[1]}, {activation.shape[2]}) (or ({activation.shape[2]},)) "
+                f"for activations of shape {tuple(activation.shape)}, got {tuple(vector.shape)}. "
+                "A per-position vector cannot steer shorter inputs (e.g. generation steps with a "
+                "KV cache); use token='mean' or 'last' for a single vector."
+            )
+        out = activation.clone()
+        out[:, :t_v] = out[:, :t_v] + alpha * vector
+        return out
+    return activation + alpha * broadcast_vector(vector, activation,
+                                                 f"SteeringVector at layer {name!r}")
+
+
+class SteeringVector(Estimator):
+    """One steering vector per layer, added to the layer's output while attached.
+
+    Args:
+        layers: the layers to steer (names, globs, ``re:`` regexes, classes; resolved at
+            :meth:`fit`). Ignored by :meth:`from_vector`, which names its layer.
+        alpha: default strength; ``attach``/``applied`` may override it. ``alpha=0`` is exactly
+            the identity (the hook returns the output untouched).
+        steer_fn: ``steer_fn(name, activation, vector, alpha) -> new_activation`` instead of the
+            default ``activation + alpha * vector``. ``activation`` is the layer's primary tensor
+            ``(N, ...)`` (transformer tuples/dicts are rebuilt around the result); ``vector`` is the
+            stored vector as is, on the activation's device and dtype.
+        positions: steer only these token positions of ``(N, T, D)`` activations (an int or a
+            list of ints; negative counts from the end, so ``-1`` is the last token). ``None``:
+            every position.
+        token: how :meth:`fit` turns activations into one vector per sample before averaging:
+            ``"mean"`` (default) averages ``(N, T, D)`` over tokens (over the ``attention_mask``
+            when the inputs are a dict that has one) and ``(N, C, H, W)`` over pixels, giving
+            ``(D,)``/``(C,)`` vectors added at every position/pixel; ``"last"`` takes the last
+            (attended) token of ``(N, T, D)``; ``"none"`` keeps the full per-sample shape
+            (``(T, D)``, ``(C, H, W)``).
+
+    Learned attributes:
+        vectors_: ``{layer name: vector}``, CPU float32; shape ``(D,)``, ``(C,)`` or per-sample.
+        n_positive_, n_negative_: number of samples the means were taken over (0 when the vector
+            was given with :meth:`from_vector`).
+
+    Example::
+
+        sv = SteeringVector("transformer.h.1", alpha=4.0).fit(model, happy_ids, sad_ids)
+        with sv.applied(model):
+            logits = model(input_ids=ids).logits
+    """
+
+    def __init__(
+        self,
+        layers: LayerSelector | None = None,
+        alpha: float = 1.0,
+        steer_fn: SteerFn | None = None,
+        positions: int | Sequence[int] | None = None,
+        token: str = "mean",
+    ) -> None:
+        self.layers = layers
+        self.alpha = alpha
+        self.steer_fn = steer_fn
+        self.positions = positions
+        self.token = token
+
+    # -- construction ----------------------------------------------------------------------------
+    def _validate(self) -> None:
+        _check_alpha(self.alpha)
+        _check_positions_param(self.positions)
+        if self.token not in TOKENS:
+            raise LatentSurgeonError(f"token must be one of {TOKENS}, got {self.token!r}.")
+        if self.steer_fn is not None and not callable(self.steer_fn):
+            raise TypeError(f"steer_fn must be callable, got {type(self.steer_fn).__name__}.")
+
+    def _mean_activations(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        names: list[str],
+        *,
+        forward_fn: ForwardFn | None,
+        batch_size: int | None,
+        device: str | torch.device | None,
+        what: str,
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        with capture(model, names) as cap:
+            for n, batch, _ in run_batches(model, inputs, batch_size=batch_size,
+                                           forward_fn=forward_fn, device=device):
+                for name in names:
+                    if name not in cap:
+                        raise LatentSurgeonError(
+                            f"Layer {name!r} did not run during the forward pass on the {what} "
+                            "inputs; choose layers the model's forward uses."
+                        )
+                    act = cap[name]
+                    if act.shape[0] != n:
+                        raise LatentSurgeonError(
+                            f"Layer {name!r} produced {act.shape[0]} rows for {n} samples: it runs "
+                            "more than once per forward pass; steer a layer that runs once."
+                        )
+                    per_sample = _reduce(act, self.token, _attention_mask(batch, act))
+                    total = per_sample.to(torch.float64).sum(0).cpu()
+                    if name in sums and sums[name].shape != total.shape:
+                        raise ShapeMismatchError(
+                            f"Layer {name!r}: the {what} inputs give per-sample vectors of shapes "
+                            f"{tuple(sums[name].shape)} and {tuple(total.shape)} in different "
+                            "batches; with token='none' every input needs the same shape (for "
+                            "text: the same number of tokens)."
+                        )
+                    sums[name] = sums[name] + total if name in sums else total
+                cap.clear()
+                count += n
+        if count == 0:
+            raise LatentSurgeonError(f"The {what} inputs yielded no samples.")
+        return {name: s / count for name, s in sums.items()}, count
+
+    def fit(
+        self,
+        model: nn.Module,
+        positive_inputs: Any,
+        negative_inputs: Any,
+        *,
+        forward_fn: ForwardFn | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> SteeringVector:
+        """Learn ``vector = mean(positive activations) - mean(negative activations)`` per layer.
+
+        Args:
+            model: the network (run in eval mode under ``torch.no_grad``; mode, hooks and
+                ``requires_grad`` flags are restored).
+            positive_inputs: inputs showing the behaviour to steer towards: ``(N, ...)`` tensor,
+                dict of tensors (``model(**inputs)``; its ``attention_mask`` is honoured by
+                ``token="mean"``/``"last"``), Dataset or DataLoader.
+            negative_inputs: inputs showing the opposite (any number of samples).
+            forward_fn: ``forward_fn(model, batch) -> output`` instead of the default.
+            batch_size: run tensor/dict inputs in batches of this size (``None``: one batch).
+            device: move inputs there (default: the device of the model's parameters).
+
+        Returns:
+            self, with ``vectors_`` set.
+        """
+        self._validate()
+        if self.layers is None:
+            raise LatentSurgeonError("SteeringVector.fit needs layers=...; "
+                                     "use SteeringVector.from_vector to give a vector directly.")
+        names = list(resolve_layers(model, self.layers))
+        run = {"forward_fn": forward_fn, "batch_size": batch_size, "device": device}
+        with preserve_model_state(model), torch.no_grad():
+            model.eval()  # dropout would add noise to the means
+            pos, n_pos = self._mean_activations(model, positive_inputs, names, what="positive",
+                                                **run)
+            neg, n_neg = self._mean_activations(model, negative_inputs, names, what="negative",
+                                                **run)
+        vectors = {}
+        for name in names:
+            if pos[name].shape != neg[name].shape:
+                raise ShapeMismatchError(
+                    f"Layer {name!r}: positive inputs give vectors of shape "
+                    f"{tuple(pos[name].shape)}, negative inputs {tuple(neg[name].shape)}; "
+                    "expected equal shapes (with token='none', prompts need the same number of "
+                    "tokens)."
+                )
+            vectors[name] = (pos[name] - neg[name]).to(torch.float32)
+            logger.debug("steering vector at %s: shape %s, norm %.4g", name,
+                         tuple(vectors[name].shape), float(vectors[name].norm()))
+        self.vectors_ = vectors
+        self.n_positive_ = n_pos
+        self.n_negative_ = n_neg
+        return self
+
+    @classmethod
+    def from_vector(cls, layer: str, vector: torch.Tensor, alpha: float = 1.0,
+                    **params: Any) -> SteeringVector:
+        """A steering vector given directly: ``vector`` added at ``layer`` (an exact name).
+
+        ``vector`` may be ``(D,)`` (added at every token of ``(N, T, D)`` or to ``(N, D)``),
+        ``(C,)`` (every pixel of ``(N, C, H, W)``), or the layer's per-sample shape. ``params``
+        are the other constructor arguments (``steer_fn``, ``positions``).
+        """
+        return cls.from_vectors({layer: vector}, alpha=alpha, **params)
+
+    @classmethod
+    def from_vectors(cls, vectors: Mapping[str, torch.Tensor], alpha: float = 1.0,
+                     **params: Any) -> SteeringVector:
+        """Like :meth:`from_vector` with several layers: ``{layer name: vector}``."""
+        if not vectors:
+            raise LatentSurgeonError("from_vectors needs at least one {layer: vector} pair.")
+        for layer, vector in vectors.items():
+            if not isinstance(layer, str) or layer.startswith("re:") or set("*?[") & set(layer):
+                raise LatentSurgeonError(
+                    f"A given vector needs an exact layer name, got {layer!r} (globs and "
+                    "regexes are resolved by fit, not here)."
+                )
+            if not isinstance(vector, torch.Tensor):
+                raise TypeError(f"The vector for {layer!r} must be a tensor, "
+                                f"got {type(vector).__name__}.")
+        obj = cls(layers=list(vectors), alpha=alpha, **params)
+        obj._validate()
+        obj.vectors_ = {k: v.detach().to("cpu", torch.float32).clone() for k, v in vectors.items()}
+        obj.n_positive_ = 0
+        obj.n_negative_ = 0
+        return obj
+
+    # -- use -------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, alpha: float | None = None) -> HookGroup:
+        """Steer ``model`` until the returned handle's ``remove()`` (idempotent) is called.
+
+        Args:
+            model: the network; the layers of ``vectors_`` must exist in it.
+            alpha: strength for this attachment (default ``self.alpha``).
+
+        Returns:
+            A :class:`~latentsurgeon.hooks.HookGroup` (also a context manager).
+        """
+        self._check_fitted()
+        self._validate()
+        strength = _check_alpha(self.alpha if alpha is None else alpha)
+        positions = _check_positions_param(self.positions)
+        steer = self.steer_fn or _default_steer
+        on_device: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+        def steer_hook(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
+            if strength == 0.0:
+                return None  # exactly the identity, whatever steer_fn would compute
+            activation = primary_tensor(output)
+            key = (name, activation.device, activation.dtype)
+            if key not in on_device:
+                on_device[key] = self.vectors_[name].to(activation.device, activation.dtype)
+            vector = on_device[key]
+            if positions is not None:
+                check_positions(positions, activation, f"SteeringVector at layer {name!r}")
+                if vector.dim() == 2 and self.steer_fn is None:
+                    raise LatentSurgeonError(
+                        f"Layer {name!r}: positions= cannot be combined with a per-position "
+                        f"vector of shape {tuple(vector.shape)} (its rows go to the first "
+                        "positions); use a (D,) vector or positions=None."
+                    )
+            new = steer(name, activation, vector, strength)
+            if not isinstance(new, torch.Tensor) or new.shape != activation.shape:
+                got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise ShapeMismatchError(
+                    f"steer_fn at layer {name!r} must return a tensor of the activation's shape "
+                    f"{tuple(activation.shape)}, got {got}."
+                )
+            return replace_primary(output, merge_positions(activation, new, positions))
+
+        group = HookGroup()
+        group.forward(model, list(self.vectors_), steer_hook)
+        return group
+
+    @contextmanager
+    def applied(self, model: nn.Module, alpha: float | None = None) -> Iterator[HookGroup]:
+        """Steer ``model`` inside a ``with`` block; the hooks are removed on exit (also on error)."""
+        group = self.attach(model, alpha)
+        try:
+            yield group
+        finally:
+            group.remove()
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Save the vectors and parameters (see :meth:`Estimator.save`).
+
+        A custom ``steer_fn`` is code and is not stored: saving raises. Set ``steer_fn=None``
+        before saving and assign it again after :meth:`load`. Layer selectors that are not
+        strings (classes, modules) are stored as the fitted layer names.
+        """
+        if self.steer_fn is not None:
+            raise LatentSurgeonError(
+                f"A {type(self).__name__} with a custom steer_fn cannot be saved (functions are "
+                "not stored); set .steer_fn = None, save, and assign it again after load()."
+            )
+        layers = self.layers
+        storable = isinstance(layers, str) or (
+            isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers))
+        if not storable:
+            self.layers = list(getattr(self, "vectors_", {}))
+        try:
+            super().save(path)
+        finally:
+            self.layers = layers
+
+
+class ActivationAddition(SteeringVector):
+    """Activation addition ("ActAdd", Turner et al. 2023; tdhook's ``ActivationAddition``).
+
+    The vector is ``activation(positive) - activation(negative)`` for a positive and a negative
+    prompt (e.g. the token ids of "Love" and "Hate") at each layer, kept **per position** by
+    default (``token="none"``: a ``(T_v, D)`` vector) and added to the first ``T_v`` positions of
+    the input being steered, scaled by ``alpha``. It is a :class:`SteeringVector` with that default:
+    ``fit(model, positive, negative)`` with several prompts averages them (they then need the same
+    length); ``token="mean"`` or ``"last"`` gives a single ``(D,)`` vector added at every position,
+    which is exactly ``SteeringVector(..., token=...)``; a per-position vector cannot steer inputs
+    shorter than the prompts (e.g. cached generation steps). Everything else (``attach``,
+    ``applied``, ``steer_fn``, ``save``/``load``) is inherited.
+
+    Example::
+
+        add = ActivationAddition("transformer.h.0", alpha=5.0).fit(model, love_ids, hate_ids)
+        with add.applied(model):
+            logits = model(input_ids=prompt_ids).logits
+    """
+
+    def __init__(
+        self,
+        layers: LayerSelector | None = None,
+        alpha: float = 1.0,
+        steer_fn: SteerFn | None = None,
+        positions: int | Sequence[int] | None = None,
+        token: str = "none",
+    ) -> None:
+        super().__init__(layers=layers, alpha=alpha, steer_fn=steer_fn, positions=positions,
+                         token=token)
