@@ -55,6 +55,12 @@ def loader_length(loader: DataLoader) -> int:
             "This needs to know the number of samples in advance; an IterableDataset has no length."
         )
     if loader.batch_size is None:
+        if loader.batch_sampler is None:  # automatic batching off: each item is a whole batch
+            raise LatentSurgeonError(
+                "This needs to know the number of samples in advance; a DataLoader with "
+                "batch_size=None (each item a whole batch) does not say it. Pass the Dataset of "
+                "samples with a batch_size, or a DataLoader that batches them."
+            )
         return sum(len(b) for b in loader.batch_sampler)  # type: ignore[arg-type]
     n = len(loader.sampler)  # type: ignore[arg-type]
     return (n // loader.batch_size) * loader.batch_size if loader.drop_last else n

@@ -64,7 +64,7 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         with open(path) as handle:
             payload = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise StoreError(f"The {what} {path} is damaged or unreadable ({exc}).") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise StoreError(f"The {what} {path} is not a latentsurgeon store (format {FORMAT_VERSION}).")
@@ -284,6 +284,11 @@ class ActivationStore:
         path = Path(path)
         loader = as_loader(data, batch_size)
         names = list(resolve_layers(model, layers))
+        if not isinstance(pooling, str):
+            unknown = sorted(set(pooling) - set(names))
+            if unknown:  # a typo would silently store that layer unpooled
+                raise StoreError(f"pooling names layers that are not extracted: {unknown}; "
+                                 f"the layers are {names}.")
         poolings = {n: check_pooling(pooling if isinstance(pooling, str) else pooling.get(n, "none"))
                     for n in names}
         n_samples = loader_length(loader)
@@ -328,8 +333,8 @@ class ActivationStore:
                     if recorded_fp != fingerprint or recorded_end != position + size:
                         raise StoreError(
                             f"Cannot resume the store at {path}: batch {batch_index} differs from "
-                            "the interrupted run's (data or its order changed; a shuffling loader "
-                            "cannot be resumed). Use overwrite=True to start over."
+                            "the interrupted run's (the data, their order or the batch size "
+                            "changed; a shuffling loader cannot be resumed). Use overwrite=True to start over."
                         )
                     position += size
                     continue
@@ -364,8 +369,9 @@ class ActivationStore:
                              f"({manifest['config']['pooling']}); pass overwrite=True to replace it.")
         fingerprint = combine([_batch_fingerprint(batch_inputs(b)) for b in loader])
         if fingerprint != manifest["data_fingerprint"]:
-            raise StoreError(f"A complete store at {path} was extracted from other data (or another "
-                             "order); pass overwrite=True to replace it.")
+            raise StoreError(f"A complete store at {path} was extracted from other data, in another "
+                             "order, or in other batches (data are compared batch by batch: keep "
+                             "the batch size); pass overwrite=True to replace it.")
         logger.info("reusing the complete activation store at %s", path)
         return store
 
@@ -387,6 +393,13 @@ class ActivationStore:
             return {"format": FORMAT_VERSION, "config": config, "n_done": 0, "batches": [],
                     "shapes": None, "checksums": []}
         state = _read_json(progress_path, "progress file")
+        fields = {"config": dict, "batches": list, "checksums": list, "n_done": int}
+        if (any(not isinstance(state.get(k), t) for k, t in fields.items())
+                or len(state["batches"]) != len(state["checksums"])
+                or not (isinstance(state.get("shapes"), dict)
+                        or (state.get("shapes") is None and not state["batches"]))):
+            raise StoreError(f"Cannot resume the store at {path}: its progress file is damaged. "
+                             "Pass overwrite=True (or resume=False) to start over.")
         for key, value in config.items():
             if state["config"].get(key) != value:
                 raise StoreError(
@@ -402,8 +415,12 @@ def _verify_written(path: Path, state: dict) -> None:
     """Check that the rows committed before an interruption are still what was written."""
     if not state["batches"]:
         return
-    arrays = {name: np.load(path / info["file"], mmap_mode="r")
-              for name, info in state["shapes"].items()}
+    try:
+        arrays = {name: np.load(path / info["file"], mmap_mode="r")
+                  for name, info in state["shapes"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, truncated, bad entry
+        raise StoreError(f"Cannot resume the store at {path}: its files are damaged ({exc}). "
+                         "Pass overwrite=True to start over.") from exc
     start = 0
     for (end, _), checksum in zip(state["batches"], state["checksums"], strict=True):
         if _rows_checksum(arrays, start, end) != checksum:

@@ -176,7 +176,8 @@ def add_clarc_hook(
         tensor = primary_tensor(output)
         return replace_primary(output, clarc_projection(tensor, direction, reference, alpha, pooling))
 
-    return HookGroup().forward(model, layer_name, project)
+    # prepend: observers registered earlier (captures) see the corrected output
+    return HookGroup().forward(model, layer_name, project, prepend=True)
 
 
 def add_mass_mean_probe_hook(
@@ -206,4 +207,4 @@ def add_mass_mean_probe_hook(
     def shift(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
         return replace_primary(output, mass_mean_shift(primary_tensor(output), vector, alpha))
 
-    return HookGroup().forward(model, layer_names, shift)
+    return HookGroup().forward(model, layer_names, shift, prepend=True)

@@ -57,13 +57,14 @@ class HookGroup:
         self._handles.append(handle)
         return handle
 
-    def _register(self, model: nn.Module, layers: LayerSelector, fn: Callable, kind: str) -> HookGroup:
+    def _register(self, model: nn.Module, layers: LayerSelector, fn: Callable, kind: str,
+                  prepend: bool = False) -> HookGroup:
         resolved = resolve_layers(model, layers)
         try:
             for name, module in resolved.items():
                 bound = functools.partial(fn, name)
                 if kind == "forward":
-                    handle = module.register_forward_hook(bound)
+                    handle = module.register_forward_hook(bound, prepend=prepend)
                 elif kind == "forward_pre":
                     handle = module.register_forward_pre_hook(bound)
                 else:
@@ -75,9 +76,15 @@ class HookGroup:
             raise
         return self
 
-    def forward(self, model: nn.Module, layers: LayerSelector, fn: ForwardHook) -> HookGroup:
-        """Register ``fn(name, module, inputs, output)`` after the forward of each selected layer."""
-        return self._register(model, layers, fn, "forward")
+    def forward(self, model: nn.Module, layers: LayerSelector, fn: ForwardHook, *,
+                prepend: bool = False) -> HookGroup:
+        """Register ``fn(name, module, inputs, output)`` after the forward of each selected layer.
+
+        ``prepend=True`` runs ``fn`` before the layer's hooks registered earlier, so hooks that
+        *replace* the output (patching, steering) are seen by every observer, including ones
+        installed before them (e.g. HuggingFace's ``output_hidden_states`` capture hooks).
+        """
+        return self._register(model, layers, fn, "forward", prepend)
 
     def forward_pre(self, model: nn.Module, layers: LayerSelector, fn: ForwardPreHook) -> HookGroup:
         """Register ``fn(name, module, inputs)`` before the forward of each selected layer."""

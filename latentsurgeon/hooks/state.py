@@ -19,6 +19,12 @@ _HOOK_TABLES = (
     "_backward_pre_hooks",
 )
 
+# Flags with which libraries remember hooks they install lazily and keep (HuggingFace
+# transformers' ``output_hidden_states`` capture hooks). Removing those hooks without restoring
+# the flag would leave the library believing its hooks are still there.
+_LAZY_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
+_MISSING = object()
+
 
 @contextmanager
 def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> Iterator[nn.Module]:
@@ -38,6 +44,8 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
     hook_keys = [
         {table: set(getattr(m, table, {}).keys()) for table in _HOOK_TABLES} for m in modules
     ]
+    lazy_flags = [{flag: m.__dict__.get(flag, _MISSING) for flag in _LAZY_HOOK_FLAGS}
+                  for m in modules]
     saved = (
         {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
         if restore_weights
@@ -57,6 +65,12 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
                     continue
                 for key in [k for k in hooks if k not in keys]:
                     del hooks[key]
+        for module, flags in zip(modules, lazy_flags, strict=True):
+            for flag, value in flags.items():
+                if value is _MISSING:
+                    module.__dict__.pop(flag, None)
+                else:
+                    module.__dict__[flag] = value
         if saved is not None:
             with torch.no_grad():
                 current = model.state_dict(keep_vars=True)

@@ -224,3 +224,22 @@ def test_root_layer_hook(mlp, x):
     with hooked(mlp, "", forward=lambda n, m, i, o: -o):
         y = mlp(x)
     assert torch.equal(y, -manual(mlp, x)[-1])
+
+
+def test_prepend_puts_a_replacing_hook_before_earlier_observers(mlp, x):
+    seen: list[torch.Tensor] = []
+
+    def observe(name, module, inputs, output):
+        seen.append(output.detach().clone())
+
+    with torch.no_grad(), HookGroup() as group:
+        group.forward(mlp, "2", observe)
+        group.forward(mlp, "2", lambda n, m, i, out: out * 0)  # appended: runs after observe
+        mlp(x)
+        group.forward(mlp, "2", lambda n, m, i, out: out + 1, prepend=True)  # runs first
+        mlp(x)
+    with torch.no_grad():
+        ref = manual(mlp, x)[2]
+    assert torch.equal(seen[0], ref)
+    assert torch.equal(seen[1], ref + 1)
+    assert hook_count(mlp) == 0

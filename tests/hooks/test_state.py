@@ -156,7 +156,7 @@ def test_restore_weights_after_failed_optimizer_step(net):
     for key, value in before.items():
         assert torch.equal(after[key], value), key  # weights and BN running stats / counters
     # The same Parameter objects are kept (an optimizer built before still points at them).
-    assert all(a is b for a, b in zip(params, net.parameters()))
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))
     assert all(p.requires_grad for p in net.parameters())
 
 
