@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
 
@@ -23,6 +24,9 @@ class Captured:
         self.layers = names
         self._accumulate = accumulate
         self._acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        # Version counters of uncopied activations at capture time: a later in-place op on the
+        # layer's output bumps the counter, and reading the stale tensor is then refused.
+        self._versions: dict[int, int] = {}
         self._grads: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
     def _put(self, table: dict[str, list[torch.Tensor]], name: str, value: torch.Tensor) -> None:
@@ -35,8 +39,20 @@ class Captured:
     def _join(parts: list[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
+    def _check_unchanged(self, name: str, parts: list[torch.Tensor]) -> None:
+        for part in parts:
+            version = self._versions.get(id(part))
+            if version is not None and part._version != version:
+                raise LatentSurgeonError(
+                    f"The output of layer {name!r} was modified in place after it was captured "
+                    "(e.g. by a later ReLU(inplace=True) or `x += ...`), so the stored tensor no "
+                    "longer holds the layer's output. Capture with copy=True."
+                )
+
     @property
     def activations(self) -> dict[str, torch.Tensor]:
+        for name, parts in self._acts.items():
+            self._check_unchanged(name, parts)
         return {n: self._join(v) for n, v in self._acts.items() if v}
 
     @property
@@ -71,6 +87,7 @@ def capture(
     gradients: bool = False,
     detach: bool = True,
     accumulate: bool = False,
+    copy: bool | None = None,
 ) -> Iterator[Captured]:
     """Record the outputs of the selected layers during forward passes inside the block.
 
@@ -83,6 +100,11 @@ def capture(
         detach: store detached tensors (default). With ``detach=False`` the stored activations
             stay in the autograd graph, so ``torch.autograd.grad(y, cap["layer"])`` works.
         accumulate: keep every pass, concatenated along dim 0 (else only the latest).
+        copy: store a copy of each output. ``None`` (default) copies only when the model has a
+            module with ``inplace=True`` (a later in-place op would overwrite the stored tensor);
+            otherwise the output itself is kept (no copy: capture costs ~nothing). An in-place
+            change that slips through (a functional ``x += ...``) is detected when the
+            activation is read, and refused with an error that says to pass ``copy=True``.
 
     Yields:
         :class:`Captured`; ``cap["features.3"]`` is an ``(N, ...)`` tensor, the layer's output.
@@ -92,11 +114,17 @@ def capture(
     """
     names = list(resolve_layers(model, layers))
     result = Captured(names, accumulate)
+    if copy is None:
+        copy = any(getattr(m, "inplace", False) is True for m in model.modules())
 
     def record(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         tensor = primary_tensor(output)
-        # Copy: a later in-place op (``ReLU(inplace=True)``) would otherwise change what we stored.
-        result._put(result._acts, name, tensor.detach().clone() if detach else tensor)
+        if detach and copy:
+            stored = tensor.detach().clone()
+        else:
+            stored = tensor.detach() if detach else tensor
+            result._versions[id(stored)] = stored._version
+        result._put(result._acts, name, stored)
         if gradients and tensor.requires_grad:
             tensor.register_hook(lambda g, _n=name: result._put(result._grads, _n, g.detach()))
 

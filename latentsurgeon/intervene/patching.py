@@ -67,7 +67,7 @@ def mean_ablation(mean: torch.Tensor | Mapping[str, torch.Tensor]) -> PatchFn:
             ``(N, C, H, W)`` activations (broadcast over tokens/pixels). Compute it with
             :func:`latentsurgeon.activations.capture`::
 
-                with torch.no_grad(), capture(model, layers, accumulate=True) as cap:
+                with torch.no_grad(), capture(model, layers, accumulate=True, copy=True) as cap:
                     model(reference)
                 means = {name: act.mean(0) for name, act in cap.activations.items()}
 
@@ -319,7 +319,7 @@ def patch(
 
     with preserve_model_state(model), torch.no_grad():
         model.eval()  # dropout would make the runs incomparable
-        with capture(model, names, accumulate=True) as cap:
+        with capture(model, names, accumulate=True, copy=True) as cap:
             source_value, n_src = _evaluate(model, source_inputs, metric, **run)
         sources: dict[str, torch.Tensor] = {}
         for name in names:
@@ -377,7 +377,7 @@ def patch(
         bar = tqdm(rows, desc="patching", unit="run", disable=(not progress) or None, leave=False)
         for group_names in bar:
             with HookGroup() as group:
-                group.forward(model, group_names, patch_hook)
+                group.forward(model, group_names, patch_hook, prepend=True)
                 value, _ = _evaluate(model, target_inputs, metric, before_batch=set_span, **run)
             patched_raw[_row_label(group_names)] = value
         bar.close()

@@ -188,7 +188,7 @@ class SteeringVector(Estimator):
     ) -> tuple[dict[str, torch.Tensor], int]:
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        with capture(model, names) as cap:
+        with capture(model, names, copy=True) as cap:
             for n, batch, _ in run_batches(model, inputs, batch_size=batch_size,
                                            forward_fn=forward_fn, device=device):
                 for name in names:
@@ -351,7 +351,7 @@ class SteeringVector(Estimator):
             return replace_primary(output, merge_positions(activation, new, positions))
 
         group = HookGroup()
-        group.forward(model, list(self.vectors_), steer_hook)
+        group.forward(model, list(self.vectors_), steer_hook, prepend=True)
         return group
 
     @contextmanager

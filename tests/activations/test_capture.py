@@ -224,3 +224,36 @@ def test_tuple_output_captures_first_element():
     mid = model.block.lin(x)
     (ref_grad,) = torch.autograd.grad(model.out(mid).sum(), mid)
     torch.testing.assert_close(cap.gradients["block"], ref_grad)
+
+
+def test_uncopied_capture_refuses_an_output_changed_in_place_later():
+    from latentsurgeon.errors import LatentSurgeonError
+
+    class AddInPlace(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.lin(x)
+            h += 1.0  # functional in-place op: invisible to the `inplace` attribute scan
+            return h
+
+    model = AddInPlace()
+    x = torch.randn(4, 3)
+    with capture(model, "lin") as cap:
+        model(x)
+    with pytest.raises(LatentSurgeonError, match="copy=True"):
+        cap["lin"]
+    with capture(model, "lin", copy=True) as cap:
+        model(x)
+    torch.testing.assert_close(cap["lin"], model.lin(x))
+
+
+def test_capture_without_inplace_modules_stores_the_output_itself():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    outputs = []
+    with capture(model, "0") as cap:
+        y = model[0](torch.randn(2, 3))  # noqa: F841 - the module's own call goes through hooks
+        outputs.append(cap["0"])
+    assert outputs[0].data_ptr() == y.data_ptr()  # no copy was made
