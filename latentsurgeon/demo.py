@@ -1,7 +1,14 @@
-"""The end-to-end demo on the bundled watermark decoy digits (``latentsurgeon demo``)."""
+"""The end-to-end demo on the bundled watermark decoy digits (``latentsurgeon demo``).
+
+reveal -> correct -> verify: train the reference CNN on digits where a watermark was planted on
+most images of one class, show that it learned the shortcut, find the watermark inside the network
+(CAVs per layer, TCAV with a significance test), remove it with every correction method, measure
+what each one achieved, and write ``report.html`` and ``results.json``.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,12 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.activations import ActivationStore
+from latentsurgeon.activations import ActivationStore, capture
 from latentsurgeon.activations._io import write_json_atomic
-from latentsurgeon.data import decoy_digits
+from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
 
 Echo = Callable[[str], None]
+
+#: Method keys of ``results.json`` in the order the report lists them.
+METHODS = ("none", "p-clarc", "a-clarc", "rr-clarc", "rrr")
 
 
 @dataclass
@@ -27,13 +37,15 @@ class DemoConfig:
     progress: bool = True
     stop_after: str = "all"  # one of latentsurgeon.demo_stages.STAGES
     conv_layers: list[str] = field(default_factory=lambda: ["features.0", "features.3"])
+    block_layer: str = "features"  # where the corrections act: the conv block's output
+    tcav_runs: int = 10
 
 
 def _quiet(_: str) -> None:
     return None
 
 
-def train_decoy_model(seed: int, epochs: int, progress: bool) -> tuple[nn.Module, Any]:
+def train_decoy_model(seed: int, epochs: int, progress: bool) -> tuple[nn.Module, DecoyDigits]:
     """The demo's data and uncorrected model: DigitCNN trained on the watermark decoy digits."""
     data = decoy_digits("watermark", seed=seed)
     torch.manual_seed(seed)
@@ -42,36 +54,196 @@ def train_decoy_model(seed: int, epochs: int, progress: bool) -> tuple[nn.Module
     return model, data
 
 
+# -- reveal ----------------------------------------------------------------------------------------
+def _layer_activations(model: nn.Module, images: torch.Tensor, layers: list[str]) -> dict:
+    with torch.no_grad(), capture(model, layers, accumulate=True, copy=True) as cap:
+        for batch in images.split(256):
+            model(batch)
+    return cap.activations
+
+
+def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) -> dict[str, Any]:
+    """Artifact CAVs per layer (fitting samples compared) and TCAV for the shortcut class."""
+    from latentsurgeon.concepts import CAV, tcav
+
+    k = int(data.shortcut_class)
+    layers = [*config.conv_layers, config.block_layer]
+    clean = data.train_clean.images
+    marked, _ = paste_watermark(clean)
+    acts_clean = _layer_activations(model, clean, layers)
+    acts_marked = _layer_activations(model, marked, layers)
+    acts_train = _layer_activations(model, data.train.images, layers)
+    in_class = data.train.labels == k
+
+    per_layer = []
+    echo(f"  {'layer':<12} {'CAV acc':>8} {'CAV AUC':>8} {'TCAV':>6} {'p':>9}   "
+         f"{'random TCAV':>11} {'p':>9}")
+    generator = torch.Generator().manual_seed(config.seed)
+    pool = clean[torch.randperm(len(clean), generator=generator)]
+    concept = paste_watermark(pool[:60])[0]
+    random_concept = pool[60:120]
+    random_pool = pool[120:]
+    class_inputs = data.test.images[data.test.labels == k]
+    for layer in layers:
+        cav = CAV("mass_mean", pooling="flatten", seed=config.seed).fit_paired(
+            acts_marked[layer], acts_clean[layer])
+        common = dict(n_runs=config.tcav_runs, pooling="flatten", seed=config.seed,
+                      progress=False)
+        found = tcav(model, layer, class_inputs, k, concept, random_pool, **common)
+        control = tcav(model, layer, class_inputs, k, random_concept, random_pool, **common)
+        row = {"layer": layer, "cav_accuracy": cav.scores_["accuracy"],
+               "cav_auc": cav.scores_["auc"], "tcav": found.mean, "tcav_p": found.p_value,
+               "tcav_significant": bool(found.significant), "random_tcav": control.mean,
+               "random_tcav_p": control.p_value,
+               "random_significant": bool(control.significant)}
+        per_layer.append(row)
+        echo(f"  {layer:<12} {row['cav_accuracy']:8.3f} {row['cav_auc']:8.3f} {row['tcav']:6.2f} "
+             f"{row['tcav_p']:9.2g}   {row['random_tcav']:11.2f} {row['random_tcav_p']:9.2g}")
+
+    # Which samples the direction is fitted on: all artifact vs all other samples mixes the
+    # shortcut class into the direction; within the class or on pairs it does not.
+    block = config.block_layer
+    fits = {
+        "all samples": CAV("mass_mean", seed=config.seed).fit(acts_train[block],
+                                                              data.train.artifact),
+        f"within class {k}": CAV("mass_mean", seed=config.seed).fit(
+            acts_train[block], data.train.artifact, sample_mask=in_class),
+        "paired": CAV("mass_mean", seed=config.seed).fit_paired(acts_marked[block],
+                                                               acts_clean[block]),
+    }
+    class_direction = (acts_train[block][in_class].flatten(1).mean(0)
+                       - acts_train[block][~in_class].flatten(1).mean(0))
+    comparison = []
+    for name, cav in fits.items():
+        comparison.append({"fit": name, "cosine_with_paired": fits["paired"].cosine(cav),
+                           "cosine_with_class_direction": cav.cosine(class_direction),
+                           "cav": cav})
+    return {"layers": per_layer, "cav_fits": comparison}
+
+
+# -- correct & verify --------------------------------------------------------------------------
+def _relevance(model: nn.Module, data: DecoyDigits) -> float:
+    from latentsurgeon.metrics import artifact_relevance
+
+    split = data.poisoned
+    return float(artifact_relevance(model, split.images, split.masks, targets=split.labels))
+
+
+def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
+                       echo: Echo) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Run every correction with the demo's default settings; measure each."""
+    from latentsurgeon.correct import (
+        AClarc,
+        ExplanationRegularization,
+        PClarc,
+        RRClarc,
+        default_settings,
+    )
+
+    region = data.poisoned.masks[0]
+
+    def pclarc() -> nn.Module:
+        return PClarc(**default_settings("pclarc"), progress=False).fit(model, data.train) \
+            .export(model)
+
+    def aclarc() -> nn.Module:
+        fixed = copy.deepcopy(model)
+        AClarc(**default_settings("aclarc"), progress=False).fit(fixed, data.train)
+        return fixed
+
+    def rrclarc() -> nn.Module:
+        fixed = copy.deepcopy(model)
+        RRClarc(**default_settings("rrclarc"), progress=False).fit(fixed, data.train)
+        return fixed
+
+    def rrr() -> nn.Module:
+        fixed = copy.deepcopy(model)
+        ExplanationRegularization(**default_settings("rrr_finetune")).fit(
+            fixed, data.train.images, data.train.labels, region)
+        return fixed
+
+    runs: dict[str, Callable[[], nn.Module]] = {
+        "none": lambda: model, "p-clarc": pclarc, "a-clarc": aclarc, "rr-clarc": rrclarc,
+        "rrr": rrr,
+    }
+    results: dict[str, Any] = {}
+    models: dict[str, nn.Module] = {}
+    echo(f"  {'method':<10} {'clean':>7} {'poisoned':>9} {'gap closed':>11} "
+         f"{'artifact relevance':>19} {'seconds':>8}")
+    for name, run in runs.items():
+        start = time.perf_counter()
+        corrected = run()
+        seconds = time.perf_counter() - start if name != "none" else 0.0
+        clean = evaluate_accuracy(corrected, data.test)
+        poisoned = evaluate_accuracy(corrected, data.poisoned)
+        results[name] = {"clean_acc": clean, "poisoned_acc": poisoned,
+                         "artifact_relevance": _relevance(corrected, data), "seconds": seconds}
+        models[name] = corrected
+    base = results["none"]
+    gap = base["clean_acc"] - base["poisoned_acc"]
+    for name, row in results.items():
+        after = row["clean_acc"] - row["poisoned_acc"]
+        row["gap_closed"] = 0.0 if name == "none" else (gap - after) / gap if gap > 0 else 0.0
+        echo(f"  {name:<10} {row['clean_acc']:7.2%} {row['poisoned_acc']:9.2%} "
+             f"{row['gap_closed']:11.0%} {row['artifact_relevance']:19.3f} {row['seconds']:8.1f}")
+    return results, models
+
+
+# -- the run ---------------------------------------------------------------------------------------
 def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
     """Run the demo; returns what it measured and writes it to ``config.out``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"seed": config.seed, "epochs": config.epochs}
+    started = time.perf_counter()
 
-    start = time.perf_counter()
-    echo(f"Training the reference CNN on the watermark decoy digits (seed {config.seed}) ...")
+    echo(f"[1/4] Training the reference CNN on the watermark decoy digits (seed {config.seed})")
     model, data = train_decoy_model(config.seed, config.epochs, config.progress)
     clean = evaluate_accuracy(model, data.test)
     poisoned = evaluate_accuracy(model, data.poisoned)
-    results["uncorrected"] = {"clean_acc": clean, "poisoned_acc": poisoned,
-                              "gap": clean - poisoned, "seconds": time.perf_counter() - start}
+    results["data"] = data.summary()
+    results["uncorrected"] = {"clean_acc": clean, "poisoned_acc": poisoned, "gap": clean - poisoned}
     echo(f"  clean test accuracy    {clean:7.2%}")
     echo(f"  poisoned test accuracy {poisoned:7.2%}")
     echo(f"  the shortcut costs     {100 * (clean - poisoned):5.1f} points on poisoned data "
          f"(the watermark sits on {data.train.artifact.float().mean():.1%} of training images, "
          f"all of class {data.shortcut_class})")
 
-    echo("Extracting the activations of every conv layer into a store ...")
+    echo("[2/4] Extracting the activations of every conv layer into a store")
     store = ActivationStore.extract(model, data.train.images, config.conv_layers,
                                     out / "activations", pooling="max", overwrite=True,
                                     progress=config.progress)
     echo(store.summary())
     results["store"] = {"path": str(store.path), "layers": store.layers,
                         "n_samples": store.n_samples}
-    return _finish(out, results, echo)
+    if config.stop_after == "store":
+        return _finish(out, results, echo, started)
+
+    echo(f"[3/4] Reveal: where does the network encode the watermark? (shortcut class "
+         f"{data.shortcut_class})")
+    revealed = reveal(model, data, config, echo)
+    results["reveal"] = {
+        "layers": revealed["layers"],
+        "cav_fits": [{k: v for k, v in row.items() if k != "cav"}
+                     for row in revealed["cav_fits"]],
+    }
+    if config.stop_after == "reveal":
+        return _finish(out, results, echo, started)
+
+    echo("[4/4] Correct and verify (every method, default settings)")
+    methods, models = correct_and_verify(model, data, config, echo)
+    results["methods"] = methods
+    from latentsurgeon.report.demo_report import write_demo_report
+
+    report = write_demo_report(out / "report.html", data, models, results)
+    results["report"] = str(report)
+    return _finish(out, results, echo, started)
 
 
-def _finish(out: Path, results: dict[str, Any], echo: Echo) -> dict[str, Any]:
+def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float) -> dict[str, Any]:
+    results["seconds_total"] = time.perf_counter() - started
     write_json_atomic(out / "results.json", results)
-    echo(f"Results written to {out / 'results.json'}")
+    if "report" in results:
+        echo(f"Report: {results['report']}")
+    echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s)")
     return results
