@@ -1,4 +1,4 @@
-"""Command line: ``latentsurgeon layers | extract | demo | probe | tcav | correct | bench``."""
+"""Command line: ``latentsurgeon layers | extract | probe | tcav | correct | demo | bench``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,109 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- shared: the model to analyse ----------------------------------------------------------------
+def _analysed_model(args: argparse.Namespace, data: Any) -> nn.Module:
+    """The user's model, the reference CNN with given weights, or a freshly trained one."""
+    if args.model or args.weights:
+        return _model(args)
+    from latentsurgeon.models import DigitCNN, train_classifier
+
+    print(f"No --model/--weights given: training the reference DigitCNN on the {data.kind} "
+          f"decoy digits (seed {args.seed}, {args.epochs} epochs) ...")
+    torch.manual_seed(args.seed)
+    model = DigitCNN()
+    train_classifier(model, data.train, epochs=args.epochs, seed=args.seed,
+                     progress=not args.quiet)
+    return model
+
+
+# -- probe -----------------------------------------------------------------------------------------
+def cmd_probe(args: argparse.Namespace) -> int:
+    from latentsurgeon.concepts import probe_layers
+
+    data = _bundled_data(args.data, args.seed)
+    model = _analysed_model(args, data)
+    split = data.train
+    targets = split.labels if args.target == "labels" else split.artifact.long()
+    report = probe_layers(model, split.images, targets, args.layers or [nn.Conv2d, nn.Linear],
+                          pooling=args.pooling, seed=args.seed, progress=not args.quiet)
+    print(f"Linear probes for {args.target!r} (held-out, {args.data}):")
+    print(report.format())
+    print(f"best layer: {report.best_layer}")
+    if args.plot:
+        import matplotlib.pyplot as plt
+
+        fig = report.plot()
+        fig = getattr(fig, "figure", fig)
+        fig.savefig(args.plot, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+# -- tcav ------------------------------------------------------------------------------------------
+def cmd_tcav(args: argparse.Namespace) -> int:
+    from latentsurgeon.concepts import tcav
+    from latentsurgeon.data import paste_watermark
+
+    data = _bundled_data("decoy-watermark", args.seed)
+    model = _analysed_model(args, data)
+    target = data.shortcut_class if args.target_class is None else args.target_class
+    pool = data.train_clean.images[torch.randperm(len(data.train_clean),
+                                                  generator=torch.Generator().manual_seed(args.seed))]
+    concept = paste_watermark(pool[:60])[0] if args.concept == "watermark" else pool[:60]
+    inputs = data.test.images[data.test.labels == target]
+    print(f"TCAV of the {args.concept!r} concept for class {target} ({args.runs} CAVs per run):")
+    for layer in args.layers:
+        result = tcav(model, layer, inputs, target, concept, pool[60:], n_runs=args.runs,
+                      seed=args.seed, progress=not args.quiet)
+        print(f"  {layer:<14} score {result.mean:.3f} +- {result.std:.3f}  "
+              f"random {result.random_mean:.3f}  p = {result.p_value:.3g}  "
+              f"{'significant' if result.significant else 'not significant'}")
+    return 0
+
+
+# -- correct ---------------------------------------------------------------------------------------
+def cmd_correct(args: argparse.Namespace) -> int:
+    import copy
+
+    from latentsurgeon.correct import (
+        AClarc,
+        ExplanationRegularization,
+        PClarc,
+        RRClarc,
+        default_settings,
+    )
+    from latentsurgeon.metrics import artifact_relevance, gap_closed, shortcut_gap
+
+    data = _bundled_data("decoy-watermark", args.seed)
+    model = _analysed_model(args, data)
+    before = shortcut_gap(model, data.test, data.poisoned)
+    fixed = copy.deepcopy(model)
+    if args.method == "p-clarc":
+        fixed = PClarc(**default_settings("pclarc"), progress=not args.quiet) \
+            .fit(model, data.train).export(model)
+    elif args.method == "a-clarc":
+        AClarc(**default_settings("aclarc"), progress=not args.quiet).fit(fixed, data.train)
+    elif args.method == "rr-clarc":
+        RRClarc(**default_settings("rrclarc"), progress=not args.quiet).fit(fixed, data.train)
+    else:
+        ExplanationRegularization(**default_settings("rrr_finetune")).fit(
+            fixed, data.train.images, data.train.labels, data.poisoned.masks[0])
+    after = shortcut_gap(fixed, data.test, data.poisoned)
+    split = data.poisoned
+    rel = [float(artifact_relevance(m, split.images, split.masks, targets=split.labels))
+           for m in (model, fixed)]
+    print(f"{args.method}: clean {before['clean_acc']:.2%} -> {after['clean_acc']:.2%}, "
+          f"poisoned {before['poisoned_acc']:.2%} -> {after['poisoned_acc']:.2%}, "
+          f"gap closed {gap_closed(before, after):.0%}, artifact relevance "
+          f"{rel[0]:.3f} -> {rel[1]:.3f}")
+    if args.save:
+        torch.save(fixed, args.save)
+        print(f"corrected model saved to {args.save} (torch.save of the whole module, no hooks)")
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from latentsurgeon.demo import DemoConfig, run_demo
@@ -193,6 +296,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_extract)
+
+    def bundled_model_args(p: argparse.ArgumentParser) -> None:
+        model_args(p)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--epochs", type=int, default=15,
+                       help="epochs when the reference model is trained here")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("probe", help="linear probes per layer for class or artifact labels")
+    bundled_model_args(p)
+    p.add_argument("--data", default="decoy-watermark", choices=["decoy-watermark", "decoy-swatch"])
+    p.add_argument("--target", default="artifact", choices=["artifact", "labels"])
+    p.add_argument("--layers", nargs="+", help="layer selectors (default: every Conv2d and Linear)")
+    p.add_argument("--pooling", default="mean", choices=["max", "mean", "flatten"])
+    p.add_argument("--plot", help="save the per-layer plot to this PNG file")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("tcav", help="TCAV of the watermark (or a random) concept, with p-values")
+    bundled_model_args(p)
+    p.add_argument("--layers", nargs="+", default=["features.0", "features.3", "features"])
+    p.add_argument("--target-class", type=int, help="class whose logit is tested "
+                                                    "(default: the shortcut class)")
+    p.add_argument("--concept", default="watermark", choices=["watermark", "random"])
+    p.add_argument("--runs", type=int, default=10, help="CAVs per concept")
+    p.set_defaults(func=cmd_tcav)
+
+    p = sub.add_parser("correct", help="remove the watermark shortcut with one method")
+    bundled_model_args(p)
+    p.add_argument("--method", default="p-clarc",
+                   choices=["p-clarc", "a-clarc", "rr-clarc", "rrr"])
+    p.add_argument("--save", help="torch.save the corrected model (a plain module) here")
+    p.set_defaults(func=cmd_correct)
 
     p = sub.add_parser("demo", help="reveal -> correct -> verify on the watermark decoy digits")
     p.add_argument("--out", default="latentsurgeon-report", help="output directory")

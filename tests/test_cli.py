@@ -89,3 +89,44 @@ def test_demo_quick_run_writes_results(tmp_path, capsys):
     assert set(results["uncorrected"]) >= {"clean_acc", "poisoned_acc", "gap"}
     assert ActivationStore(tmp_path / "activations").layers == ["features.0", "features.3"]
     assert "poisoned test accuracy" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from latentsurgeon.data import decoy_digits
+    from latentsurgeon.models import DigitCNN, train_classifier
+
+    torch.manual_seed(0)
+    model = DigitCNN()
+    train_classifier(model, decoy_digits("watermark", seed=0).train, epochs=4, progress=False)
+    path = tmp_path_factory.mktemp("weights") / "cnn.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def test_probe_command_reports_every_layer(weights, tmp_path, capsys):
+    plot = tmp_path / "probe.png"
+    assert main(["probe", "--weights", weights, "--quiet", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    for layer in ("features.0", "features.3", "classifier.1", "classifier.3"):
+        assert layer in out
+    assert "best layer:" in out and plot.stat().st_size > 1000
+
+
+def test_tcav_command_finds_the_watermark(weights, capsys):
+    assert main(["tcav", "--weights", weights, "--quiet", "--runs", "4",
+                 "--layers", "features"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("features")]
+    assert len(line) == 1 and "p = " in line[0]
+
+
+def test_correct_command_saves_a_plain_corrected_module(weights, tmp_path, capsys):
+    saved = tmp_path / "fixed.pt"
+    assert main(["correct", "--weights", weights, "--quiet", "--method", "p-clarc",
+                 "--save", str(saved)]) == 0
+    assert "gap closed" in capsys.readouterr().out
+    fixed = torch.load(saved, weights_only=False)
+    from latentsurgeon.hooks import hook_count
+
+    assert hook_count(fixed) == 0
+    assert fixed(torch.rand(2, 1, 16, 16)).shape == (2, 10)
