@@ -60,7 +60,7 @@ def _from_loader(loader: DataLoader) -> tuple[torch.Tensor, ...]:
     if not parts:
         raise LatentSurgeonError("The DataLoader yielded no batches.")
     logger.debug("read %d batches from a DataLoader into memory", len(parts))
-    return tuple(torch.cat(column) for column in zip(*parts))
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 def as_samples(
@@ -102,7 +102,7 @@ def as_samples(
         if len(tensors) > 3:
             raise LatentSurgeonError(
                 f"{what} holds {len(tensors)} tensors; expected (images[, labels[, artifact]]).")
-        found = dict(zip(("images", "labels", "artifact"), tensors))
+        found = dict(zip(("images", "labels", "artifact"), tensors, strict=False))
     for key, value in (("labels", labels), ("artifact", artifact), ("masks", masks)):
         if value is not None:
             found[key] = value

@@ -1,0 +1,99 @@
+"""Corrections as real submodules, for exported models: no hooks, so they survive ``torch.save``,
+``state_dict`` round-trips and ``torch.jit.trace``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.hooks import get_layer, primary_tensor, replace_primary
+from latentsurgeon.hooks.clarc import clarc_projection, mass_mean_shift
+from latentsurgeon.hooks.state import _HOOK_TABLES
+
+__all__ = ["ClarcProjection", "MassMeanShift", "copy_without_hooks", "replace_layer", "wrap_layer"]
+
+
+class ClarcProjection(nn.Module):
+    """``a' = a - alpha * v v^T (a - z)`` as a module (see
+    :func:`latentsurgeon.hooks.clarc.clarc_projection`).
+
+    ``v``, ``z`` and ``alpha`` are buffers, so they are saved in ``state_dict`` and moved by
+    ``.to(device)``. Tuple or dict outputs of the wrapped layer are handled: the primary tensor is
+    projected, the rest passes unchanged.
+
+    Args:
+        direction: ``v``, ``(D,)`` flattened or ``(C,)`` channel-space unit vector.
+        reference: ``z``, same shape as ``direction``.
+        alpha: strength.
+        pooling: ``"flatten"`` or ``"max"``/``"mean"`` (channel space, every spatial position).
+    """
+
+    def __init__(self, direction: torch.Tensor, reference: torch.Tensor, alpha: float = 1.0,
+                 pooling: str = "flatten") -> None:
+        super().__init__()
+        self.register_buffer("direction", direction.detach().clone().float().reshape(-1))
+        self.register_buffer("reference", reference.detach().clone().float().reshape(-1))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.pooling = pooling
+
+    def forward(self, output: Any) -> Any:
+        """``(N, ...)`` activations (or a container holding them) -> same shape."""
+        tensor = primary_tensor(output)
+        projected = clarc_projection(tensor, self.direction, self.reference, self.alpha,
+                                     self.pooling)
+        return replace_primary(output, projected)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.direction.numel()}, alpha={float(self.alpha):g}, pooling={self.pooling!r}"
+
+
+class MassMeanShift(nn.Module):
+    """``a' = a - alpha * probe`` on the flattened activations, as a module (buffers as above)."""
+
+    def __init__(self, probe: torch.Tensor, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("probe", probe.detach().clone().float().reshape(-1))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+
+    def forward(self, output: Any) -> Any:
+        tensor = primary_tensor(output)
+        return replace_primary(output, mass_mean_shift(tensor, self.probe, self.alpha))
+
+
+def copy_without_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with no module hooks (an attached correction's hook
+    would otherwise be copied along and act twice; hooks do not survive ``torch.save`` anyway)."""
+    target = copy.deepcopy(model)
+    for module in target.modules():
+        for table in _HOOK_TABLES:
+            hooks = getattr(module, table, None)
+            if hooks:
+                hooks.clear()
+    return target.eval()
+
+
+def replace_layer(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule ``name`` is (in place); returns the module replaced."""
+    old = get_layer(model, name)
+    if name == "":
+        raise LatentSurgeonError("The model itself cannot be replaced; name one of its layers.")
+    parent_name, _, child = name.rpartition(".")
+    parent = get_layer(model, parent_name) if parent_name else model
+    setattr(parent, child, new)
+    return old
+
+
+def wrap_layer(model: nn.Module, name: str, after: nn.Module, *, copy_model: bool = True
+               ) -> nn.Module:
+    """A model (a hook-free deep copy, see :func:`copy_without_hooks`, unless
+    ``copy_model=False``) in which layer ``name`` becomes
+    ``nn.Sequential(original_layer, after)``. Parameter names under the layer gain a ``.0``
+    (``features.3.weight`` -> ``features.0.3.weight`` for ``name="features"``)."""
+    target = copy_without_hooks(model) if copy_model else model
+    original = get_layer(target, name)
+    replace_layer(target, name, nn.Sequential(original, after))
+    return target

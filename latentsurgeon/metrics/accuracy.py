@@ -1,0 +1,113 @@
+"""Accuracy on clean versus poisoned data: the numbers a shortcut correction is judged by."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon.correct._data import as_samples, index_batches, model_device, select_logits
+from latentsurgeon.hooks import preserve_model_state
+
+__all__ = ["accuracy", "class_accuracies", "gap_closed", "predict", "shortcut_gap",
+           "worst_class_accuracy"]
+
+
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
+            device: str | torch.device | None = None, head: str | int = "logits"
+            ) -> torch.Tensor:
+    """Argmax class of every input: ``(N, ...) -> (N,)`` int64 on CPU.
+
+    The model runs in eval mode without gradients; its mode, hooks and flags are restored.
+    """
+    dev = torch.device(device) if device is not None else model_device(model)
+    preds = []
+    with preserve_model_state(model), torch.no_grad():
+        model.eval()
+        for idx in index_batches(len(images), batch_size):
+            logits = select_logits(model(images[idx].to(dev)), head)
+            preds.append(logits.argmax(dim=1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def _labelled(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = as_samples(data, need_labels=True, what=what)
+    assert samples.labels is not None
+    if len(samples) == 0:
+        raise ValueError(f"{what} holds no samples.")
+    return samples.images, samples.labels
+
+
+def accuracy(model: nn.Module, data: Any, *, batch_size: int = 256,
+             device: str | torch.device | None = None, head: str | int = "logits") -> float:
+    """Share of samples whose argmax logit equals the label.
+
+    Args:
+        model: classifier ``(N, ...) -> (N, K)`` logits (or a dict/tuple, see ``head``).
+        data: a split with ``.images``/``.labels`` (``decoy_digits(...).test``), an
+            ``(images, labels)`` tuple, a TensorDataset or a DataLoader.
+        batch_size: samples per forward pass.
+        device: where inputs go (the model's device by default).
+        head: dict key or tuple index of the logits for models with structured outputs.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+    """
+    images, labels = _labelled(data, "data")
+    preds = predict(model, images, batch_size=batch_size, device=device, head=head)
+    return float((preds == labels).float().mean())
+
+
+def class_accuracies(model: nn.Module, data: Any, **kwargs: Any) -> dict[int, float]:
+    """Accuracy per class present in ``data``: ``{class: accuracy}`` (kwargs as :func:`accuracy`)."""
+    images, labels = _labelled(data, "data")
+    preds = predict(model, images, **kwargs)
+    correct = (preds == labels).float()
+    classes = torch.unique(labels)
+    return {int(c): float(correct[labels == c].mean()) for c in classes}
+
+
+def worst_class_accuracy(model: nn.Module, data: Any, **kwargs: Any) -> float:
+    """The lowest per-class accuracy (:func:`class_accuracies`); kwargs as :func:`accuracy`."""
+    return min(class_accuracies(model, data, **kwargs).values())
+
+
+def shortcut_gap(model: nn.Module, clean: Any, poisoned: Any, **kwargs: Any) -> dict[str, float]:
+    """Accuracy on clean data, on the same data carrying the artifact, and the difference.
+
+    Args:
+        model: the classifier.
+        clean: clean test data (``decoy_digits(...).test``).
+        poisoned: the artifact-carrying test data (``decoy_digits(...).poisoned``).
+        **kwargs: ``batch_size``, ``device``, ``head`` as for :func:`accuracy`.
+
+    Returns:
+        ``{"clean_acc", "poisoned_acc", "gap"}`` with ``gap = clean_acc - poisoned_acc``.
+    """
+    clean_acc = accuracy(model, clean, **kwargs)
+    poisoned_acc = accuracy(model, poisoned, **kwargs)
+    return {"clean_acc": clean_acc, "poisoned_acc": poisoned_acc, "gap": clean_acc - poisoned_acc}
+
+
+def gap_closed(before: Mapping[str, float], after: Mapping[str, float]) -> float:
+    """Share of the uncorrected model's shortcut loss that a correction wins back.
+
+    ``(after.poisoned_acc - before.poisoned_acc) / (before.clean_acc - before.poisoned_acc)``:
+    1 means poisoned accuracy climbed to the uncorrected clean accuracy, 0 no change, negative a
+    loss. It counts recovered poisoned accuracy, not a shrunken difference, so a correction that
+    merely lowers clean accuracy does not score; report the clean cost
+    (``before.clean_acc - after.clean_acc``) beside it.
+
+    Args:
+        before, after: :func:`shortcut_gap` results of the uncorrected and corrected model.
+
+    Returns:
+        The share (NaN when the uncorrected model has no gap).
+    """
+    gap = before["clean_acc"] - before["poisoned_acc"]
+    if gap <= 0:
+        return math.nan
+    return (after["poisoned_acc"] - before["poisoned_acc"]) / gap

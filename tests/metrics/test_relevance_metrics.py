@@ -1,0 +1,97 @@
+"""artifact_relevance against analytic cases and a direct computation of captum's InputXGradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.metrics import artifact_relevance, artifact_relevance_change
+
+H = W = 6
+
+
+def masked_linear(inside: bool, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    mask = torch.zeros(H, W)
+    mask[:2, :3] = 1
+    model = nn.Sequential(nn.Flatten(), nn.Linear(H * W, 4))
+    with torch.no_grad():
+        keep = mask if inside else 1 - mask
+        model[1].weight.mul_(keep.reshape(1, -1))
+    return model, mask
+
+
+def images(n: int = 9) -> torch.Tensor:
+    return torch.rand(n, 1, H, W, generator=torch.Generator().manual_seed(1)) + 0.1
+
+
+def test_weights_only_inside_give_one_only_outside_give_zero():
+    x = images()
+    inside, mask = masked_linear(True)
+    outside, _ = masked_linear(False)
+    assert artifact_relevance(inside, x, mask) == pytest.approx(1.0)
+    assert artifact_relevance(outside, x, mask.expand(9, -1, -1)) == pytest.approx(0.0)
+    for method in ("saliency", "integrated_gradients"):
+        assert artifact_relevance(inside, x, mask, method=method) == pytest.approx(1.0)
+        assert artifact_relevance(outside, x, mask, method=method) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_equals_a_direct_input_times_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(3 * H * W, 4))
+    x = images()
+    masks = torch.zeros(9, H, W)
+    masks[:, 3:, 3:] = 1
+    targets = torch.arange(9) % 4
+    xg = x.clone().requires_grad_(True)
+    out = model(xg).gather(1, targets[:, None]).sum()
+    (grad,) = torch.autograd.grad(out, xg)
+    attr = (xg * grad).detach().abs()
+    expected = (attr * masks[:, None]).flatten(1).sum(1) / attr.flatten(1).sum(1)
+    shares = artifact_relevance(model, x, masks, targets, per_sample=True, batch_size=4)
+    torch.testing.assert_close(shares, expected)
+    assert artifact_relevance(model, x, masks, targets) == pytest.approx(float(expected.mean()))
+    # targets=None attributes the predicted class; an int every sample's same class
+    predicted = model(x).argmax(1)
+    assert artifact_relevance(model, x, masks) == pytest.approx(
+        artifact_relevance(model, x, masks, predicted))
+    assert artifact_relevance(model, x, masks, 2) == pytest.approx(
+        artifact_relevance(model, x, masks, torch.full((9,), 2)))
+
+
+def test_samples_without_mask_are_left_out():
+    model, mask = masked_linear(True)
+    x = images(4)
+    masks = mask.expand(4, -1, -1).clone()
+    masks[1:] = 0
+    shares = artifact_relevance(model, x, masks, per_sample=True)
+    assert shares[0] == pytest.approx(1.0) and torch.isnan(shares[1:]).all()
+    assert artifact_relevance(model, x, masks) == pytest.approx(1.0)
+    assert math.isnan(artifact_relevance(model, x, torch.zeros(H, W)))
+    with pytest.raises(LatentSurgeonError, match="method"):
+        artifact_relevance(model, x, mask, method="lrp")
+    with pytest.raises(LatentSurgeonError, match="masks"):
+        artifact_relevance(model, x, None)
+
+
+def test_change_helper_compares_the_same_targets():
+    inside, mask = masked_linear(True)
+    outside, _ = masked_linear(False)
+    x = images()
+    change = artifact_relevance_change(inside, outside, x, mask)
+    assert change["before"] == pytest.approx(1.0)
+    assert change["after"] == pytest.approx(0.0)
+    assert change["reduction"] == pytest.approx(1.0)
+
+
+def test_model_state_is_restored():
+    model, mask = masked_linear(True)
+    model.train()
+    artifact_relevance(model, images(), mask)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
