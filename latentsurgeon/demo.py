@@ -123,10 +123,13 @@ def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) 
 
 # -- correct & verify --------------------------------------------------------------------------
 def _relevance(model: nn.Module, data: DecoyDigits) -> float:
+    """Share of the shortcut class's input x gradient evidence that lies in the watermark, on
+    poisoned images: how much the watermark drives the class it was planted on."""
     from latentsurgeon.metrics import artifact_relevance
 
     split = data.poisoned
-    return float(artifact_relevance(model, split.images, split.masks, targets=split.labels))
+    return float(artifact_relevance(model, split.images, split.masks,
+                                    targets=int(data.shortcut_class)))
 
 
 def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
@@ -139,6 +142,7 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
         RRClarc,
         default_settings,
     )
+    from latentsurgeon.metrics import gap_closed
 
     region = data.poisoned.masks[0]
 
@@ -180,10 +184,8 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
                          "artifact_relevance": _relevance(corrected, data), "seconds": seconds}
         models[name] = corrected
     base = results["none"]
-    gap = base["clean_acc"] - base["poisoned_acc"]
     for name, row in results.items():
-        after = row["clean_acc"] - row["poisoned_acc"]
-        row["gap_closed"] = 0.0 if name == "none" else (gap - after) / gap if gap > 0 else 0.0
+        row["gap_closed"] = gap_closed(base, row)
         echo(f"  {name:<10} {row['clean_acc']:7.2%} {row['poisoned_acc']:9.2%} "
              f"{row['gap_closed']:11.0%} {row['artifact_relevance']:19.3f} {row['seconds']:8.1f}")
     return results, models
@@ -242,7 +244,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
 
 def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float) -> dict[str, Any]:
     results["seconds_total"] = time.perf_counter() - started
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, sort_keys=False)
     if "report" in results:
         echo(f"Report: {results['report']}")
     echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s)")

@@ -20,7 +20,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, payload: Any, *, durable: bool = True) -> None:
+def write_json_atomic(path: Path, payload: Any, *, durable: bool = True,
+                      sort_keys: bool = True) -> None:
     """Write JSON to a temporary file beside ``path``, then rename it over ``path``.
 
     The rename alone makes the write atomic for other processes and survives the writer being
@@ -30,7 +31,7 @@ def write_json_atomic(path: Path, payload: Any, *, durable: bool = True) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
+            json.dump(payload, handle, indent=1, sort_keys=sort_keys)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

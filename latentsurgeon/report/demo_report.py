@@ -92,8 +92,10 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
         report.heading("3. Correct and verify")
         report.paragraph(
             "Each method starts from the uncorrected model. gap closed = share of the clean vs "
-            "poisoned accuracy gap that the correction removes; artifact relevance = share of "
-            "input x gradient attribution inside the watermark on poisoned images.")
+            "poisoned accuracy gap that the correction wins back (poisoned accuracy regained); "
+            f"artifact relevance = share of the input x gradient attribution of class {k}'s logit "
+            "that lies inside the watermark, on poisoned images: how much the watermark drives "
+            "the class it was planted on.")
         report.table(
             ["method", "clean accuracy", "poisoned accuracy", "gap closed", "artifact relevance",
              "seconds"],

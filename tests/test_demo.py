@@ -1,0 +1,97 @@
+"""The full demo at its default settings: reveal -> correct -> verify, results.json, report.html.
+
+One run (about 2-4 minutes on 2 cores) is shared by every test here. These are the quality goals
+the demo promises, checked on exactly the settings `make demo` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from latentsurgeon.demo import METHODS, DemoConfig, run_demo
+from latentsurgeon.report import find_chromium, inspect_report
+
+SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    run_demo(DemoConfig(out=out, progress=False), echo=lines.append)
+    return out, json.loads((out / "results.json").read_text()), "\n".join(lines)
+
+
+def test_results_json_has_every_method_with_every_field(demo):
+    _, results, printed = demo
+    assert list(results["methods"]) == list(METHODS)
+    for method, row in results["methods"].items():
+        assert set(row) >= {"clean_acc", "poisoned_acc", "gap_closed", "artifact_relevance",
+                            "seconds"}, method
+        assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["poisoned_acc"] <= 1.0
+    assert "report.html" in printed and "gap closed" in printed
+
+
+def test_the_shortcut_costs_at_least_ten_points(demo):
+    _, results, _ = demo
+    none = results["methods"]["none"]
+    assert none["clean_acc"] - none["poisoned_acc"] >= 0.10
+
+
+def test_reveal_finds_the_watermark_and_not_a_random_concept(demo):
+    _, results, _ = demo
+    layers = results["reveal"]["layers"]
+    block = next(row for row in layers if row["layer"] == "features")
+    assert block["tcav_significant"] and block["tcav_p"] < 0.05
+    assert block["cav_accuracy"] >= 0.9
+    assert not any(row["random_significant"] for row in layers)
+    fits = {row["fit"]: row for row in results["reveal"]["cav_fits"]}
+    # fitted on all samples, the direction points along the class; within the class it does not
+    assert (fits["all samples"]["cosine_with_class_direction"]
+            > fits["within class 0"]["cosine_with_class_direction"] + 0.2)
+
+
+def test_pclarc_closes_80_percent_at_two_points(demo):
+    _, results, _ = demo
+    none, row = results["methods"]["none"], results["methods"]["p-clarc"]
+    assert row["gap_closed"] >= 0.80
+    assert none["clean_acc"] - row["clean_acc"] <= 0.02
+
+
+@pytest.mark.parametrize("method", ["a-clarc", "rr-clarc", "rrr"])
+def test_trained_corrections_close_half_the_gap_at_three_points(demo, method):
+    _, results, _ = demo
+    none, row = results["methods"]["none"], results["methods"][method]
+    assert row["gap_closed"] >= 0.50
+    assert none["clean_acc"] - row["clean_acc"] <= 0.03
+
+
+@pytest.mark.parametrize("method", ["rr-clarc", "rrr"])
+def test_gradient_corrections_halve_artifact_relevance(demo, method):
+    _, results, _ = demo
+    before = results["methods"]["none"]["artifact_relevance"]
+    assert results["methods"][method]["artifact_relevance"] <= 0.5 * before
+
+
+def test_report_is_self_contained(demo):
+    out, _, _ = demo
+    text = (out / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") >= 5
+    assert 'id="methods"' in text and 'id="cav-quality"' in text
+
+
+def test_report_renders_in_headless_chromium(demo):
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    out, _, _ = demo
+    found = inspect_report(out / "report.html", out / "report.png")
+    assert found["images"] >= 5 and found["loaded"] == found["images"]
+    tables = {t["id"]: t["rows"] for t in found["tables"]}
+    assert tables.get("methods") == 1 + len(METHODS)
+    SCREENSHOT_DIR.mkdir(exist_ok=True)
+    shutil.copy(out / "report.png", SCREENSHOT_DIR / "demo-report.png")
