@@ -66,6 +66,15 @@ def loader_length(loader: DataLoader) -> int:
     return (n // loader.batch_size) * loader.batch_size if loader.drop_last else n
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a parameter-free model."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors of a dict/sequence, to ``device``."""
     if isinstance(inputs, torch.Tensor):

@@ -70,6 +70,7 @@ from latentsurgeon.activations.batching import (
     as_loader,
     batch_inputs,
     loader_length,
+    model_device,
     to_device,
 )
 from latentsurgeon.activations.pooling import check_pooling, pool
@@ -232,14 +233,6 @@ def _lift(acts: torch.Tensor, delta: torch.Tensor, pooling: str) -> torch.Tensor
     return onehot.view_as(acts) * view
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _target_output(output: Any, target: int) -> torch.Tensor:
     out = primary_tensor(output)
     if out.dim() == 1:
@@ -272,7 +265,7 @@ def pooled_gradients(
     """
     check_pooling(pooling)
     get_layer(model, layer)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     loader = as_loader(inputs, batch_size)
     deltas: list[torch.Tensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -600,7 +593,7 @@ def tcav(
         raise LatentSurgeonError(f"Unknown test {test!r}; expected one of {TESTS}.")
     check_pooling(pooling)
     get_layer(model, layer)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     given = _cav_list(concept)
     null_given = _cav_list(random_cavs) if random_cavs is not None else None
     if random_cavs is not None and null_given is None:

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from latentsurgeon._estimator import Estimator
 from latentsurgeon.activations import capture
+from latentsurgeon.activations.batching import model_device
 from latentsurgeon.concepts import CAV
-from latentsurgeon.correct._data import Samples, as_samples, index_batches, model_device, to_tensor
+from latentsurgeon.correct._data import Samples, as_samples, index_batches, to_tensor
 from latentsurgeon.correct.modules import copy_without_hooks
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
@@ -132,15 +131,6 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator | None = N
     """Index tensors of ``batch_size`` (the last one shorter), shuffled when ``generator`` is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     yield from order.split(batch_size)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a parameter-free model."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def select_logits(output: Any, head: str | int = "logits") -> torch.Tensor:

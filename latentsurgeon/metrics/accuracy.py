@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.correct._data import as_samples, index_batches, model_device, select_logits
+from latentsurgeon.activations.batching import model_device
+from latentsurgeon.correct._data import as_samples, index_batches, select_logits
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["accuracy", "class_accuracies", "gap_closed", "predict", "shortcut_gap",

@@ -10,7 +10,8 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
-from latentsurgeon.correct._data import index_batches, model_device, select_logits, to_tensor
+from latentsurgeon.activations.batching import model_device
+from latentsurgeon.correct._data import index_batches, select_logits, to_tensor
 from latentsurgeon.correct.rrr import prepare_masks
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state

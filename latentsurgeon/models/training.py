@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from latentsurgeon.activations.batching import model_device
 from latentsurgeon.errors import DeviceMismatchError, ShapeMismatchError
 
 __all__ = [
@@ -167,14 +168,6 @@ def _split_batch(batch: Any, need_labels: bool) -> tuple[torch.Tensor, torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNG (dropout, DataLoader shuffling without a generator) for the
@@ -239,7 +232,7 @@ def _fit(
     optimizer: torch.optim.Optimizer | None,
 ) -> TrainingHistory:
     _check_common(epochs, lr, batch_size, seed)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     model.to(dev)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -433,7 +426,7 @@ def evaluate_accuracy(
     Returns:
         Accuracy in ``[0, 1]``.
     """
-    model_dev = _model_device(model)
+    model_dev = model_device(model)
     dev = torch.device(device) if device is not None else model_dev
     if dev.type != model_dev.type or (
         dev.index is not None and model_dev.index is not None and dev.index != model_dev.index
