@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
+def readable_mode() -> int:
+    """``0o666`` less the process umask: what ``open()`` would give a new file (``mkstemp``
+    creates its files ``0o600``, too strict for reports and stores others should read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -35,6 +43,7 @@ def write_json_atomic(path: Path, payload: Any, *, durable: bool = True,
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, readable_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

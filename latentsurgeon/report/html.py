@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from latentsurgeon.activations._io import readable_mode
+
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 1100px; color: #1d2330; line-height: 1.45; padding: 0 1rem; }
@@ -109,6 +111,7 @@ class HtmlReport:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(self.render())
+            os.chmod(tmp, readable_mode())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -43,3 +43,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert found["images"] == 1 and found["loaded"] == 1
     assert {"id": "methods", "rows": 3} in found["tables"]
     assert (tmp_path / "shot.png").stat().st_size > 1000
+
+
+def test_report_file_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = _report().write(tmp_path / "report.html")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
