@@ -107,11 +107,13 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                       "Clean and poisoned test accuracy per method.", alt="method accuracies")
         split = data.poisoned
         pick = torch.nonzero(split.labels != k).flatten()[:8]
-        images, targets = split.images[pick], split.labels[pick]
+        images = split.images[pick]
+        targets = torch.full((len(pick),), int(k), dtype=torch.long)
         attributions = {name: input_x_gradient(model, images, targets)
                         for name, model in models.items()}
         report.figure(figures.attribution_rows(images, attributions, masks=split.masks[pick]),
-                      "Input x gradient of the true class on poisoned images (watermark "
-                      "outlined): before (none) and after each correction.",
+                      f"Input x gradient of class {k}'s logit on poisoned images of other "
+                      "classes (watermark outlined): what pushes them towards the shortcut class, "
+                      "before (none) and after each correction.",
                       alt="attribution heatmaps")
     return report.write(path)
