@@ -34,6 +34,7 @@ from latentsurgeon.activations.batching import (
     as_loader,
     batch_inputs,
     loader_length,
+    model_device,
     to_device,
 )
 from latentsurgeon.activations.fingerprint import (
@@ -244,7 +245,7 @@ class ActivationStore:
         *,
         pooling: str | Mapping[str, str] = "none",
         batch_size: int = 64,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         dtype: str = "float32",
         resume: bool = True,
         overwrite: bool = False,
@@ -263,6 +264,7 @@ class ActivationStore:
             path: store directory (created if missing).
             pooling: ``"max"``, ``"mean"``, ``"flatten"`` or ``"none"``, or a dict per layer.
             batch_size: used when ``data`` is not already a DataLoader.
+            device: where the inputs go (default: the model's device).
             dtype: ``"float32"`` (default), ``"float16"`` or ``"float64"`` on disk.
             resume: continue an interrupted extraction at ``path`` (default). With ``False``
                 a partial store is discarded and extraction starts over.
@@ -300,6 +302,7 @@ class ActivationStore:
             "n_samples": n_samples,
         }
         forward = forward_fn or (lambda m, x: m(x))
+        device = model_device(model) if device is None else torch.device(device)
 
         if (path / MANIFEST).exists() and not overwrite:
             return cls._reuse(path, config, loader, verify)

@@ -298,4 +298,8 @@ class CAV(Estimator):
         self._check_fitted()
         v = other.direction_ if isinstance(other, CAV) else _as_tensor(other, "other").float()
         v = v.reshape(-1)
+        if v.numel() != self.direction_.numel():
+            raise ShapeMismatchError(
+                f"Cannot compare a direction of {self.direction_.numel()} dimensions with one of "
+                f"{v.numel()}: fit both at the same layer with the same pooling.")
         return float(torch.dot(self.direction_, v) / (v.norm() + 1e-12))

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from latentsurgeon.activations.batching import DataLike, as_loader, batch_inputs
+from latentsurgeon.activations.batching import DataLike, as_loader, batch_inputs, model_device
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, resolve_layers
@@ -174,7 +174,7 @@ def _select_store_layers(store: ActivationStore, layers: Any, model: nn.Module |
 
 
 def _execution_order(model: nn.Module, names: list[str], data: Any,
-                     device: str | torch.device) -> list[str]:
+                     device: str | torch.device | None) -> list[str]:
     """``names`` in the order their outputs are produced (a container such as ``features``
     finishes after its children), found by one forward pass on one sample."""
     try:
@@ -192,7 +192,7 @@ def _execution_order(model: nn.Module, names: list[str], data: Any,
     with preserve_model_state(model), HookGroup() as group, torch.no_grad():
         model.eval()
         group.forward(model, names, record)
-        model(inputs[:1].to(device))
+        model(inputs[:1].to(model_device(model) if device is None else device))
     return seen + [n for n in names if n not in seen]
 
 
@@ -233,7 +233,7 @@ def probe_layers(
     seed: int = 0,
     store_path: str | Path | None = None,
     batch_size: int = 64,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ProbeReport:
     """Fit a linear probe for ``targets`` at every selected layer and score it on held-out data.
@@ -257,7 +257,7 @@ def probe_layers(
         store_path: keep the extracted activations in this store directory (a complete store
             from the same model and data there is reused); default a temporary directory that
             is deleted afterwards.
-        batch_size, device: of the extraction pass.
+        batch_size, device: of the extraction pass (device default: the model's).
         progress: show progress bars.
 
     Returns:

@@ -141,13 +141,16 @@ class ClarcCorrection(Correction):
         and ``cav_scores_`` from ``cav`` (default: the constructor's), or fit a CAV on the
         layer's activations."""
         cav = self.cav if cav is None else cav
+        acts: Any = None
+        artifact: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
         if cav is None:
             if activations is None:
                 if samples is None or model is None:
                     raise LatentSurgeonError(
                         "Without a fitted cav=..., fit() needs the model and data (images with "
                         "artifact labels), or activations=... with artifact_labels=....")
-                acts: Any = layer_activations(model, self.layer, samples.images,
+                acts = layer_activations(model, self.layer, samples.images,
                                               batch_size=self.batch_size, device=device,
                                               progress=self.progress)
             else:
@@ -180,6 +183,31 @@ class ClarcCorrection(Correction):
         scores = getattr(cav, "scores_", {}) or {}
         self.cav_scores_ = {k: float(v) for k, v in scores.items()
                             if isinstance(v, (int, float, np.floating))}
+        if self.pooling_ == "max":
+            self._per_position_means(acts, artifact, mask)
+
+    def _per_position_means(self, acts: Any, artifact: torch.Tensor | None,
+                            mask: torch.Tensor | None) -> None:
+        """A max-pooled direction is applied at every spatial position, so the reference points
+        must be means over samples *and positions*: the mean of per-channel maxima would push
+        every position up to maximum level and insert the artifact instead of removing it."""
+        if acts is None or artifact is None:
+            raise LatentSurgeonError(
+                "A CAV fitted with pooling='max' is applied at every spatial position and needs "
+                "per-position reference means: let fit() fit the CAV from data (or pass "
+                "activations= and artifact_labels=), or use a CAV with pooling='mean' or "
+                "'flatten'.")
+        from latentsurgeon.concepts.cav import _load_activations
+
+        raw = _load_activations(acts, None).float()
+        if raw.dim() < 3:
+            raise ShapeMismatchError(
+                f"pooling='max' needs (N, C, *spatial) activations, got {tuple(raw.shape)}.")
+        keep = torch.ones(len(raw), dtype=torch.bool) if mask is None else mask.cpu()
+        spatial = tuple(range(2, raw.dim()))
+        per_sample = raw.mean(dim=spatial)  # (N, C): spatial means
+        self.mean_clean_ = per_sample[keep & ~artifact].mean(0)
+        self.mean_concept_ = per_sample[keep & artifact].mean(0)
 
     def _prepare(self, model: nn.Module | None) -> torch.device | None:
         if model is None:

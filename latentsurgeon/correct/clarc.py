@@ -503,6 +503,10 @@ class RRClarc(_TrainedClarc):
 
         def grab(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
             tensor = primary_tensor(output)
+            if "a" in store:  # the penalty would silently use only the last call
+                raise LatentSurgeonError(
+                    f"Layer {self.layer!r} ran more than once in one forward pass; RR-ClArC needs "
+                    "a layer that runs once per forward (choose another layer).")
             if tensor.requires_grad:
                 store["a"] = tensor
                 return None
@@ -512,6 +516,7 @@ class RRClarc(_TrainedClarc):
             return replace_primary(output, leaf)
 
         def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            store.pop("a", None)
             logits = select_logits(model(images[idx].to(device)))
             activation = store.pop("a")
             ce = F.cross_entropy(logits, labels[idx].to(device))

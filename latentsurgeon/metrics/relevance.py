@@ -37,7 +37,7 @@ def _attributor(method: str, forward: Any) -> Any:
 def artifact_relevance(
     model: nn.Module,
     images: Any,
-    masks: Any,
+    masks: Any = None,
     targets: Any = None,
     method: str = "input_x_gradient",
     *,

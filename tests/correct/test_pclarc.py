@@ -195,3 +195,29 @@ def test_fit_paired_uses_the_same_images_with_and_without_the_artifact(base_mode
     again = PClarc("features").fit_paired(None, acts[:n].reshape(n, 32, 4, 4),
                                           acts[n:].reshape(n, 32, 4, 4))
     torch.testing.assert_close(again.direction_, pc.direction_, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "mean", "max"])
+def test_projection_leaves_clean_samples_in_place_and_moves_artifact_ones(pooling):
+    """Whatever the CAV's pooling, the clean samples' mean stays where it was and the artifact
+    samples' pooled projection moves to the clean one (a max-pooled direction used with the mean
+    of per-channel maxima as reference pushed every position up instead)."""
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = 300, 4, 6, 6
+    acts = torch.relu(torch.randn(n, c, h, w, generator=g))
+    artifact = torch.arange(n) % 3 == 0
+    acts[artifact, 1, :2, :2] += 3.0  # the artifact: channel 1, top-left corner
+    model = torch.nn.Sequential(torch.nn.Identity())
+    pc = PClarc("0", pooling=pooling, cav_samples="all", progress=False).fit(
+        None, activations=acts, artifact_labels=artifact)
+    with torch.no_grad(), pc.applied(model):
+        out = model(acts)
+    clean_shift = (out[~artifact] - acts[~artifact]).mean(0).abs().mean()
+    artifact_shift = (out[artifact] - acts[artifact]).mean(0).abs().mean()
+    assert clean_shift < 0.15 * artifact_shift
+    cav_space = {"flatten": lambda a: a.flatten(1), "mean": lambda a: a.mean((2, 3)),
+                 "max": lambda a: a.mean((2, 3))}[pooling]
+    v = pc.direction_
+    before = (cav_space(acts[artifact]) @ v).mean() - (cav_space(acts[~artifact]) @ v).mean()
+    after = (cav_space(out[artifact]) @ v).mean() - (cav_space(out[~artifact]) @ v).mean()
+    assert abs(after) < 0.05 * abs(before)

@@ -178,3 +178,27 @@ def test_quality_relevance_cut_beats_a_model_that_never_saw_the_artifact(
 
 def test_quality_relevance_halved(corrected, watermark):
     assert relevance_cut(*corrected, watermark) >= 0.5
+
+
+class _Twice(nn.Module):
+    """Applies the same block twice: its output exists twice per forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.block(torch.relu(self.block(x))))
+
+
+def test_a_layer_that_runs_twice_per_forward_is_refused():
+    torch.manual_seed(0)
+    model = _Twice()
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    artifact = torch.arange(32) % 2 == 0
+    acts = torch.randn(32, 4)
+    rr = RRClarc("block", epochs=1, progress=False)
+    with pytest.raises(LatentSurgeonError, match="more than once"):
+        rr.fit(model, (x, y), artifact, activations=acts)
+    assert hook_count(model) == 0
