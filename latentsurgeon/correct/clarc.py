@@ -19,6 +19,7 @@ the direction. A fitted CAV can be given instead (``cav=...``).
 from __future__ import annotations
 
 import logging
+import math
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -276,6 +277,8 @@ class AClarc(_TrainedClarc):
         cav_method, pooling, cav_samples: how the CAV is fitted (see :class:`PClarc`).
         device: where to train (the model is moved there); None = the model's device.
         progress: progress bar over epochs.
+        head: which output holds the logits when the model returns a tuple (index) or a dict
+            (key); a plain tensor output is used as is.
 
     Learned attributes: those of :class:`PClarc`, plus ``history_`` (per-epoch ``loss``) and
     ``trainable_params_`` (names of the fine-tuned parameters).
@@ -286,7 +289,9 @@ class AClarc(_TrainedClarc):
                  augment_fraction: float = 0.5, seed: int | None = 0, batch_size: int = 64,
                  cav_method: str = "mass_mean", pooling: str = "flatten",
                  cav_samples: str | int = "artifact_classes",
-                 device: str | torch.device | None = None, progress: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = True,
+                 head: str | int = "logits") -> None:
+        self.head = head
         self.layer = layer
         self.cav = cav
         self.alpha = alpha
@@ -326,12 +331,14 @@ class AClarc(_TrainedClarc):
 
         def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             n = len(idx)
-            k = int(round(fraction * n))
+            k = math.floor(fraction * n + 0.5)  # half up: a batch of 1 at 0.5 is augmented
             weight = torch.zeros(n)
             weight[torch.randperm(n, generator=generator)[:k]] = 1.0
             state["weight"] = weight.to(device)
-            logits = select_logits(model(images[idx].to(device)))
-            state.pop("weight")
+            try:
+                logits = select_logits(model(images[idx].to(device)), self.head)
+            finally:
+                state.pop("weight")
             return {"loss": F.cross_entropy(logits, labels[idx].to(device))}
 
         return HookGroup().forward(model, self.layer, augment, prepend=True), step
@@ -451,7 +458,7 @@ class RRClarc(_TrainedClarc):
         masking: :class:`RRMaskingPattern` or its value.
         target_class: the class of ``masking="target_logit"`` (required there).
         epochs, lr, optimizer, trainable, seed, batch_size, cav_method, pooling, cav_samples,
-        device, progress: as for :class:`AClarc`; ``seed`` also draws the signs of
+        device, progress, head: as for :class:`AClarc`; ``seed`` also draws the signs of
         ``all_logits_random``.
 
     Learned attributes: those of :class:`PClarc`, plus ``history_`` (per-epoch ``loss``, ``ce``,
@@ -465,7 +472,9 @@ class RRClarc(_TrainedClarc):
                  optimizer: OptimizerSpec = "adam", trainable: Trainable = "above",
                  seed: int | None = 0, batch_size: int = 64, cav_method: str = "mass_mean",
                  pooling: str = "flatten", cav_samples: str | int = "artifact_classes",
-                 device: str | torch.device | None = None, progress: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = True,
+                 head: str | int = "logits") -> None:
+        self.head = head
         self.layer = layer
         self.cav = cav
         self.lambda_rr = lambda_rr
@@ -517,7 +526,7 @@ class RRClarc(_TrainedClarc):
 
         def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             store.pop("a", None)
-            logits = select_logits(model(images[idx].to(device)))
+            logits = select_logits(model(images[idx].to(device)), self.head)
             activation = store.pop("a")
             ce = F.cross_entropy(logits, labels[idx].to(device))
             m = masked_output(logits, masking, self.target_class, generator)

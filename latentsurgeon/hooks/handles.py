@@ -66,7 +66,7 @@ class HookGroup:
                 if kind == "forward":
                     handle = module.register_forward_hook(bound, prepend=prepend)
                 elif kind == "forward_pre":
-                    handle = module.register_forward_pre_hook(bound)
+                    handle = module.register_forward_pre_hook(bound, prepend=prepend)
                 else:
                     handle = module.register_full_backward_hook(bound)
                 self._handles.append(handle)
@@ -86,9 +86,11 @@ class HookGroup:
         """
         return self._register(model, layers, fn, "forward", prepend)
 
-    def forward_pre(self, model: nn.Module, layers: LayerSelector, fn: ForwardPreHook) -> HookGroup:
-        """Register ``fn(name, module, inputs)`` before the forward of each selected layer."""
-        return self._register(model, layers, fn, "forward_pre")
+    def forward_pre(self, model: nn.Module, layers: LayerSelector, fn: ForwardPreHook, *,
+                    prepend: bool = False) -> HookGroup:
+        """Register ``fn(name, module, inputs)`` before the forward of each selected layer
+        (``prepend=True``: before the layer's pre-hooks registered earlier)."""
+        return self._register(model, layers, fn, "forward_pre", prepend)
 
     def backward(self, model: nn.Module, layers: LayerSelector, fn: BackwardHook) -> HookGroup:
         """Register a full backward hook ``fn(name, module, grad_input, grad_output)``."""

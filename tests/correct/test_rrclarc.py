@@ -202,3 +202,30 @@ def test_a_layer_that_runs_twice_per_forward_is_refused():
     with pytest.raises(LatentSurgeonError, match="more than once"):
         rr.fit(model, (x, y), artifact, activations=acts)
     assert hook_count(model) == 0
+
+
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return {"aux": x.sum(1), "scores": self.out(torch.relu(self.body(x)))}
+
+
+@pytest.mark.parametrize("cls", ["AClarc", "RRClarc"])
+def test_trained_clarcs_read_logits_from_dict_outputs(cls):
+    import latentsurgeon.correct as correct
+
+    torch.manual_seed(0)
+    model = _DictOutput()
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    artifact = torch.arange(32) % 2 == 0
+    before = copy.deepcopy(model.out.weight)
+    getattr(correct, cls)("body", epochs=1, head="scores", progress=False).fit(
+        model, (x, y), artifact)
+    assert not torch.equal(before, model.out.weight)  # the head trained on the dict's logits
+    with pytest.raises(LatentSurgeonError, match="head"):
+        getattr(correct, cls)("body", epochs=1, progress=False).fit(_DictOutput(), (x, y),
+                                                                    artifact)

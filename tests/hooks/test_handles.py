@@ -243,3 +243,15 @@ def test_prepend_puts_a_replacing_hook_before_earlier_observers(mlp, x):
     assert torch.equal(seen[0], ref)
     assert torch.equal(seen[1], ref + 1)
     assert hook_count(mlp) == 0
+
+
+def test_forward_pre_prepend_runs_before_earlier_pre_hooks():
+    from latentsurgeon.hooks import HookGroup
+
+    model = nn.Sequential(nn.Identity())
+    seen: list[str] = []
+    with HookGroup() as group:
+        group.forward_pre(model, "0", lambda name, m, args: seen.append("first"))
+        group.forward_pre(model, "0", lambda name, m, args: seen.append("prepended"), prepend=True)
+        model(torch.zeros(1))
+    assert seen == ["prepended", "first"]
