@@ -18,6 +18,7 @@ the direction. A fitted CAV can be given instead (``cav=...``).
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from enum import Enum
@@ -198,9 +199,11 @@ class _TrainedClarc(ClarcCorrection):
     trainable: Trainable
     seed: int | None
 
+    @abc.abstractmethod
     def _loss_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   device: torch.device) -> tuple[Any, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+                   device: torch.device) -> tuple[Any, Any]:
+        """Each subclass returns ``(hooks, step)``: the HookGroup its training needs and
+        ``step(batch_indices) -> {"loss": ..., ...}``."""
 
     def _validate(self) -> None:
         check_epochs(self.epochs, self.batch_size, self.lr)
