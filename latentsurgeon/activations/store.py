@@ -44,6 +44,7 @@ from latentsurgeon.activations.fingerprint import (
     tensor_fingerprint,
 )
 from latentsurgeon.activations.pooling import check_pooling, pool
+from latentsurgeon.activations.sharding import current_shard, extract_sharded
 from latentsurgeon.errors import StoreError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
@@ -252,6 +253,7 @@ class ActivationStore:
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
         progress: bool = True,
         verify: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> ActivationStore:
         """Run ``model`` over ``data`` once and stream the selected layers' activations to ``path``.
 
@@ -273,6 +275,11 @@ class ActivationStore:
                 unpack dict inputs for a transformer).
             progress: show a progress bar over batches.
             verify: verify the file fingerprints of a store that already exists before reusing it.
+            shard: ``(rank, world_size)`` for a multi-process extraction; default: the running
+                ``torch.distributed`` job's (``(0, 1)`` outside one). Each rank extracts its
+                contiguous block of the data into ``path/shards/`` (resumable on its own), then
+                rank 0 merges the blocks, in order, into ``path``: the result equals a
+                single-process store. Every rank must call ``extract`` with the same arguments.
 
         Returns:
             The complete :class:`ActivationStore`.
@@ -284,6 +291,12 @@ class ActivationStore:
         if dtype not in _DTYPES:
             raise StoreError(f"Unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}.")
         path = Path(path)
+        rank, world = current_shard() if shard is None else shard
+        if world > 1:
+            return extract_sharded(
+                cls, model, data, layers, path, rank, world, batch_size, overwrite,
+                {"pooling": pooling, "device": device, "dtype": dtype, "resume": resume,
+                 "forward_fn": forward_fn, "progress": progress and rank == 0, "verify": verify})
         loader = as_loader(data, batch_size)
         names = list(resolve_layers(model, layers))
         if not isinstance(pooling, str):

@@ -1,0 +1,173 @@
+"""Sharded extraction: each process of a ``torch.distributed`` job extracts one block of the data.
+
+Rank ``r`` of ``W`` takes the contiguous samples ``[r*N//W, (r+1)*N//W)`` and writes them as an
+ordinary (resumable, verified) store under ``path/shards/``; once every rank is done, rank 0
+merges the shards, in order, into the store at ``path`` and writes its manifest. The merged store
+is identical to the one a single process writes, so every reader works on it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Subset
+
+from latentsurgeon.activations._io import write_json_atomic
+from latentsurgeon.activations.batching import as_loader, loader_length
+from latentsurgeon.activations.fingerprint import combine, file_fingerprint
+from latentsurgeon.errors import StoreError
+
+logger = logging.getLogger("latentsurgeon")
+SHARDS = "shards"
+
+
+def current_shard() -> tuple[int, int]:
+    """``(rank, world_size)`` of the running ``torch.distributed`` job, ``(0, 1)`` outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_path(path: Path, rank: int, world: int) -> Path:
+    return Path(path) / SHARDS / f"rank-{rank:03d}-of-{world:03d}"
+
+
+def shard_loader(data: Any, batch_size: int, rank: int, world: int) -> DataLoader:
+    """The loader of rank ``rank``'s contiguous block of ``data`` (same batch size and workers)."""
+    loader = as_loader(data, batch_size)
+    if isinstance(loader.sampler, RandomSampler) or loader.batch_size is None:
+        raise StoreError("Sharded extraction needs data in a fixed order with a fixed batch size "
+                         "(no shuffling loader, no custom batch sampler).")
+    n = loader_length(loader)
+    start, end = rank * n // world, (rank + 1) * n // world
+    return DataLoader(Subset(loader.dataset, range(start, end)), batch_size=loader.batch_size,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+
+
+def shards_fingerprint(manifests: list[dict]) -> str:
+    """One fingerprint of a list of shard manifests: their weights, data and file contents."""
+    parts = []
+    for manifest in manifests:
+        files = [entry["fingerprint"] for _, entry in sorted(manifest["layers"].items())]
+        parts.append(combine([manifest["model_fingerprint"], manifest["data_fingerprint"], *files]))
+    return combine(parts)
+
+
+def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
+    """Concatenate the complete shard stores of a ``world``-process extraction into ``path``.
+
+    Streams rows in chunks (constant memory); the manifest is written last, atomically.
+
+    Raises:
+        StoreError: a shard is missing, damaged, or was extracted with another model, layers,
+            pooling or dtype than the others.
+    """
+    from latentsurgeon.activations.store import FORMAT_VERSION, MANIFEST, ActivationStore
+
+    path = Path(path)
+    shards = [ActivationStore(shard_path(path, r, world)) for r in range(world)]
+    first = shards[0].manifest["config"]
+    for rank, shard in enumerate(shards[1:], start=1):
+        config = shard.manifest["config"]
+        for key in ("layers", "pooling", "dtype", "model_fingerprint"):
+            if config[key] != first[key]:
+                raise StoreError(f"Shard {rank} at {shard.path} was extracted with another "
+                                 f"{key.replace('_', ' ')} than shard 0.")
+    total = sum(s.n_samples for s in shards)
+    layers = {}
+    for layer in first["layers"]:
+        entry = shards[0].manifest["layers"][layer]
+        file = entry["file"]
+        shape = (total, *entry["shape"][1:])
+        out = np.lib.format.open_memmap(path / file, mode="w+", dtype=np.dtype(entry["dtype"]),
+                                        shape=shape)
+        row = 0
+        for shard in shards:
+            array = shard[layer]
+            for start in range(0, len(array), chunk):
+                block = array[start:start + chunk]
+                out[row:row + len(block)] = block
+                row += len(block)
+        out.flush()
+        del out
+        layers[layer] = {"file": file, "shape": list(shape), "dtype": entry["dtype"],
+                         "pooling": entry["pooling"], "bytes": (path / file).stat().st_size,
+                         "fingerprint": file_fingerprint(path / file)}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "complete": True,
+        "config": {**first, "n_samples": total},
+        "layers": layers,
+        "n_samples": total,
+        "model_fingerprint": first["model_fingerprint"],
+        "data_fingerprint": combine([s.manifest["data_fingerprint"] for s in shards]),
+        "shards": [str(s.path.relative_to(path)) for s in shards],
+        "shards_fingerprint": shards_fingerprint([s.manifest for s in shards]),
+        "created": shards[-1].manifest.get("created", ""),
+    }
+    write_json_atomic(path / MANIFEST, manifest)
+    logger.info("merged %d shards (%d samples) into %s", world, total, path)
+
+
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if _in_process_group():
+        dist.barrier()
+
+
+def _complete(path: Path) -> bool:
+    from latentsurgeon.activations.store import MANIFEST
+
+    return (path / MANIFEST).exists()
+
+
+def extract_sharded(cls: Any, model: torch.nn.Module, data: Any, layers: Any, path: Path,
+                    rank: int, world: int, batch_size: int, overwrite: bool,
+                    kwargs: dict[str, Any]) -> Any:
+    """One rank's part of :meth:`ActivationStore.extract` with ``shard=(rank, world)``.
+
+    Returns the merged store, or (outside a process group, while other shards are missing)
+    this rank's shard store.
+    """
+    from latentsurgeon.activations.store import MANIFEST
+
+    path = Path(path)
+    if rank == 0 and overwrite and (path / MANIFEST).exists():
+        (path / MANIFEST).unlink()
+    barrier()  # nobody reads a manifest rank 0 is about to replace
+    mine = shard_path(path, rank, world)
+    cls.extract(model, shard_loader(data, batch_size, rank, world), layers, mine,
+                overwrite=overwrite, shard=(0, 1), batch_size=batch_size, **kwargs)
+    barrier()  # every shard complete
+    # In a process group rank 0 merges; without one (shards run by hand, one after another),
+    # whichever rank finds every shard complete merges.
+    if _in_process_group():
+        merge_here = rank == 0
+    else:
+        merge_here = all(_complete(shard_path(path, r, world)) for r in range(world))
+    if merge_here:
+        merged = path / MANIFEST
+        wanted = shards_fingerprint([cls(shard_path(path, r, world), verify=False).manifest
+                                     for r in range(world)])
+        current = None
+        if merged.exists():
+            current = cls(path, verify=False).manifest.get("shards_fingerprint")
+        if current != wanted:
+            if merged.exists():
+                merged.unlink()
+            merge_shards(path, world)
+    barrier()  # the merged store exists for everyone
+    return cls(path if _complete(path) else mine, verify=False)
