@@ -182,18 +182,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # -- tcav ------------------------------------------------------------------------------------------
 def cmd_tcav(args: argparse.Namespace) -> int:
     from latentsurgeon.concepts import tcav
-    from latentsurgeon.data import paste_watermark
+    from latentsurgeon.data import watermark_concept_sets
 
     data = _bundled_data("decoy-watermark", args.seed)
     model = _analysed_model(args, data)
     target = data.shortcut_class if args.target_class is None else args.target_class
-    pool = data.train_clean.images[torch.randperm(len(data.train_clean),
-                                                  generator=torch.Generator().manual_seed(args.seed))]
-    concept = paste_watermark(pool[:60])[0] if args.concept == "watermark" else pool[:60]
+    sets = watermark_concept_sets(data, seed=args.seed)
+    concept = sets.concept if args.concept == "watermark" else sets.random_concept
     inputs = data.test.images[data.test.labels == target]
     print(f"TCAV of the {args.concept!r} concept for class {target} ({args.runs} CAVs per run):")
     for layer in args.layers:
-        result = tcav(model, layer, inputs, target, concept, pool[60:], n_runs=args.runs,
+        result = tcav(model, layer, inputs, target, concept, sets.random_pool, n_runs=args.runs,
                       seed=args.seed, progress=not args.quiet)
         print(f"  {layer:<14} score {result.mean:.3f} +- {result.std:.3f}  "
               f"random {result.random_mean:.3f}  p = {result.p_value:.3g}  "

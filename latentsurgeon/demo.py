@@ -20,7 +20,7 @@ from torch import nn
 
 from latentsurgeon.activations import ActivationStore, capture
 from latentsurgeon.activations._io import write_json_atomic
-from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark
+from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark, watermark_concept_sets
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
 
 Echo = Callable[[str], None]
@@ -78,11 +78,7 @@ def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) 
     per_layer = []
     echo(f"  {'layer':<12} {'CAV acc':>8} {'CAV AUC':>8} {'TCAV':>6} {'p':>9}   "
          f"{'random TCAV':>11} {'p':>9}")
-    generator = torch.Generator().manual_seed(config.seed)
-    pool = clean[torch.randperm(len(clean), generator=generator)]
-    concept = paste_watermark(pool[:60])[0]
-    random_concept = pool[60:120]
-    random_pool = pool[120:]
+    concept, random_concept, random_pool = watermark_concept_sets(data, seed=config.seed)
     class_inputs = data.test.images[data.test.labels == k]
     for layer in layers:
         cav = CAV("mass_mean", pooling="flatten", seed=config.seed).fit_paired(
@@ -231,6 +227,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
     }
     if config.stop_after == "reveal":
         return _finish(out, results, echo, started)
+    # stop_after == "all"
 
     echo("[4/4] Correct and verify (every method, default settings)")
     methods, models = correct_and_verify(model, data, config, echo)

@@ -82,6 +82,16 @@ def test_extract_unknown_layer_lists_close_matches(user_module, capsys):
     assert "latentsurgeon layers" in capsys.readouterr().err
 
 
+def test_demo_can_stop_after_reveal(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "4", "--quiet",
+                 "--stage", "reveal"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["layer"] for row in results["reveal"]["layers"]] == [
+        "features.0", "features.3", "features"]
+    assert "methods" not in results and not (tmp_path / "report.html").exists()
+    assert "[4/4]" not in capsys.readouterr().out
+
+
 def test_demo_quick_run_writes_results(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--epochs", "2", "--quiet", "--stage", "store"])
     assert code == 0
@@ -113,11 +123,17 @@ def test_probe_command_reports_every_layer(weights, tmp_path, capsys):
     assert "best layer:" in out and plot.stat().st_size > 1000
 
 
-def test_tcav_command_finds_the_watermark(weights, capsys):
-    assert main(["tcav", "--weights", weights, "--quiet", "--runs", "4",
-                 "--layers", "features"]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("features")]
-    assert len(line) == 1 and "p = " in line[0]
+def test_tcav_command_separates_the_watermark_from_a_random_concept(weights, capsys):
+    def run(concept: str) -> str:
+        assert main(["tcav", "--weights", weights, "--quiet", "--runs", "6",
+                     "--layers", "features", "--concept", concept]) == 0
+        out = capsys.readouterr().out.splitlines()
+        line = [ln for ln in out if ln.strip().startswith("features")]
+        assert len(line) == 1 and "p = " in line[0]
+        return line[0]
+
+    assert run("watermark").endswith(" significant")
+    assert run("random").endswith("not significant")
 
 
 def test_correct_command_saves_a_plain_corrected_module(weights, tmp_path, capsys):

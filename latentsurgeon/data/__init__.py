@@ -3,6 +3,7 @@
 Nothing is downloaded: the digits ship with scikit-learn.
 """
 
+from latentsurgeon.data.concept_sets import ConceptSets, watermark_concept_sets
 from latentsurgeon.data.decoy import (
     CORNERS,
     KINDS,
@@ -19,6 +20,7 @@ from latentsurgeon.data.digits import load_digits16
 
 __all__ = [
     "CORNERS",
+    "ConceptSets",
     "KINDS",
     "DecoyDigits",
     "DecoySplit",
@@ -29,4 +31,5 @@ __all__ = [
     "paste_swatch",
     "paste_watermark",
     "swatch_gray",
+    "watermark_concept_sets",
 ]
