@@ -66,13 +66,18 @@ def loader_length(loader: DataLoader) -> int:
     return (n // loader.batch_size) * loader.batch_size if loader.drop_last else n
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a parameter-free model."""
+_CPU = torch.device("cpu")
+
+
+def model_device(model: torch.nn.Module,
+                 default: torch.device | None = _CPU) -> torch.device | None:
+    """The device of the model's first parameter (or buffer); ``default`` for a model with
+    neither (CPU unless told otherwise; ``None`` lets callers leave inputs where they are)."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
         return tensor.device
-    return torch.device("cpu")
+    return default
 
 
 def to_device(inputs: Any, device: torch.device | str) -> Any:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from latentsurgeon.activations.batching import as_loader, batch_inputs, to_device
+from latentsurgeon.activations.batching import as_loader, batch_inputs, model_device, to_device
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -22,15 +22,6 @@ def default_forward(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer (``None`` for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
 
 
 def batch_size_of(inputs: Any) -> int:
@@ -103,7 +94,8 @@ def run_batches(
     so hooks know which rows of recorded activations belong to it.
     """
     forward = forward_fn or default_forward
-    target = device if device is not None else model_device(model)
+    # a stateless model (no parameters, no buffers) leaves the inputs where they are
+    target = device if device is not None else model_device(model, default=None)
     start = 0
     for batch in iter_batches(inputs, batch_size):
         n = batch_size_of(batch)

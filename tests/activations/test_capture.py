@@ -257,3 +257,11 @@ def test_capture_without_inplace_modules_stores_the_output_itself():
         y = model[0](torch.randn(2, 3))  # noqa: F841 - the module's own call goes through hooks
         outputs.append(cap["0"])
     assert outputs[0].data_ptr() == y.data_ptr()  # no copy was made
+
+
+def test_model_device_of_a_stateless_model_falls_back_to_the_default():
+    from latentsurgeon.activations.batching import model_device
+
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU(), default=None) is None
+    assert model_device(torch.nn.Linear(2, 2), default=None) == torch.device("cpu")
