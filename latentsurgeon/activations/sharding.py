@@ -1,9 +1,13 @@
 """Sharded extraction: each process of a ``torch.distributed`` job extracts one block of the data.
 
-Rank ``r`` of ``W`` takes the contiguous samples ``[r*N//W, (r+1)*N//W)`` and writes them as an
-ordinary (resumable, verified) store under ``path/shards/``; once every rank is done, rank 0
-merges the shards, in order, into the store at ``path`` and writes its manifest. The merged store
-is identical to the one a single process writes, so every reader works on it unchanged.
+The work is split by whole batches of the single-process batch sequence: with ``B`` batches of
+``batch_size`` samples, rank ``r`` of ``W`` takes batches ``[r*B//W, (r+1)*B//W)``, so every batch is
+computed with exactly the composition and shape a single process would give it (CPU kernels round
+differently for different batch shapes; a split by samples would change the last bits). Each rank
+writes its block as an ordinary (resumable, verified) store under ``path/shards/``; once every rank
+is done, rank 0 merges the shards, in order, into the store at ``path`` and writes its manifest. The
+merged store is bit-identical to the one a single process writes, so every reader works on it
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,14 +42,24 @@ def shard_path(path: Path, rank: int, world: int) -> Path:
     return Path(path) / SHARDS / f"rank-{rank:03d}-of-{world:03d}"
 
 
+def batch_block(n_samples: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Sample range ``[start, end)`` of rank ``rank``'s block of whole batches (see module doc)."""
+    n_batches = -(-n_samples // batch_size)
+    first, last = rank * n_batches // world, (rank + 1) * n_batches // world
+    return min(first * batch_size, n_samples), min(last * batch_size, n_samples)
+
+
 def shard_loader(data: Any, batch_size: int, rank: int, world: int) -> DataLoader:
-    """The loader of rank ``rank``'s contiguous block of ``data`` (same batch size and workers)."""
+    """The loader of rank ``rank``'s block of whole batches of ``data`` (same batch size and
+    workers), so each batch holds the samples it holds in a single-process run."""
     loader = as_loader(data, batch_size)
     if isinstance(loader.sampler, RandomSampler) or loader.batch_size is None:
         raise StoreError("Sharded extraction needs data in a fixed order with a fixed batch size "
                          "(no shuffling loader, no custom batch sampler).")
-    n = loader_length(loader)
-    start, end = rank * n // world, (rank + 1) * n // world
+    if loader.drop_last:
+        raise StoreError("Sharded extraction cannot use a loader with drop_last=True (the dropped "
+                         "samples would depend on the number of ranks).")
+    start, end = batch_block(loader_length(loader), loader.batch_size, rank, world)
     return DataLoader(Subset(loader.dataset, range(start, end)), batch_size=loader.batch_size,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
@@ -80,6 +94,10 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
                 raise StoreError(f"Shard {rank} at {shard.path} was extracted with another "
                                  f"{key.replace('_', ' ')} than shard 0.")
     total = sum(s.n_samples for s in shards)
+    if any(not isinstance(s.manifest.get("batch_fingerprints"), list) for s in shards):
+        raise StoreError("A shard's manifest lacks its batch fingerprints (written by an older "
+                         "version); extract the shards again with overwrite=True.")
+    batch_fps = [fp for s in shards for fp in s.manifest["batch_fingerprints"]]
     layers = {}
     for layer in first["layers"]:
         entry = shards[0].manifest["layers"][layer]
@@ -106,7 +124,8 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
         "layers": layers,
         "n_samples": total,
         "model_fingerprint": first["model_fingerprint"],
-        "data_fingerprint": combine([s.manifest["data_fingerprint"] for s in shards]),
+        "data_fingerprint": combine(batch_fps),
+        "batch_fingerprints": batch_fps,
         "shards": [str(s.path.relative_to(path)) for s in shards],
         "shards_fingerprint": shards_fingerprint([s.manifest for s in shards]),
         "created": shards[-1].manifest.get("created", ""),

@@ -524,6 +524,8 @@ class _StoreWriter:
             "n_samples": self.config["n_samples"],
             "model_fingerprint": self.config["model_fingerprint"],
             "data_fingerprint": combine([fp for _, fp in self.state["batches"]]),
+            # per batch, so that sharded stores merge into the single-process fingerprint
+            "batch_fingerprints": [fp for _, fp in self.state["batches"]],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json_atomic(self.path / MANIFEST, manifest)

@@ -39,6 +39,7 @@ def test_two_gloo_ranks_write_the_same_store_as_one_process(tmp_path):
                                      progress=False)
     merged = ActivationStore(sharded, model=model)  # verifies fingerprints and weights
     assert merged.n_samples == 203 and merged.layers == single.layers
+    assert merged.manifest["data_fingerprint"] == single.manifest["data_fingerprint"]
     for layer in single.layers:
         assert np.array_equal(np.asarray(merged[layer]), np.asarray(single[layer]))
     assert sorted(p.name for p in (sharded / "shards").iterdir()) == [
@@ -55,7 +56,8 @@ def test_explicit_shards_merge_in_order(tmp_path):
     model, data = build()
     parts = [ActivationStore.extract(model, data, ["3"], tmp_path / "s", batch_size=10,
                                      shard=(rank, 3), progress=False) for rank in range(3)]
-    assert [p.n_samples for p in parts[:2]] == [67, 68]  # shards until the last one is in
+    # 21 batches of 10: whole batches per rank, shards until the last one is in
+    assert [p.n_samples for p in parts[:2]] == [70, 70]
     merged = ActivationStore(tmp_path / "s")
     assert parts[2].path == merged.path and merged.n_samples == 203
     with torch.no_grad():
