@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latentsurgeon._io import write_json_atomic
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 TABLE = ROOT.parent / "docs" / "benchmarks.md"
@@ -79,10 +81,7 @@ def _torch_threads() -> int:
 def write_result(result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['name']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, result, durable=False)
 
 
 def write_table() -> Path:

@@ -1,17 +1,27 @@
-"""The estimator contract shared by every fitted object: parameters, learned state, save/load."""
+"""The estimator contract shared by every fitted object (scikit-learn's, completely).
+
+* The constructor stores each parameter under its own name, unchanged; nothing is checked there.
+* ``get_params(deep=True)`` reads the parameter names from the constructor's signature;
+  ``set_params(**params)`` sets them (``cav__method=...`` reaches a nested estimator);
+  ``sklearn.base.clone`` therefore works and gives an unfitted copy.
+* Parameters are validated against ``_parameter_constraints`` (see
+  :mod:`latentsurgeon._validation`) when ``fit`` runs: subclasses call
+  :meth:`Estimator._validate_params` first thing in ``fit``.
+* ``fit`` returns ``self``; learned state ends in ``_``; ``save``/``load`` round-trip it.
+"""
 
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
-from latentsurgeon.errors import LatentSurgeonError, NotFittedError
+from latentsurgeon._io import torch_save_atomic
+from latentsurgeon._validation import validate_params
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NotFittedError
 
 E = TypeVar("E", bound="Estimator")
 _FORMAT = "latentsurgeon-estimator/1"
@@ -22,6 +32,8 @@ def _to_storable(value: Any) -> Any:
         return torch.from_numpy(value.copy())
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, torch.device):
+        return str(value)
     if isinstance(value, dict):
         return {k: _to_storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -38,9 +50,63 @@ class Estimator:
     strings, lists and dicts only, so ``load`` can use ``weights_only=True``).
     """
 
-    def get_params(self) -> dict[str, Any]:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+    #: ``{parameter: constraint or [constraints]}``, checked by :meth:`_validate_params`.
+    _parameter_constraints: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        init = cls.__init__
+        if init is object.__init__:
+            return []
+        params = inspect.signature(init).parameters.values()  # follows @aliased's __wrapped__
+        return [p.name for p in params if p.name != "self"
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters, ``{name: value}``; with ``deep``, also
+        ``{name__sub: value}`` for parameters that are estimators themselves."""
+        out: dict[str, Any] = {}
+        for name in self._get_param_names():
+            if not hasattr(self, name):
+                raise LatentSurgeonError(
+                    f"{type(self).__name__} does not store its constructor parameter {name!r} "
+                    "under that name; every estimator must (scikit-learn's contract).")
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update({f"{name}__{k}": v for k, v in value.get_params().items()})
+            out[name] = value
+        return out
+
+    def set_params(self: E, **params: Any) -> E:
+        """Set constructor parameters (``name__sub=`` for a nested estimator); returns self.
+
+        Raises:
+            InvalidParameterError: a name that is not a parameter of this estimator.
+        """
+        valid = self.get_params(deep=True)
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, sep, sub = key.partition("__")
+            if name not in valid:
+                raise InvalidParameterError(
+                    f"{type(self).__name__} has no parameter {name!r}; its parameters are "
+                    f"{', '.join(self._get_param_names())}.")
+            if sep:
+                nested.setdefault(name, {})[sub] = value
+            else:
+                setattr(self, name, value)
+                valid[name] = value
+        for name, sub_params in nested.items():
+            valid[name].set_params(**sub_params)
+        return self
+
+    def _validate_params(self) -> None:
+        """Check every parameter against ``_parameter_constraints`` (raises
+        :class:`InvalidParameterError` naming the parameter, what it accepts and what it got)."""
+        constraints: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            constraints.update(getattr(klass, "_parameter_constraints", {}) or {})
+        validate_params(self.get_params(deep=False), constraints, owner=type(self).__name__)
 
     def learned_state(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()
@@ -59,18 +125,10 @@ class Estimator:
         payload = {
             "format": _FORMAT,
             "class": type(self).__name__,
-            "params": _to_storable(self.get_params()),
+            "params": _to_storable(self.get_params(deep=False)),
             "learned": _to_storable(self.learned_state()),
         }
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        torch_save_atomic(payload, path)
 
     @classmethod
     def load(cls: type[E], path: str | Path) -> E:
@@ -92,5 +150,5 @@ class Estimator:
         return obj
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({params})"

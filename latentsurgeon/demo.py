@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon._io import write_json_atomic
 from latentsurgeon.activations import ActivationStore, capture
-from latentsurgeon.activations._io import write_json_atomic
 from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark, watermark_concept_sets
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
 

@@ -14,12 +14,23 @@ class LayerNotFoundError(LatentSurgeonError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InvalidParameterError(LatentSurgeonError, ValueError):
+    """A parameter (of a constructor or a call) has a value outside what it accepts.
+
+    The message names the parameter, what it accepts and what was given.
+    """
+
+
 class ShapeMismatchError(LatentSurgeonError, ValueError):
     """A tensor has a shape other than the one the operation needs."""
 
 
 class DeviceMismatchError(LatentSurgeonError, ValueError):
     """Tensors or model live on different devices."""
+
+
+class NonFiniteError(LatentSurgeonError, ValueError):
+    """Inputs, activations, gradients or results hold NaN or Inf: an error, never a result."""
 
 
 class StoreError(LatentSurgeonError, ValueError):

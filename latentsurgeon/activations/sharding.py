@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
-from latentsurgeon.activations._io import write_json_atomic
+from latentsurgeon._io import write_json_atomic
 from latentsurgeon.activations.batching import as_loader, loader_length
 from latentsurgeon.activations.fingerprint import combine, file_fingerprint
 from latentsurgeon.errors import StoreError

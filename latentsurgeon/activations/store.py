@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentsurgeon.activations._io import write_json_atomic
+from latentsurgeon._io import write_json_atomic
 from latentsurgeon.activations.batching import (
     DataLike,
     as_loader,

@@ -601,7 +601,7 @@ def tcav(
 
     if given is not None:
         pooling = _common_pooling(given + (null_given or []))
-        params = given[0].get_params()
+        params = given[0].get_params(deep=False)
         method = params["method"]
         if n_runs is not None and n_runs > len(given):
             raise LatentSurgeonError(f"n_runs={n_runs} but only {len(given)} CAVs were given.")

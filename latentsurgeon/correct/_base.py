@@ -15,9 +15,14 @@ from tqdm.auto import tqdm
 
 from latentsurgeon._estimator import Estimator
 from latentsurgeon.activations import capture
-from latentsurgeon.activations.batching import model_device
+from latentsurgeon.activations.batching import (
+    Samples,
+    as_samples,
+    index_batches,
+    model_device,
+    to_tensor,
+)
 from latentsurgeon.concepts import CAV
-from latentsurgeon.correct._data import Samples, as_samples, index_batches, to_tensor
 from latentsurgeon.correct.modules import copy_without_hooks
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state
@@ -27,27 +32,26 @@ logger = logging.getLogger(__name__)
 CAV_SAMPLES = ("artifact_classes", "all")
 
 
-def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """``device`` (the model is moved there, in place) or, when None, the model's device."""
-    if device is None:
-        return model_device(model)
-    device = torch.device(device)
-    if model_device(model) != device:
-        model.to(device)
-    return device
+def training_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where a correction trains: ``device``, or the model's device when None. The model itself
+    is moved there only for the training and back afterwards (by the training loop)."""
+    return model_device(model) if device is None else torch.device(device)
 
 
 def layer_activations(model: nn.Module, layer: str, images: torch.Tensor, *, batch_size: int,
                       device: torch.device, progress: bool = False) -> torch.Tensor:
     """Output of ``layer`` for every image, in eval mode without gradients: ``(N, ...)`` on CPU."""
+    device = model_device(model)  # an analysis pass: where the model is
+    parts = []
     with preserve_model_state(model), torch.no_grad(), \
-            capture(model, layer, accumulate=True) as cap:
+            capture(model, layer, copy=True) as cap:
         model.eval()
         batches = list(index_batches(len(images), batch_size))
         for idx in tqdm(batches, desc=f"activations at {layer}", leave=False,
                         disable=True if not progress else None):
             model(images[idx].to(device))
-    return cap[layer].cpu()
+            parts.append(cap[layer].cpu())  # one batch on the device at a time
+    return torch.cat(parts)
 
 
 class Correction(Estimator):
@@ -91,12 +95,6 @@ class ClarcCorrection(Correction):
     batch_size: int
     device: str | torch.device | None
     progress: bool
-
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(params.get("device"), torch.device):
-            params["device"] = str(params["device"])
-        return params
 
     def save(self, path: str | Path) -> None:
         """Save parameters and learned state. A CAV given to the constructor is stored through
@@ -213,7 +211,7 @@ class ClarcCorrection(Correction):
         if model is None:
             return None
         get_layer(model, self.layer)  # one exact layer name, close matches in the error
-        return resolve_device(model, self.device)
+        return training_device(model, self.device)
 
     @staticmethod
     def _samples(data: Any, artifact_labels: Any, *, need_labels: bool) -> Samples | None:

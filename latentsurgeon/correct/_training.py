@@ -1,30 +1,22 @@
-"""The fine-tuning machinery shared by A-ClArC, RR-ClArC and RRR.
-
-Which parameters train, the optimiser, seeding, weight restoration on failure, BatchNorm handling
-and the epoch loop with its progress bar live here, so each correction only defines its loss.
-"""
+"""Which parameters a trained correction fine-tunes (the loop itself is
+:func:`latentsurgeon.models.training.train`, the one training loop)."""
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from latentsurgeon.correct._data import index_batches
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state
 
 logger = logging.getLogger(__name__)
 
 Trainable = str | Sequence[str]
-OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def parameters_after(model: nn.Module, layer: str, sample: Any) -> list[tuple[str, nn.Parameter]]:
@@ -101,118 +93,3 @@ def select_parameters(model: nn.Module, layer: str, trainable: Trainable, sample
         raise LatentSurgeonError(
             f"The globs {patterns} match no parameter; parameter names look like: {names} ...")
     return chosen
-
-
-def build_optimizer(spec: OptimizerSpec, params: list[nn.Parameter], lr: float
-                    ) -> torch.optim.Optimizer:
-    """``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9) at ``lr``, or ``spec(params)``."""
-    if callable(spec):
-        return spec(params)
-    if spec == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if spec == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    if spec == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise LatentSurgeonError(
-        f"Unknown optimizer {spec!r}; expected one of {OPTIMIZERS} or a callable params -> "
-        "torch.optim.Optimizer.")
-
-
-@contextmanager
-def restore_weights_on_error(model: nn.Module) -> Iterator[None]:
-    """Snapshot parameters and buffers; copy them back only if the block raises."""
-    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            current = model.state_dict(keep_vars=True)
-            for key, value in saved.items():
-                current[key].copy_(value)
-        logger.warning("fine-tuning failed; the model's weights were restored")
-        raise
-
-
-def _freeze_batchnorm(model: nn.Module) -> int:
-    # Batch statistics couple the samples of a batch: gradients of the batch sum would then not be
-    # per-sample gradients. Running statistics keep every sample independent.
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-            count += 1
-    return count
-
-
-def check_epochs(epochs: int, batch_size: int, lr: float) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise LatentSurgeonError(f"epochs must be an int >= 0, got {epochs!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise LatentSurgeonError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    if not lr > 0:
-        raise LatentSurgeonError(f"lr must be > 0, got {lr!r}.")
-
-
-def fine_tune(
-    model: nn.Module,
-    n_samples: int,
-    step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    *,
-    params: list[tuple[str, nn.Parameter]],
-    epochs: int,
-    lr: float,
-    optimizer: OptimizerSpec,
-    batch_size: int,
-    seed: int | None,
-    progress: bool,
-    desc: str,
-    setup: Callable[[], Any] | None = None,
-) -> dict[str, list[float]]:
-    """Train ``params`` of ``model`` in place with the loss ``step(batch_indices)["loss"]``.
-
-    Only ``params`` require grad during training; the model runs in train mode except BatchNorm
-    layers (eval mode, see :func:`_freeze_batchnorm`). Afterwards hooks and ``requires_grad``
-    flags are as before, the model is in eval mode, and if anything raised the weights are
-    restored. ``seed`` drives the batch order and torch's global RNG (dropout) inside the call
-    only. ``setup()`` runs once inside the guarded block (e.g. to register hooks).
-
-    Returns:
-        Per-epoch means (weighted by batch size) of every scalar ``step`` returns.
-    """
-    device = next((p.device for _, p in params), torch.device("cpu"))
-    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else []
-    history: dict[str, list[float]] = {}
-    with preserve_model_state(model), restore_weights_on_error(model), \
-            torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed if seed is not None else
-                                                  int(torch.randint(0, 2**31, ()).item()))
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for _, param in params:
-            param.requires_grad_(True)
-        model.train()
-        if _freeze_batchnorm(model):
-            logger.info("%s: BatchNorm layers run in eval mode (frozen statistics)", desc)
-        opt = build_optimizer(optimizer, [p for _, p in params], lr)
-        if setup is not None:
-            setup()
-        bar = tqdm(range(epochs), desc=desc, disable=True if not progress else None, leave=False)
-        for epoch in bar:
-            sums: dict[str, float] = {}
-            for idx in index_batches(n_samples, batch_size, generator):
-                opt.zero_grad(set_to_none=True)
-                out = step(idx)
-                out["loss"].backward()
-                opt.step()
-                for key, value in out.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(idx)
-            for key, value in sums.items():
-                history.setdefault(key, []).append(value / n_samples)
-            logger.debug("%s epoch %d: %s", desc, epoch + 1,
-                         {k: v[-1] for k, v in history.items()})
-            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
-    model.eval()
-    return history

@@ -29,20 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentsurgeon.activations.batching import model_device, to_tensor
 from latentsurgeon.concepts import CAV
 from latentsurgeon.correct._base import ClarcCorrection, layer_activations
-from latentsurgeon.correct._data import select_logits, to_tensor
-from latentsurgeon.correct._training import (
-    OptimizerSpec,
-    Trainable,
-    check_epochs,
-    fine_tune,
-    select_parameters,
-)
+from latentsurgeon.correct._training import Trainable, select_parameters
 from latentsurgeon.correct.modules import ClarcProjection, wrap_layer
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks import HookGroup, add_clarc_hook, primary_tensor, replace_primary
 from latentsurgeon.hooks.clarc import CHANNEL_POOLINGS, clarc_projection
+from latentsurgeon.hooks.outputs import classification_logits
+from latentsurgeon.models.training import OptimizerSpec, train
 
 __all__ = ["AClarc", "PClarc", "RRClarc", "RRLossType", "RRMaskingPattern", "latent_gradient",
            "masked_output", "rr_penalty"]
@@ -200,13 +196,14 @@ class _TrainedClarc(ClarcCorrection):
     seed: int | None
 
     @abc.abstractmethod
-    def _loss_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   device: torch.device) -> tuple[Any, Any]:
-        """Each subclass returns ``(hooks, step)``: the HookGroup its training needs and
-        ``step(batch_indices) -> {"loss": ..., ...}``."""
+    def _loss_step(self, model: nn.Module, device: torch.device) -> tuple[Any, Any]:
+        """Each subclass returns ``(hooks, loss_fn)``: the HookGroup its training needs and
+        ``loss_fn(model, (inputs, labels)) -> {"loss": ..., ...}``."""
 
     def _validate(self) -> None:
-        check_epochs(self.epochs, self.batch_size, self.lr)
+        from latentsurgeon.activations.batching import check_batch_size
+
+        check_batch_size(self.batch_size)
 
     def fit(self: _T, model: nn.Module, data: Any, artifact_labels: Any = None, *,
             activations: Any = None) -> _T:
@@ -231,14 +228,17 @@ class _TrainedClarc(ClarcCorrection):
         self._fit_direction(model, samples, artifact_labels, None, activations, device)
         assert samples is not None and samples.labels is not None and device is not None
         params = select_parameters(model, self.layer, self.trainable,
-                                   samples.images[:1].to(device))
+                                   samples.images[:1].to(model_device(model)))
         self.trainable_params_ = [name for name, _ in params]
-        hooks, step = self._loss_step(model, samples.images, samples.labels, device)
+        hooks, loss_fn = self._loss_step(model, device)
         with hooks:
-            self.history_ = fine_tune(
-                model, len(samples), step, params=params, epochs=self.epochs, lr=self.lr,
-                optimizer=self.optimizer, batch_size=self.batch_size, seed=self.seed,
-                progress=self.progress, desc=type(self).__name__)
+            history = train(
+                model, (samples.images, samples.labels), loss_fn, params=params,
+                epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
+                batch_size=self.batch_size, seed=self.seed, device=self.device,
+                freeze_batchnorm=True, restore_mode=True, progress=self.progress,
+                desc=type(self).__name__)
+        self.history_ = history.metrics
         logger.info("%s: fine-tuned %d parameter tensors for %d epochs", type(self).__name__,
                     len(params), self.epochs)
         return self
@@ -317,8 +317,7 @@ class AClarc(_TrainedClarc):
             raise LatentSurgeonError(
                 f"augment_fraction must lie in [0, 1], got {self.augment_fraction!r}.")
 
-    def _loss_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   device: torch.device) -> tuple[HookGroup, Any]:
+    def _loss_step(self, model: nn.Module, device: torch.device) -> tuple[HookGroup, Any]:
         v = self.direction_.to(device)
         z = self.mean_concept_.to(device)
         alpha, pooling, fraction = float(self.alpha), self.pooling_, float(self.augment_fraction)
@@ -332,17 +331,18 @@ class AClarc(_TrainedClarc):
             return replace_primary(output, clarc_projection(tensor, v, z, alpha, pooling,
                                                             sample_weight=state["weight"]))
 
-        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            n = len(idx)
+        def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            x, y = batch[0], batch[1]
+            n = len(x)
             k = math.floor(fraction * n + 0.5)  # half up: a batch of 1 at 0.5 is augmented
             weight = torch.zeros(n)
             weight[torch.randperm(n, generator=generator)[:k]] = 1.0
             state["weight"] = weight.to(device)
             try:
-                logits = select_logits(model(images[idx].to(device)), self.head)
+                logits = classification_logits(model(x), self.head)
             finally:
                 state.pop("weight")
-            return {"loss": F.cross_entropy(logits, labels[idx].to(device))}
+            return {"loss": F.cross_entropy(logits, y)}
 
         return HookGroup().forward(model, self.layer, augment, prepend=True), step
 
@@ -504,8 +504,7 @@ class RRClarc(_TrainedClarc):
             raise LatentSurgeonError(
                 "masking='target_logit' needs target_class=<class index>; none was given.")
 
-    def _loss_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   device: torch.device) -> tuple[HookGroup, Any]:
+    def _loss_step(self, model: nn.Module, device: torch.device) -> tuple[HookGroup, Any]:
         v = self.direction_.to(device)
         pooling, lam = self.pooling_, float(self.lambda_rr)
         masking = _enum(RRMaskingPattern, self.masking, "masking pattern")
@@ -527,11 +526,12 @@ class RRClarc(_TrainedClarc):
             store["a"] = leaf
             return replace_primary(output, leaf)
 
-        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            x, y = batch[0], batch[1]
             store.pop("a", None)
-            logits = select_logits(model(images[idx].to(device)), self.head)
+            logits = classification_logits(model(x), self.head)
             activation = store.pop("a")
-            ce = F.cross_entropy(logits, labels[idx].to(device))
+            ce = F.cross_entropy(logits, y)
             m = masked_output(logits, masking, self.target_class, generator)
             (grad,) = torch.autograd.grad(m.sum(), activation, create_graph=True)
             penalty = rr_penalty(latent_gradient(grad, pooling), v, loss_type)

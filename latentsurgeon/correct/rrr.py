@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentsurgeon.correct._base import Correction, resolve_device
-from latentsurgeon.correct._data import as_samples, select_logits, to_tensor
-from latentsurgeon.correct._training import check_epochs, fine_tune
+from latentsurgeon.activations.batching import as_samples, to_tensor
+from latentsurgeon.correct._base import Correction
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.hooks.outputs import classification_logits
+from latentsurgeon.models.training import train
 
 __all__ = ["RRR_TARGETS", "ExplanationRegularization", "prepare_masks"]
 
@@ -103,12 +104,6 @@ class ExplanationRegularization(Correction):
         self.normalize = normalize
         self.progress = progress
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(params.get("device"), torch.device):
-            params["device"] = str(params["device"])
-        return params
-
     def fit(self, model: nn.Module, images: Any, labels: Any = None,
             shortcut_masks: Any = None) -> ExplanationRegularization:
         """Fine-tune ``model`` **in place** with the RRR penalty.
@@ -127,7 +122,6 @@ class ExplanationRegularization(Correction):
             self. The model is left in eval mode, with its previous hooks and ``requires_grad``
             flags; if fitting raised, its weights are as before.
         """
-        check_epochs(self.n_epochs, self.batch_size, self.lr)
         if self.target not in RRR_TARGETS:
             raise LatentSurgeonError(f"target must be one of {RRR_TARGETS}, got {self.target!r}.")
         samples = as_samples(images, labels=labels, masks=shortcut_masks, need_labels=True,
@@ -137,17 +131,15 @@ class ExplanationRegularization(Correction):
                 "RRR needs shortcut_masks (1 = shortcut region), (N, H, W) or (H, W).")
         assert samples.labels is not None
         masks = prepare_masks(samples.masks, samples.images)
-        device = resolve_device(model, self.device)
         x_all, y_all = samples.images, samples.labels
         lam, true_label, normalize = float(self.lambda_rrr), self.target == "true_label", \
             bool(self.normalize)
         channels = x_all.shape[1]
 
-        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            x = x_all[idx].to(device).requires_grad_(True)
-            y = y_all[idx].to(device)
-            m = masks[idx].to(device)
-            logp = F.log_softmax(select_logits(model(x), self.head), dim=1)
+        def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+            x, y, m = batch
+            x = x.requires_grad_(True)
+            logp = F.log_softmax(classification_logits(model(x), self.head), dim=1)
             ce = F.nll_loss(logp, y)
             score = logp.gather(1, y[:, None]).sum() if true_label else logp.sum()
             (grad,) = torch.autograd.grad(score, x, create_graph=True)
@@ -162,9 +154,11 @@ class ExplanationRegularization(Correction):
         if not params:
             raise LatentSurgeonError("The model has no parameter with requires_grad=True to "
                                      "fine-tune.")
-        self.history_ = fine_tune(
-            model, len(samples), step, params=params, epochs=self.n_epochs, lr=self.lr,
+        history = train(
+            model, (x_all, y_all, masks), step, params=params, epochs=self.n_epochs, lr=self.lr,
             optimizer="adam", batch_size=self.batch_size, seed=self.random_state,
+            device=self.device, freeze_batchnorm=True, restore_mode=True,
             progress=self.progress, desc="RRR")
+        self.history_ = history.metrics
         self.n_samples_ = len(samples)
         return self

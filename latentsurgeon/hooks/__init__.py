@@ -3,7 +3,12 @@
 from latentsurgeon.errors import LayerNotFoundError
 from latentsurgeon.hooks.clarc import add_clarc_hook, add_mass_mean_probe_hook
 from latentsurgeon.hooks.handles import HookGroup, hooked
-from latentsurgeon.hooks.outputs import primary_tensor, replace_primary
+from latentsurgeon.hooks.outputs import (
+    classification_logits,
+    primary_tensor,
+    replace_primary,
+    select_logits,
+)
 from latentsurgeon.hooks.resolve import get_layer, layer_names, resolve_layers
 from latentsurgeon.hooks.state import hook_count, preserve_model_state
 
@@ -12,6 +17,7 @@ __all__ = [
     "LayerNotFoundError",
     "add_clarc_hook",
     "add_mass_mean_probe_hook",
+    "classification_logits",
     "get_layer",
     "hook_count",
     "hooked",
@@ -20,4 +26,5 @@ __all__ = [
     "primary_tensor",
     "replace_primary",
     "resolve_layers",
+    "select_logits",
 ]

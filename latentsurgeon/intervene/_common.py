@@ -7,9 +7,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from latentsurgeon.activations.batching import as_loader, batch_inputs, model_device, to_device
+from latentsurgeon.activations.batching import (
+    batch_inputs,
+    batch_size_of,
+    iter_batches,
+    model_device,
+    to_device,
+)
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -22,61 +27,6 @@ def default_forward(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
-
-
-def batch_size_of(inputs: Any) -> int:
-    """Number of samples in one batch of model inputs (a tensor or a mapping of tensors)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() else 1
-    if isinstance(inputs, Mapping):
-        for value in inputs.values():
-            if isinstance(value, torch.Tensor) and value.dim():
-                return int(value.shape[0])
-    if isinstance(inputs, (tuple, list)) and inputs and isinstance(inputs[0], torch.Tensor):
-        return int(inputs[0].shape[0])
-    raise LatentSurgeonError(
-        f"Cannot tell the batch size of inputs of type {type(inputs).__name__}; pass a tensor "
-        "(N, ...), a dict of tensors (N, ...), a Dataset or a DataLoader."
-    )
-
-
-def _split_mapping(inputs: Mapping, batch_size: int) -> Iterator[dict[str, Any]]:
-    n = batch_size_of(inputs)
-    for start in range(0, n, batch_size):
-        yield {
-            key: value[start:start + batch_size]
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n
-            else value
-            for key, value in inputs.items()
-        }
-
-
-def iter_batches(inputs: Any, batch_size: int | None) -> Iterator[Any]:
-    """Model inputs batch by batch, in order.
-
-    * a tensor ``(N, ...)`` or a mapping of tensors ``(N, ...)`` (e.g. a tokenizer's output): one
-      batch when ``batch_size`` is ``None``, else slices of ``batch_size`` samples;
-    * a ``DataLoader``: its batches (``batch_size`` is ignored); the model input of a tuple batch
-      is its first element;
-    * a ``Dataset``: wrapped in a loader of ``batch_size`` (64 when ``None``).
-    """
-    if batch_size is not None and batch_size < 1:
-        raise LatentSurgeonError(f"batch_size must be a positive integer or None, got {batch_size}.")
-    if isinstance(inputs, torch.Tensor):
-        yield from ([inputs] if batch_size is None else inputs.split(batch_size))
-    elif isinstance(inputs, Mapping):
-        if batch_size is None:
-            yield inputs
-        else:
-            yield from _split_mapping(inputs, batch_size)
-    elif isinstance(inputs, (DataLoader, Dataset)):
-        for batch in as_loader(inputs, batch_size or 64):
-            yield batch_inputs(batch)
-    else:
-        raise TypeError(
-            "Inputs must be a tensor (N, ...), a dict of tensors (N, ...) such as a tokenizer's "
-            f"output, a Dataset or a DataLoader; got {type(inputs).__name__}."
-        )
 
 
 def run_batches(
@@ -98,21 +48,13 @@ def run_batches(
     target = device if device is not None else model_device(model, default=None)
     start = 0
     for batch in iter_batches(inputs, batch_size):
+        batch = batch_inputs(batch)
         n = batch_size_of(batch)
         if before_batch is not None:
             before_batch(start, start + n)
         moved = to_device(batch, target) if target is not None else batch
         yield n, moved, forward(model, moved)
         start += n
-
-
-def count_samples(inputs: Any) -> int | None:
-    """Number of samples in ``inputs`` when it can be known without iterating, else ``None``."""
-    if isinstance(inputs, (torch.Tensor, Mapping)):
-        return batch_size_of(inputs)
-    if isinstance(inputs, Dataset) and hasattr(inputs, "__len__"):
-        return len(inputs)  # type: ignore[arg-type]
-    return None
 
 
 def check_positions(positions: Positions, activation: torch.Tensor, what: str) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon.activations.batching import count_samples
 from latentsurgeon.activations.capture import capture
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
@@ -34,7 +35,6 @@ from latentsurgeon.intervene._common import (
     as_float,
     broadcast_vector,
     check_positions,
-    count_samples,
     merge_positions,
     run_batches,
 )

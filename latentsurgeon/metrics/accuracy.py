@@ -9,49 +9,74 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.activations.batching import model_device
-from latentsurgeon.correct._data import as_samples, index_batches, select_logits
+from latentsurgeon._validation import check_finite
+from latentsurgeon.activations.batching import (
+    analysis_device,
+    as_samples,
+    batch_inputs,
+    iter_batches,
+    to_device,
+)
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
+from latentsurgeon.hooks.outputs import classification_logits
 
 __all__ = ["accuracy", "class_accuracies", "gap_closed", "predict", "shortcut_gap",
            "worst_class_accuracy"]
 
 
-def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
-            device: str | torch.device | None = None, head: str | int = "logits"
+def predict(model: nn.Module, inputs: Any, *, batch_size: int = 256,
+            device: str | torch.device | None = None, head: str | int | None = "logits"
             ) -> torch.Tensor:
     """Argmax class of every input: ``(N, ...) -> (N,)`` int64 on CPU.
 
-    The model runs in eval mode without gradients; its mode, hooks and flags are restored.
+    ``inputs``: a tensor, or any data :func:`~latentsurgeon.activations.batching.iter_batches`
+    reads (the model input is a batch's first element). The model runs in eval mode without
+    gradients on its own device; its mode, hooks and flags are restored.
     """
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = analysis_device(model, device)
     preds = []
     with preserve_model_state(model), torch.no_grad():
         model.eval()
-        for idx in index_batches(len(images), batch_size):
-            logits = select_logits(model(images[idx].to(dev)), head)
+        for batch in iter_batches(getattr(inputs, "images", inputs), batch_size):
+            x = to_device(batch_inputs(batch), dev)
+            logits = classification_logits(model(x), head)
+            check_finite(logits, "the model's outputs")
             preds.append(logits.argmax(dim=1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
-def _labelled(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    samples = as_samples(data, need_labels=True, what=what)
-    assert samples.labels is not None
-    if len(samples) == 0:
-        raise ValueError(f"{what} holds no samples.")
-    return samples.images, samples.labels
+def _labelled(data: Any, what: str) -> tuple[Any, torch.Tensor]:
+    """``(inputs, labels)`` without copying in-memory data."""
+    if hasattr(data, "images") and isinstance(getattr(data, "labels", None), torch.Tensor):
+        images, labels = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) >= 2:
+        images, labels = data[0], torch.as_tensor(data[1])
+    else:
+        samples = as_samples(data, need_labels=True, what=what)
+        assert samples.labels is not None
+        images, labels = samples.images, samples.labels
+    n = len(labels)
+    if n == 0:
+        raise InvalidParameterError(f"{what} holds no samples.")
+    if len(images) != n:
+        raise ShapeMismatchError(f"{what}: {len(images)} inputs but {n} labels.")
+    return images, labels.reshape(-1).long()
 
 
 def accuracy(model: nn.Module, data: Any, *, batch_size: int = 256,
-             device: str | torch.device | None = None, head: str | int = "logits") -> float:
-    """Share of samples whose argmax logit equals the label.
+             device: str | torch.device | None = None, head: str | int | None = "logits"
+             ) -> float:
+    """Share of samples whose argmax logit equals the label (the one accuracy function;
+    ``latentsurgeon.models.evaluate_accuracy`` is the same).
 
     Args:
         model: classifier ``(N, ...) -> (N, K)`` logits (or a dict/tuple, see ``head``).
         data: a split with ``.images``/``.labels`` (``decoy_digits(...).test``), an
-            ``(images, labels)`` tuple, a TensorDataset or a DataLoader.
+            ``(inputs, labels)`` tuple, a TensorDataset or a DataLoader.
         batch_size: samples per forward pass.
-        device: where inputs go (the model's device by default).
+        device: None (the model's device); analysis calls never move the model, so another
+            device raises :class:`~latentsurgeon.errors.DeviceMismatchError`.
         head: dict key or tuple index of the logits for models with structured outputs.
 
     Returns:

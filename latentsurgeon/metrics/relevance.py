@@ -10,11 +10,11 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
-from latentsurgeon.activations.batching import model_device
-from latentsurgeon.correct._data import index_batches, select_logits, to_tensor
+from latentsurgeon.activations.batching import index_batches, model_device, to_tensor
 from latentsurgeon.correct.rrr import prepare_masks
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
+from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.metrics.accuracy import predict
 
 __all__ = ["RELEVANCE_METHODS", "artifact_relevance", "artifact_relevance_change"]
@@ -88,7 +88,7 @@ def artifact_relevance(
             raise ShapeMismatchError(f"targets has {len(target_all)} entries for {n} images.")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return select_logits(model(x), head)
+        return classification_logits(model(x), head)
 
     attributor = _attributor(method, forward)
     shares = torch.full((n,), math.nan)

@@ -1,13 +1,18 @@
-"""Minimal, deterministic training loops for the reference models."""
+"""The one training loop, and the reference models' training recipes built on it.
+
+:func:`train` is the only place in latentsurgeon where an optimiser steps: the reference models
+(:func:`train_classifier`, :func:`train_autoencoder`), the corrections that fine-tune (A-ClArC,
+RR-ClArC, RRR), the concept-bottleneck models and the explain experiments all call it with their
+own loss. It owns seeding, batching, which parameters train, BatchNorm handling, checkpoints,
+progress bars, non-finite detection and restoring the model when something goes wrong.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +20,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from latentsurgeon.activations.batching import model_device
-from latentsurgeon.errors import DeviceMismatchError, ShapeMismatchError
+from latentsurgeon._io import torch_save_atomic
+from latentsurgeon._validation import Interval, Seed, validate_params
+from latentsurgeon.activations.batching import (
+    batch_size_of,
+    count_samples,
+    iter_batches,
+    model_device,
+    n_batches,
+    to_device,
+)
+from latentsurgeon.errors import InvalidParameterError, NonFiniteError, ShapeMismatchError
+from latentsurgeon.hooks import preserve_model_state
+from latentsurgeon.hooks.outputs import classification_logits
 
 __all__ = [
+    "OPTIMIZERS",
     "TrainingData",
     "TrainingHistory",
+    "build_optimizer",
     "evaluate_accuracy",
+    "train",
     "train_autoencoder",
     "train_classifier",
 ]
@@ -34,6 +52,17 @@ logger = logging.getLogger(__name__)
 # DataLoader, (images, labels) tuple, images alone, a Dataset, or anything with
 # ``.images`` and ``.labels`` tensors (e.g. latentsurgeon.data.DecoySplit).
 TrainingData = Any
+LossFn = Callable[[nn.Module, Any], Any]
+OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+_CONSTRAINTS = {
+    "epochs": Interval(int, 0, None),
+    "lr": Interval(float, 0, None, closed="neither"),
+    "batch_size": Interval(int, 1, None),
+    "seed": Seed(),
+    "weight_decay": Interval(float, 0, None),
+}
 
 
 @dataclass
@@ -41,19 +70,29 @@ class TrainingHistory:
     """What a training run did, one entry per epoch.
 
     Attributes:
-        loss: mean training loss of each epoch (cross-entropy or reconstruction MSE).
-        acc: training accuracy of each epoch, measured on the fly in train mode
-            (classifiers only; empty for autoencoders).
+        metrics: per-epoch means (weighted by batch size) of every scalar the loss function
+            returned: ``"loss"`` always, ``"acc"`` for classifiers, penalty terms for
+            corrections.
         checkpoints: paths of the checkpoints written, one per epoch, in order.
         lr: the learning rate of the (first parameter group of the) optimizer.
-        seed: the seed that drove shuffling and any dropout.
+        seed: the seed that drove shuffling and any dropout (None: fresh randomness).
     """
 
-    loss: list[float] = field(default_factory=list)
-    acc: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=lambda: {"loss": []})
     checkpoints: list[Path] = field(default_factory=list)
     lr: float = float("nan")
-    seed: int = 0
+    seed: int | None = 0
+
+    @property
+    def loss(self) -> list[float]:
+        """Mean training loss of each epoch."""
+        return self.metrics["loss"]
+
+    @property
+    def acc(self) -> list[float]:
+        """Training accuracy of each epoch, measured on the fly in train mode (classifiers
+        only; empty otherwise)."""
+        return self.metrics.get("acc", [])
 
     @property
     def epochs(self) -> int:
@@ -63,7 +102,7 @@ class TrainingHistory:
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (JSON-serialisable)."""
         return {
-            "loss": list(self.loss),
+            **{k: list(v) for k, v in self.metrics.items()},
             "acc": list(self.acc),
             "checkpoints": [str(p) for p in self.checkpoints],
             "lr": self.lr,
@@ -71,259 +110,276 @@ class TrainingHistory:
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# Data normalisation
-# ---------------------------------------------------------------------------------------------
+def build_optimizer(spec: OptimizerSpec, params: list[nn.Parameter], lr: float,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9) at ``lr``, ``spec(params)`` for a
+    callable, or an optimizer instance as it is."""
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    if callable(spec):
+        return spec(params)
+    if spec == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if spec == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if spec == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise InvalidParameterError(
+        f"optimizer must be one of {OPTIMIZERS}, a callable params -> torch.optim.Optimizer or "
+        f"an optimizer; got {spec!r}.")
 
 
-class _TensorBatches:
-    """Batches drawn by indexing whole tensors: much faster than a DataLoader's per-sample
-    collation for data that already sits in memory. The permutation of each epoch comes
-    from ``generator``, so a run is a function of the seed alone."""
-
-    def __init__(
-        self,
-        tensors: tuple[torch.Tensor, ...],
-        batch_size: int,
-        shuffle: bool,
-        generator: torch.Generator | None,
-    ) -> None:
-        self.tensors = tensors
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return math.ceil(self.tensors[0].shape[0] / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = self.tensors[0].shape[0]
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                yield tuple(t[idx] for t in self.tensors)
-        else:
-            for start in range(0, n, self.batch_size):
-                yield tuple(t[start : start + self.batch_size] for t in self.tensors)
-
-
-def _as_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
-    """The tensors behind ``data`` when it is held in memory, else None."""
-    if isinstance(data, torch.Tensor):
-        return (data,)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
-        tensors = tuple(data)
-    elif isinstance(data, TensorDataset):
-        tensors = tuple(data.tensors)
-    elif isinstance(getattr(data, "images", None), torch.Tensor) and isinstance(
-        getattr(data, "labels", None), torch.Tensor
-    ):
-        tensors = (data.images, data.labels)
-    else:
-        return None
-    n = tensors[0].shape[0]
-    if any(t.shape[0] != n for t in tensors):
-        raise ShapeMismatchError(
-            f"tensors must share their first dimension, got {[tuple(t.shape) for t in tensors]}"
-        )
-    return tensors
-
-
-def _batches(
-    data: Any, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
-) -> Any:
-    """An iterable of batches (tensor or tuple of tensors) over ``data``."""
-    if isinstance(data, DataLoader):
-        return data  # the caller's own batching, order and workers
-    tensors = _as_tensors(data)
-    if tensors is not None:
-        if tensors[0].shape[0] == 0:
-            raise ValueError("the data hold no samples")
-        return _TensorBatches(tensors, batch_size, shuffle, generator)
-    if isinstance(data, Dataset):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    raise TypeError(
-        "data must be a DataLoader, a Dataset, an (images, labels) tuple of tensors, an "
-        f"images tensor, or an object with .images and .labels; got {type(data).__name__}"
-    )
-
-
-def _split_batch(batch: Any, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, torch.Tensor):
-        x, y = batch, None
-    elif isinstance(batch, (tuple, list)) and batch:
-        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
-    elif isinstance(batch, dict) and "images" in batch:
-        x, y = batch["images"], batch.get("labels")
-    else:
-        raise TypeError(f"cannot read a batch of type {type(batch).__name__}")
-    if need_labels and y is None:
-        raise ValueError("a classifier needs labels: pass (images, labels), not images alone")
-    return x, y
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared helpers
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG (dropout, DataLoader shuffling without a generator) for the
-    duration of the block, then restore the caller's RNG state: training is reproducible
-    without changing global state."""
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator]:
+    """Seed torch's global RNG (dropout) for the block and restore the caller's RNG state after;
+    yields the generator of the batch order. ``seed=None``: fresh randomness."""
     cuda = device.type == "cuda"
-    devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
-    )
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if cuda else []
     with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(devices[0]):
-                torch.cuda.manual_seed(seed)
-        yield
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+            torch.default_generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+            torch.default_generator.manual_seed(int(seed))
+            if cuda:
+                torch.cuda.manual_seed(int(seed))
+        yield generator
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a reader
-    (or a crash) never sees a half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def _restore_weights_on_error(model: nn.Module) -> Iterator[None]:
+    """Snapshot parameters and buffers (on the CPU); copy them back only if the block raises."""
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=True).items()}
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        yield
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        with torch.no_grad():
+            current = model.state_dict(keep_vars=True)
+            for key, value in saved.items():
+                current[key].copy_(value)
+        logger.warning("training failed; the model's weights were restored")
         raise
 
 
-def _check_common(epochs: int, lr: float, batch_size: int, seed: int) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+def _freeze_batchnorm(model: nn.Module) -> int:
+    # Batch statistics couple the samples of a batch: gradients of the batch sum would then not be
+    # per-sample gradients. Running statistics keep every sample independent.
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            count += 1
+    return count
 
 
-def _fit(
-    model: nn.Module,
-    data: Any,
-    step_loss: Callable[
-        [nn.Module, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]
-    ],
-    *,
-    need_labels: bool,
-    name: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: str | torch.device | None,
-    weight_decay: float,
-    progress: bool,
-    checkpoint_dir: str | os.PathLike | None,
-    optimizer: torch.optim.Optimizer | None,
-) -> TrainingHistory:
-    _check_common(epochs, lr, batch_size, seed)
-    dev = torch.device(device) if device is not None else model_device(model)
-    model.to(dev)
-    if optimizer is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no parameters with requires_grad=True to train")
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def _as_named(params: Any, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    if params is None:
+        chosen = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     else:
-        lr = float(optimizer.param_groups[0]["lr"])  # the optimizer's own settings win
+        names = {id(p): n for n, p in model.named_parameters()}
+        chosen = []
+        for item in params:
+            name, param = item if isinstance(item, tuple) else (names.get(id(item), "?"), item)
+            chosen.append((name, param))
+    if not chosen:
+        raise InvalidParameterError(
+            "There is no parameter to train: the model has none with requires_grad=True (or "
+            "params= is empty).")
+    return chosen
+
+
+def train(
+    model: nn.Module,
+    data: TrainingData,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int | None = 0,
+    params: Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]] | None = None,
+    optimizer: OptimizerSpec = "adam",
+    weight_decay: float = 0.0,
+    device: str | torch.device | None = None,
+    freeze_batchnorm: bool = False,
+    restore_mode: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_extra: Callable[[int], dict[str, Any]] | None = None,
+) -> TrainingHistory:
+    """Train ``model`` in place: the one loop every latentsurgeon method trains with.
+
+    Args:
+        model: the network.
+        data: a tensor, a tuple of tensors ``(inputs, labels, ...)``, a split with
+            ``.images``/``.labels``, a Dataset or a DataLoader (see
+            :func:`latentsurgeon.activations.batching.iter_batches`). In-memory data are
+            reshuffled every epoch from a generator seeded with ``seed``; a DataLoader keeps its
+            own order and batch size.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``-> {"loss": loss, "name": scalar, ...}``
+            with ``batch`` in the data's structure, already on the device. Extra scalars are
+            averaged per epoch into the history (``"acc"``, penalty terms).
+        epochs: passes over the data.
+        lr: learning rate (ignored for a given optimizer instance).
+        batch_size: samples per step (ignored for a DataLoader).
+        seed: drives the batch order and torch's global RNG (dropout) inside the call only
+            (the caller's RNG state is restored); None draws fresh randomness. It does not
+            initialise the model.
+        params: the parameters to train (others are frozen during the call and their
+            ``requires_grad`` flags restored after); default: every parameter that requires grad.
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, a callable
+            ``params -> Optimizer`` or an optimizer instance.
+        weight_decay: for the named optimizers.
+        device: train there and move the model back afterwards; None = where the model is.
+        freeze_batchnorm: run BatchNorm layers in eval mode (running statistics), so that
+            samples of a batch do not interact (per-sample gradients stay per sample).
+        restore_mode: restore every module's ``training`` flag after the call (corrections,
+            whose only job is to change weights); False leaves the model in eval mode (the
+            reference recipes, whose job is a trained model ready to evaluate).
+        progress: tqdm bar over epochs (hidden off a TTY).
+        desc: the bar's label and the log's name.
+        checkpoint_dir: if given, after every epoch ``k`` (from 1) write ``epoch_{k:03d}.pt``
+            holding ``{"epoch", "state_dict" (CPU tensors), "lr", "loss", <metrics>}``
+            atomically.
+        checkpoint_extra: ``f(epoch) -> dict`` of further entries for each checkpoint.
+
+    Returns:
+        A :class:`TrainingHistory`.
+
+    Raises:
+        InvalidParameterError: a parameter out of range.
+        NonFiniteError: a loss became NaN or Inf (the weights are restored to the state before
+            the call, as on every error).
+    """
+    validate_params({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                     "weight_decay": weight_decay}, _CONSTRAINTS, owner=desc)
+    if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+        build_optimizer(optimizer, [], lr)  # raises the message
+    if count_samples(data) == 0:
+        raise InvalidParameterError(f"{desc}: the data hold no samples.")
+    home = model_device(model)
+    dev = torch.device(device) if device is not None else home
+    named = _as_named(params, model)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    batches = _batches(data, batch_size, shuffle=True, generator=shuffle_gen)
-    history = TrainingHistory(lr=lr, seed=seed)
-    bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", disable=None if progress else True)
+    opt_lr = float(optimizer.param_groups[0]["lr"]) if isinstance(
+        optimizer, torch.optim.Optimizer) else float(lr)
+    history = TrainingHistory(metrics={"loss": []}, lr=opt_lr, seed=seed)
+    training_flags = [(m, m.training) for m in model.modules()]
+    moved = dev != home
+    if moved:
+        model.to(dev)
     try:
-        with _seeded(seed, dev):
+        with preserve_model_state(model), _restore_weights_on_error(model), \
+                _seeded(seed, dev) as generator:
+            for param in model.parameters():
+                param.requires_grad_(False)
+            for _, param in named:
+                param.requires_grad_(True)
             model.train()
+            if freeze_batchnorm and _freeze_batchnorm(model):
+                logger.info("%s: BatchNorm layers run in eval mode (frozen statistics)", desc)
+            opt = build_optimizer(optimizer, [p for _, p in named], lr, weight_decay)
+            total = n_batches(data, batch_size)
+            bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch",
+                       disable=None if progress else True, leave=False)
             for epoch in bar:
-                # Sums stay on the device: one host sync per epoch instead of per batch.
-                loss_sum = torch.zeros((), device=dev)
-                correct = torch.zeros((), device=dev, dtype=torch.long)
+                sums: dict[str, torch.Tensor] = {}
                 seen = 0
-                for batch in batches:
-                    x, y = _split_batch(batch, need_labels)
-                    x = x.to(dev, non_blocking=True)
-                    y = y.to(dev, non_blocking=True) if y is not None else None
-                    loss, n_correct = step_loss(model, x, y)
-                    optimizer.zero_grad(set_to_none=True)
+                inner = iter_batches(data, batch_size, shuffle=True, generator=generator)
+                for step, batch in enumerate(inner):
+                    batch = to_device(batch, dev)
+                    out = loss_fn(model, batch)
+                    if not isinstance(out, dict):
+                        out = {"loss": out}
+                    loss = out["loss"]
+                    if not bool(torch.isfinite(loss.detach()).all()):
+                        raise NonFiniteError(
+                            f"{desc}: the loss became {float(loss.detach())} at epoch {epoch}, "
+                            f"batch {step + 1}{f' of {total}' if total else ''}; training "
+                            "stopped and the weights were restored (lower the learning rate, "
+                            "check the data for NaN/Inf).")
+                    opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.detach() * x.shape[0]
-                    if n_correct is not None:
-                        correct += n_correct
-                    seen += x.shape[0]
+                    opt.step()
+                    n = batch_size_of(batch)
+                    for key, value in out.items():
+                        value = value.detach() if isinstance(value, torch.Tensor) else \
+                            torch.tensor(float(value))
+                        sums[key] = sums.get(key, torch.zeros((), device=dev)) + \
+                            value.to(dev, torch.float64) * n
+                    seen += n
                 if seen == 0:
-                    raise ValueError("the data hold no samples")
-                history.loss.append(float(loss_sum) / seen)
-                postfix = {"loss": f"{history.loss[-1]:.4f}"}
-                if need_labels:
-                    history.acc.append(int(correct) / seen)
-                    postfix["acc"] = f"{history.acc[-1]:.3f}"
-                bar.set_postfix(postfix)
-                logger.debug("%s epoch %d: %s", name, epoch, postfix)
+                    raise InvalidParameterError(f"{desc}: the data hold no samples.")
+                # one host sync per epoch: the sums stayed on the device
+                for key, value in sums.items():
+                    history.metrics.setdefault(key, []).append(float(value) / seen)
+                shown = {k: f"{v[-1]:.4f}" for k, v in history.metrics.items()}
+                bar.set_postfix(shown)
+                logger.debug("%s epoch %d: %s", desc, epoch, shown)
                 if ckpt_dir is not None:
                     path = ckpt_dir / f"epoch_{epoch:03d}.pt"
-                    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    payload = {
-                        "epoch": epoch,
-                        "state_dict": state,
-                        "lr": lr,
-                        "loss": history.loss[-1],
-                    }
-                    if need_labels:
-                        payload["acc"] = history.acc[-1]
-                    _atomic_save(payload, path)
+                    state = {k: v.detach().to("cpu", copy=True)
+                             for k, v in model.state_dict().items()}
+                    payload = {"epoch": epoch, "state_dict": state,
+                               "lr": float(opt.param_groups[0]["lr"]),
+                               **{k: v[-1] for k, v in history.metrics.items()}}
+                    if checkpoint_extra is not None:
+                        payload.update(checkpoint_extra(epoch))
+                    torch_save_atomic(payload, path)
                     history.checkpoints.append(path)
+            bar.close()
     finally:
-        bar.close()
-        model.eval()
+        if moved:
+            model.to(home)
+        if restore_mode:
+            for module, flag in training_flags:
+                module.training = flag
+        else:
+            model.eval()
     return history
 
 
 # ---------------------------------------------------------------------------------------------
-# Public API
+# The reference recipes
 # ---------------------------------------------------------------------------------------------
 
 
-def _classification_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    assert y is not None
-    logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ShapeMismatchError(f"a classifier must return (N, n_classes) logits, got {shape}")
-    y = y.long()
-    loss = F.cross_entropy(logits, y)
-    return loss, (logits.detach().argmax(dim=1) == y).sum()
+def _classification_loss(head: str | int | None) -> LossFn:
+    def loss_fn(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise InvalidParameterError(
+                "a classifier needs labels: pass (inputs, labels), a split with .images and "
+                ".labels, or a loader yielding (inputs, labels) batches; not inputs alone")
+        x, y = batch[0], batch[1]
+        logits = classification_logits(model(x), head)
+        if logits.dim() != 2:
+            raise ShapeMismatchError(
+                f"a classifier must return (N, n_classes) logits, got {tuple(logits.shape)}")
+        y = y.long()
+        if bool(((y < 0) | (y >= logits.shape[1])).any()):
+            raise InvalidParameterError(
+                f"labels must lie in [0, {logits.shape[1] - 1}] for a model with "
+                f"{logits.shape[1]} outputs; got {int(y.min())}..{int(y.max())}.")
+        loss = F.cross_entropy(logits, y)
+        return {"loss": loss, "acc": (logits.detach().argmax(dim=1) == y).float().mean()}
+
+    return loss_fn
 
 
-def _reconstruction_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None
-) -> tuple[torch.Tensor, None]:
+def _reconstruction_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
     recon = model(x)
     if recon.shape != x.shape:
         raise ShapeMismatchError(
             f"an autoencoder must return its input's shape {tuple(x.shape)}, got {tuple(recon.shape)}"
         )
-    return F.mse_loss(recon, x), None
+    return F.mse_loss(recon, x)
 
 
 def train_classifier(
@@ -333,14 +389,15 @@ def train_classifier(
     epochs: int = 15,
     lr: float = 1e-3,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = 0,
     device: str | torch.device | None = None,
     weight_decay: float = 0.0,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: OptimizerSpec = "adam",
+    head: str | int | None = "logits",
 ) -> TrainingHistory:
-    """Train ``model`` in place with cross-entropy and Adam.
+    """Train ``model`` in place with cross-entropy and Adam (through :func:`train`).
 
     ``seed`` drives what happens during training (the order of the batches, dropout);
     it does not initialise the model. For a reproducible run, call ``torch.manual_seed``
@@ -348,33 +405,32 @@ def train_classifier(
     restored afterwards.
 
     Args:
-        model: maps ``(N, ...)`` inputs to ``(N, n_classes)`` logits.
+        model: maps ``(N, ...)`` inputs to ``(N, n_classes)`` logits (or a tuple/dict holding
+            them, see ``head``).
         data: a ``DataLoader`` (used as is, its own batch size and order), an
-            ``(images, labels)`` tuple of tensors, a ``TensorDataset``, another
+            ``(inputs, labels)`` tuple of tensors, a ``TensorDataset``, another
             ``Dataset``, or an object with ``.images`` and ``.labels`` tensors such as
             :class:`latentsurgeon.data.DecoySplit`. In-memory data are shuffled each epoch.
         epochs: number of passes over the data.
-        lr: Adam's learning rate (ignored when ``optimizer`` is given).
+        lr: Adam's learning rate (ignored when ``optimizer`` is an instance).
         batch_size: samples per step (ignored for a ``DataLoader``).
-        seed: seed of the shuffling and of torch's RNG during training.
-        device: where to train; the model is moved there. None: where the model is.
-        weight_decay: Adam's weight decay (ignored when ``optimizer`` is given).
+        seed: seed of the shuffling and of torch's RNG during training (None: fresh).
+        device: where to train; the model returns to its device afterwards. None: where it is.
+        weight_decay: Adam's weight decay.
         progress: show a tqdm bar over epochs (also hidden when stderr is not a TTY).
         checkpoint_dir: if given, after every epoch ``k`` (from 1) write
             ``epoch_{k:03d}.pt`` holding ``{"epoch", "state_dict" (CPU tensors), "lr",
-            "loss", "acc"}`` atomically (temporary file in the same folder, then
-            ``os.replace``).
-        optimizer: an optimizer over the model's parameters to use instead of Adam.
+            "loss", "acc"}`` atomically.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, a callable or an optimizer instance.
+        head: where the logits are in a tuple/dict output.
 
     Returns:
         A :class:`TrainingHistory`. The model is left in eval mode.
     """
-    return _fit(
-        model, data, _classification_step, need_labels=True, name="train_classifier",
-        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-        weight_decay=weight_decay, progress=progress, checkpoint_dir=checkpoint_dir,
-        optimizer=optimizer,
-    )  # fmt: skip
+    return train(model, data, _classification_loss(head), epochs=epochs, lr=lr,
+                 batch_size=batch_size, seed=seed, device=device, weight_decay=weight_decay,
+                 progress=progress, checkpoint_dir=checkpoint_dir, optimizer=optimizer,
+                 desc="train_classifier")
 
 
 def train_autoencoder(
@@ -384,12 +440,12 @@ def train_autoencoder(
     epochs: int = 15,
     lr: float = 1e-3,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = 0,
     device: str | torch.device | None = None,
     weight_decay: float = 0.0,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: OptimizerSpec = "adam",
 ) -> TrainingHistory:
     """Train ``model`` in place to reconstruct its input (mean squared error, Adam).
 
@@ -398,54 +454,16 @@ def train_autoencoder(
     input and the target. Checkpoints hold ``{"epoch", "state_dict", "lr", "loss"}`` and
     ``TrainingHistory.acc`` stays empty.
     """
-    return _fit(
-        model, data, _reconstruction_step, need_labels=False, name="train_autoencoder",
-        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-        weight_decay=weight_decay, progress=progress, checkpoint_dir=checkpoint_dir,
-        optimizer=optimizer,
-    )  # fmt: skip
+    return train(model, data, _reconstruction_loss, epochs=epochs, lr=lr, batch_size=batch_size,
+                 seed=seed, device=device, weight_decay=weight_decay, progress=progress,
+                 checkpoint_dir=checkpoint_dir, optimizer=optimizer, desc="train_autoencoder")
 
 
-def evaluate_accuracy(
-    model: nn.Module,
-    data: TrainingData,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> float:
-    """Fraction of samples whose argmax logit equals the label.
+def evaluate_accuracy(model: nn.Module, data: TrainingData, batch_size: int = 256,
+                      device: str | torch.device | None = None,
+                      head: str | int | None = "logits") -> float:
+    """Fraction of samples whose argmax logit equals the label: the same function as
+    :func:`latentsurgeon.metrics.accuracy` (kept under this name for the models' API)."""
+    from latentsurgeon.metrics.accuracy import accuracy
 
-    The model runs in eval mode without gradients; its training flag is restored
-    afterwards and it is not moved.
-
-    Args:
-        model: maps ``(N, ...)`` inputs to ``(N, n_classes)`` logits.
-        data: as for :func:`train_classifier` (labels required), in its own order.
-        batch_size: samples per forward pass (ignored for a ``DataLoader``).
-        device: where the inputs go; must be the model's device. None: the model's device.
-
-    Returns:
-        Accuracy in ``[0, 1]``.
-    """
-    model_dev = model_device(model)
-    dev = torch.device(device) if device is not None else model_dev
-    if dev.type != model_dev.type or (
-        dev.index is not None and model_dev.index is not None and dev.index != model_dev.index
-    ):
-        raise DeviceMismatchError(
-            f"the model lives on {model_dev} but device={dev}; move it with model.to({str(dev)!r})"
-        )
-    was_training = model.training
-    correct, seen = 0, 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in _batches(data, batch_size, shuffle=False, generator=None):
-                x, y = _split_batch(batch, need_labels=True)
-                logits = model(x.to(dev))
-                correct += int((logits.argmax(dim=1) == y.to(dev).long()).sum())
-                seen += x.shape[0]
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("the data hold no samples")
-    return correct / seen
+    return accuracy(model, data, batch_size=batch_size, device=device, head=head)

@@ -73,7 +73,7 @@ def test_fit_trains_only_above_and_restores_flags(base_model, watermark):
         assert same == key.startswith("features"), key
     assert not base_model.classifier[3].bias.requires_grad
     assert all(p.requires_grad for n, p in base_model.named_parameters() if n != "classifier.3.bias")
-    assert not base_model.training  # left in eval mode
+    assert base_model.training  # mode restored: a correction's fit changes weights only
     assert hook_count(base_model) == 0
     assert ac.history_["loss"] and len(ac.history_["loss"]) == 1
     # the correction lives in the weights: attach is a no-op, export a plain copy

@@ -116,7 +116,7 @@ def test_head_selects_logits(wrap, head):
         ExplanationRegularization(n_epochs=1, progress=False).fit(Linear2d(wrap), x, y, masks)
 
 
-def test_model_left_in_eval_mode_with_flags_and_batchnorm_stats(watermark):
+def test_mode_flags_and_batchnorm_stats_restored(watermark):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 14 * 14, 10))
@@ -126,7 +126,7 @@ def test_model_left_in_eval_mode_with_flags_and_batchnorm_stats(watermark):
     split = watermark.train
     ExplanationRegularization(n_epochs=1, progress=False).fit(
         model, split.images[:64], split.labels[:64], split.masks[:64])
-    assert not model.training
+    assert model.training  # the mode it had
     assert not model[0].bias.requires_grad and model[0].weight.requires_grad
     assert torch.equal(model[1].running_mean, stats)  # BatchNorm ran with frozen statistics
     assert hook_count(model) == 0
