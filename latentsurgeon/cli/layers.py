@@ -1,0 +1,61 @@
+"""`latentsurgeon layers`: print a model's hookable layers with their output shapes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon.cli._common import (
+    model_args,
+    parse_shape,
+    user_model,
+)
+
+
+def layer_table(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str, str, int]]:
+    """``(name, class, output shape, own parameters)`` for every named module, in module order."""
+    from latentsurgeon.hooks import HookGroup, preserve_model_state
+
+    shapes: dict[str, str] = {}
+
+    def record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            shapes[name] = str(tuple(output.shape))
+        elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            shapes[name] = f"{tuple(output[0].shape)} (+{len(output) - 1} more)"
+        else:
+            shapes.setdefault(name, type(output).__name__)
+
+    with preserve_model_state(model), HookGroup() as group, torch.no_grad():
+        model.eval()
+        group.forward(model, "*", record)
+        model(example)
+    rows = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        rows.append((name, type(module).__name__, shapes.get(name, "(not run)"), own))
+    return rows
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    model = user_model(args)
+    example = torch.zeros(args.input_shape)
+    rows = layer_table(model, example)
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'layer':<{width}}{'type':<18}{'output shape':<24}params")
+    for name, kind, shape, params in rows:
+        print(f"{name:<{width}}{kind:<18}{shape:<24}{params}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("layers", help="print a model's hookable layers with output shapes")
+    model_args(p)
+    p.add_argument("--input-shape", type=parse_shape, default=(1, 1, 16, 16),
+                   help="example input shape (default 1,1,16,16)")
+    p.set_defaults(func=cmd_layers)
