@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from latentsurgeon.activations.batching import (
+    analysis_device,
     batch_inputs,
     batch_size_of,
     iter_batches,
@@ -44,8 +45,10 @@ def run_batches(
     so hooks know which rows of recorded activations belong to it.
     """
     forward = forward_fn or default_forward
-    # a stateless model (no parameters, no buffers) leaves the inputs where they are
-    target = device if device is not None else model_device(model, default=None)
+    # a stateless model (no parameters, no buffers) leaves the inputs where they are; otherwise
+    # inputs go to the model's device (an analysis never moves the model)
+    home = model_device(model, default=None)
+    target = analysis_device(model, device) if home is not None else device
     start = 0
     for batch in iter_batches(inputs, batch_size):
         batch = batch_inputs(batch)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import count_samples
 from latentsurgeon.activations.capture import capture
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
@@ -225,7 +226,7 @@ def _evaluate(
     values, sizes = [], []
     for n, _, output in run_batches(model, inputs, batch_size=batch_size, forward_fn=forward_fn,
                                  device=device, before_batch=before_batch):
-        values.append(as_float(metric(output), "metric"))
+        values.append(check_finite(as_float(metric(output), "metric"), "the metric's value"))
         sizes.append(n)
     if not sizes:
         raise LatentSurgeonError("The inputs yielded no batch; patching needs at least one sample.")
@@ -274,7 +275,8 @@ def patch(
             With ``batch_size`` it is called per batch (see below).
         patch_fn: ``patch_fn(name, target_activation, source_activation) -> new_activation``, all
             ``(N, ...)`` (the layer's primary tensor; tuples/dicts of transformer blocks are
-            rebuilt around it). Default: the source activation. See :func:`zero_ablation`,
+            rebuilt around it); returning ``None`` means "use the source activation" (as in
+            tdhook). Default: the source activation. See :func:`zero_ablation`,
             :func:`mean_ablation`, :func:`interpolate`.
         direction: ``"clean_to_corrupted"`` or ``"corrupted_to_clean"``.
         positions: token positions (dim 1 of ``(N, T, D)`` activations) to patch: an int, a list
@@ -366,6 +368,8 @@ def patch(
             # A fresh copy: patch_fn or a later in-place op must not alter the recorded source.
             source = source.to(target.device, target.dtype).expand_as(target).clone()
             new = fn(name, target, source)
+            if new is None:
+                new = source
             if not isinstance(new, torch.Tensor) or new.shape != target.shape:
                 got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                 raise ShapeMismatchError(

@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable as CallableT
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from latentsurgeon._estimator import Estimator
+from latentsurgeon._validation import Callable, Options, check_finite
 from latentsurgeon.activations.capture import capture
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
 from latentsurgeon.hooks.resolve import LayerSelector, resolve_layers
 from latentsurgeon.intervene._common import (
     ForwardFn,
+    Positions,
     broadcast_vector,
     check_positions,
     merge_positions,
@@ -36,25 +39,32 @@ from latentsurgeon.intervene._common import (
 
 logger = logging.getLogger(__name__)
 
-SteerFn = Callable[[str, torch.Tensor, torch.Tensor, float], torch.Tensor]
+SteerFn = CallableT[[str, torch.Tensor, torch.Tensor, float], torch.Tensor]
 TOKENS = ("mean", "last", "none")
 
 
 def _check_alpha(alpha: Any) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise LatentSurgeonError(f"alpha must be a finite number, got {alpha!r}.")
+        raise InvalidParameterError(f"alpha must be a finite number, got {alpha!r}.")
     return float(alpha)
 
 
-def _check_positions_param(positions: Any) -> int | list[int] | None:
-    if positions is None or (isinstance(positions, int) and not isinstance(positions, bool)):
+def _check_positions_param(positions: Any) -> Positions:
+    """Token positions as patching takes them: None, an int, a non-empty list of ints (negative
+    counts from the end), a slice, or a 1-D integer or bool index tensor."""
+    if positions is None or isinstance(positions, slice) or (
+            isinstance(positions, int) and not isinstance(positions, bool)):
         return positions
-    if isinstance(positions, Sequence) and not isinstance(positions, str) and positions \
+    if isinstance(positions, torch.Tensor):
+        if positions.dim() == 1 and (positions.dtype == torch.bool
+                                     or not positions.is_floating_point()) and positions.numel():
+            return positions
+    elif isinstance(positions, Sequence) and not isinstance(positions, str) and positions \
             and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
         return list(positions)
-    raise LatentSurgeonError(
-        f"positions must be None, an int or a non-empty list of ints (token indices, negative "
-        f"counting from the end), got {positions!r}."
+    raise InvalidParameterError(
+        f"positions must be None, an int, a non-empty list of ints (token indices, negative "
+        f"counting from the end), a slice or a 1-D index tensor; got {positions!r}."
     )
 
 
@@ -130,9 +140,10 @@ class SteeringVector(Estimator):
             default ``activation + alpha * vector``. ``activation`` is the layer's primary tensor
             ``(N, ...)`` (transformer tuples/dicts are rebuilt around the result); ``vector`` is the
             stored vector as is, on the activation's device and dtype.
-        positions: steer only these token positions of ``(N, T, D)`` activations (an int or a
-            list of ints; negative counts from the end, so ``-1`` is the last token). ``None``:
-            every position.
+        positions: steer only these token positions of ``(N, T, D)`` activations, as
+            :func:`~latentsurgeon.intervene.patch` takes them: an int, a list of ints (negative
+            counts from the end, so ``-1`` is the last token), a slice or an index tensor.
+            ``None``: every position.
         token: how :meth:`fit` turns activations into one vector per sample before averaging:
             ``"mean"`` (default) averages ``(N, T, D)`` over tokens (over the ``attention_mask``
             when the inputs are a dict that has one) and ``(N, C, H, W)`` over pixels, giving
@@ -157,7 +168,7 @@ class SteeringVector(Estimator):
         layers: LayerSelector | None = None,
         alpha: float = 1.0,
         steer_fn: SteerFn | None = None,
-        positions: int | Sequence[int] | None = None,
+        positions: Positions = None,
         token: str = "mean",
     ) -> None:
         self.layers = layers
@@ -167,13 +178,15 @@ class SteeringVector(Estimator):
         self.token = token
 
     # -- construction ----------------------------------------------------------------------------
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "token": Options(TOKENS),
+        "steer_fn": [None, Callable()],
+    }
+
     def _validate(self) -> None:
+        self._validate_params()
         _check_alpha(self.alpha)
         _check_positions_param(self.positions)
-        if self.token not in TOKENS:
-            raise LatentSurgeonError(f"token must be one of {TOKENS}, got {self.token!r}.")
-        if self.steer_fn is not None and not callable(self.steer_fn):
-            raise TypeError(f"steer_fn must be callable, got {type(self.steer_fn).__name__}.")
 
     def _mean_activations(
         self,
@@ -266,7 +279,8 @@ class SteeringVector(Estimator):
                     "expected equal shapes (with token='none', prompts need the same number of "
                     "tokens)."
                 )
-            vectors[name] = (pos[name] - neg[name]).to(torch.float32)
+            vectors[name] = check_finite((pos[name] - neg[name]).to(torch.float32),
+                                         f"the steering vector at layer {name!r}")
             logger.debug("steering vector at %s: shape %s, norm %.4g", name,
                          tuple(vectors[name].shape), float(vectors[name].norm()))
         self.vectors_ = vectors
@@ -302,7 +316,9 @@ class SteeringVector(Estimator):
                                 f"got {type(vector).__name__}.")
         obj = cls(layers=list(vectors), alpha=alpha, **params)
         obj._validate()
-        obj.vectors_ = {k: v.detach().to("cpu", torch.float32).clone() for k, v in vectors.items()}
+        obj.vectors_ = {k: check_finite(v.detach().to("cpu", torch.float32).clone(),
+                                        f"the steering vector for layer {k!r}")
+                        for k, v in vectors.items()}
         obj.n_positive_ = 0
         obj.n_negative_ = 0
         return obj
@@ -348,6 +364,7 @@ class SteeringVector(Estimator):
                     f"steer_fn at layer {name!r} must return a tensor of the activation's shape "
                     f"{tuple(activation.shape)}, got {got}."
                 )
+            check_finite(new, f"the steered activation at layer {name!r}")
             return replace_primary(output, merge_positions(activation, new, positions))
 
         group = HookGroup()
@@ -355,11 +372,12 @@ class SteeringVector(Estimator):
         return group
 
     @contextmanager
-    def applied(self, model: nn.Module, alpha: float | None = None) -> Iterator[HookGroup]:
-        """Steer ``model`` inside a ``with`` block; the hooks are removed on exit (also on error)."""
+    def applied(self, model: nn.Module, alpha: float | None = None) -> Iterator[nn.Module]:
+        """Steer ``model`` inside a ``with`` block (which yields the model, as every
+        ``applied`` does); the hooks are removed on exit, also on error."""
         group = self.attach(model, alpha)
         try:
-            yield group
+            yield model
         finally:
             group.remove()
 
@@ -412,7 +430,7 @@ class ActivationAddition(SteeringVector):
         layers: LayerSelector | None = None,
         alpha: float = 1.0,
         steer_fn: SteerFn | None = None,
-        positions: int | Sequence[int] | None = None,
+        positions: Positions = None,
         token: str = "none",
     ) -> None:
         super().__init__(layers=layers, alpha=alpha, steer_fn=steer_fn, positions=positions,

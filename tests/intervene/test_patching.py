@@ -12,7 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentsurgeon.activations import capture
-from latentsurgeon.errors import LatentSurgeonError, LayerNotFoundError, ShapeMismatchError
+from latentsurgeon.errors import (
+    LatentSurgeonError,
+    LayerNotFoundError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from latentsurgeon.hooks import hook_count
 from latentsurgeon.intervene import (
     PatchingResult,
@@ -309,3 +314,27 @@ def test_tuple_and_dict_outputs_are_patched_in_place():
         assert torch.equal(res.patched_raw[row], res.clean_raw)
     res = patch(model, clean, corrupted, "blocks.1", identity, patch_fn=zero_ablation)
     assert torch.equal(res.patched_raw["blocks.1"], run(model.head, torch.zeros(3, 4)).double())
+
+
+def test_patch_fn_returning_none_means_the_source(cnn, images):
+    clean, corrupted = images
+    default = patch(cnn, clean, corrupted, ["features.0", "features.3"], logit_diff,
+                    progress=False)
+    seen = []
+
+    def observe(name, target, source):
+        seen.append(name)
+        return None
+
+    res = patch(cnn, clean, corrupted, ["features.0", "features.3"], logit_diff, patch_fn=observe,
+                progress=False)
+    assert seen == ["features.0", "features.3"]
+    assert res.patched == default.patched
+
+
+def test_a_non_finite_metric_is_an_error(cnn, images):
+    clean, corrupted = images
+    with pytest.raises(NonFiniteError, match="metric"):
+        patch(cnn, clean, corrupted, "features.3", lambda out: out.sum() * float("nan"),
+              progress=False)
+    assert hook_count(cnn) == 0

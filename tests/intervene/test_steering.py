@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from latentsurgeon.activations import capture
-from latentsurgeon.errors import LatentSurgeonError, NotFittedError, ShapeMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    NonFiniteError,
+    NotFittedError,
+    ShapeMismatchError,
+)
 from latentsurgeon.hooks import HookGroup, hook_count
 from latentsurgeon.intervene import ActivationAddition, SteeringVector
 
@@ -262,3 +268,57 @@ def test_tuple_block_output_is_steered_and_extras_pass_through():
         s_hidden, s_extra = run(block, x)
     assert torch.equal(s_hidden, hidden + 2.0 * v)
     assert torch.equal(s_extra, extra)
+
+
+def test_positions_accept_slices_and_index_tensors_as_patching_does(tiny_seq):
+    ids = torch.randint(0, 12, (2, 5), generator=torch.Generator().manual_seed(2))
+    base = run(tiny_seq, ids)
+    v = torch.randn(5)
+    for positions, steered in ((slice(1, 3), [1, 2]), (torch.tensor([0, -1]), [0, 4]),
+                               (torch.tensor([False, True, False, False, True]), [1, 4])):
+        with SteeringVector.from_vector("head", v, alpha=1.0, positions=positions).applied(
+                tiny_seq):
+            out = run(tiny_seq, ids)
+        kept = [i for i in range(5) if i not in steered]
+        assert torch.equal(out[:, kept], base[:, kept]), positions
+        assert torch.allclose(out[:, steered] - base[:, steered],
+                              v.expand(2, len(steered), 5), atol=1e-6), positions
+    with pytest.raises(InvalidParameterError, match="positions must be"):
+        SteeringVector.from_vector("head", v, positions=torch.tensor([0.5]))
+
+
+def test_applied_yields_the_model(cnn):
+    sv = SteeringVector.from_vector("features.3", torch.ones(32))
+    with sv.applied(cnn) as steered:
+        assert steered is cnn
+        assert hook_count(cnn) == 1
+    assert hook_count(cnn) == 0
+
+
+def test_non_finite_vectors_are_refused(cnn, images):
+    x, _ = images
+    bad = torch.ones(32)
+    bad[3] = float("nan")
+    with pytest.raises(NonFiniteError, match="steering vector"):
+        SteeringVector.from_vector("features.3", bad)
+    nan_inputs = x.clone()
+    nan_inputs[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="features.3"):
+        SteeringVector("features.3").fit(cnn, nan_inputs, x)
+    # a steer_fn that produces NaN is refused at run time, and the hook is still removed
+    sv = SteeringVector.from_vector("features.3", torch.ones(32),
+                                    steer_fn=lambda n, a, v, al: a * float("nan"))
+    with pytest.raises(NonFiniteError), sv.applied(cnn):
+        run(cnn, x)
+    assert hook_count(cnn) == 0
+
+
+def test_sklearn_contract():
+    from sklearn.base import clone
+
+    sv = SteeringVector("features.3", alpha=2.0, token="last")
+    copy = clone(sv)
+    assert copy is not sv and copy.get_params() == sv.get_params()
+    assert sv.set_params(alpha=3.0).alpha == 3.0
+    with pytest.raises(InvalidParameterError, match="token"):
+        SteeringVector("features.3", token="first").fit(None, None, None)
