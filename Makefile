@@ -36,7 +36,7 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PIP) install -q -e ".[bench]"
-	$(PY) -m bench all
+	$(PY) -m bench all --write
 
 clean:
 	rm -rf $(VENV) latentsurgeon-report .pytest_cache

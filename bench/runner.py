@@ -48,13 +48,17 @@ def time_case(case: Case, repeats: int = 7, warmup: int = 1) -> dict[str, Any]:
         case.peer()
     ours_t, peer_t = [], []
     ours_out = peer_out = None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ours_out = case.ours()
-        ours_t.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        peer_out = case.peer()
-        peer_t.append(time.perf_counter() - start)
+    for repeat in range(repeats):
+        # Alternate which one goes first, so that drift and allocator state hit both alike.
+        order = ("ours", "peer") if repeat % 2 == 0 else ("peer", "ours")
+        for who in order:
+            start = time.perf_counter()
+            if who == "ours":
+                ours_out = case.ours()
+                ours_t.append(time.perf_counter() - start)
+            else:
+                peer_out = case.peer()
+                peer_t.append(time.perf_counter() - start)
     ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
     agreement = case.agreement(ours_out, peer_out) if case.agreement else None
     return {
@@ -112,14 +116,24 @@ def write_table() -> Path:
     return TABLE
 
 
-def run(name: str, repeats: int = 7) -> list[dict[str, Any]]:
+def describe(name: str) -> str:
+    """The first line of a benchmark module's docstring."""
+    module = importlib.import_module(f"bench.cases.{name}")
+    return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+
+
+def run(name: str, repeats: int = 7, *, write: bool = False) -> list[dict[str, Any]]:
+    """Time every case of ``bench/cases/<name>.py``; with ``write``, record the results
+    (``bench/results/<case>.json``) and regenerate ``docs/benchmarks.md``."""
     if name not in available():
         raise SystemExit(f"Unknown benchmark {name!r}; available: {', '.join(available())}")
     module = importlib.import_module(f"bench.cases.{name}")
     results = []
     for case in module.cases():
         result = time_case(case, repeats=repeats)
-        write_result(result)
+        if write:
+            write_result(result)
         results.append(result)
-    write_table()
+    if write:
+        write_table()
     return results

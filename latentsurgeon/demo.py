@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon._io import write_json_atomic
+from latentsurgeon._io import torch_save_atomic, write_json_atomic
 from latentsurgeon.activations import ActivationStore, capture
 from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark, watermark_concept_sets
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
@@ -188,15 +188,50 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
 
 
 # -- the run ---------------------------------------------------------------------------------------
+def _meta(config: DemoConfig) -> dict[str, Any]:
+    """What a reader needs to reproduce the run: version, date, seed, settings."""
+    import datetime
+    import platform
+
+    from latentsurgeon import __version__
+    from latentsurgeon.correct.settings import SETTINGS
+
+    return {
+        "version": __version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "stop_after": config.stop_after,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "settings": {"block_layer": config.block_layer, "conv_layers": config.conv_layers,
+                     "tcav_runs": config.tcav_runs,
+                     "corrections": copy.deepcopy(SETTINGS)},
+        "timings": {},
+    }
+
+
 def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
-    """Run the demo; returns what it measured and writes it to ``config.out``."""
+    """Run the demo; returns what it measured and writes it to ``config.out``: ``results.json``,
+    ``report.html`` (also when stopping after an earlier stage) and ``model.pt`` (the
+    uncorrected model's state_dict, for the other commands' ``--weights``)."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"seed": config.seed, "epochs": config.epochs}
+    results: dict[str, Any] = {"seed": config.seed, "epochs": config.epochs,
+                               "meta": _meta(config)}
     started = time.perf_counter()
+    stage_start = started
+
+    def lap(stage: str) -> None:
+        nonlocal stage_start
+        now = time.perf_counter()
+        results["meta"]["timings"][stage] = round(now - stage_start, 2)
+        stage_start = now
 
     echo(f"[1/4] Training the reference CNN on the watermark decoy digits (seed {config.seed})")
     model, data = train_decoy_model(config.seed, config.epochs, config.progress)
+    torch_save_atomic(model.state_dict(), out / "model.pt")
+    results["model"] = str(out / "model.pt")
     clean = evaluate_accuracy(model, data.test)
     poisoned = evaluate_accuracy(model, data.poisoned)
     results["data"] = data.summary()
@@ -207,6 +242,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
          f"(the watermark sits on {data.train.artifact.float().mean():.1%} of training images, "
          f"all of class {data.shortcut_class})")
 
+    lap("train")
     echo("[2/4] Extracting the activations of every conv layer into a store")
     store = ActivationStore.extract(model, data.train.images, config.conv_layers,
                                     out / "activations", pooling="max", overwrite=True,
@@ -214,8 +250,9 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
     echo(store.summary())
     results["store"] = {"path": str(store.path), "layers": store.layers,
                         "n_samples": store.n_samples}
+    lap("store")
     if config.stop_after == "store":
-        return _finish(out, results, echo, started)
+        return _finish(out, results, echo, started, data, {"none": model})
 
     echo(f"[3/4] Reveal: where does the network encode the watermark? (shortcut class "
          f"{data.shortcut_class})")
@@ -225,24 +262,27 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
         "cav_fits": [{k: v for k, v in row.items() if k != "cav"}
                      for row in revealed["cav_fits"]],
     }
+    lap("reveal")
     if config.stop_after == "reveal":
-        return _finish(out, results, echo, started)
+        return _finish(out, results, echo, started, data, {"none": model})
     # stop_after == "all"
 
     echo("[4/4] Correct and verify (every method, default settings)")
     methods, models = correct_and_verify(model, data, config, echo)
     results["methods"] = methods
+    lap("correct_and_verify")
+    return _finish(out, results, echo, started, data, models)
+
+
+def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float, data: DecoyDigits,
+            models: dict[str, nn.Module]) -> dict[str, Any]:
     from latentsurgeon.report.demo_report import write_demo_report
 
-    report = write_demo_report(out / "report.html", data, models, results)
-    results["report"] = str(report)
-    return _finish(out, results, echo, started)
-
-
-def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float) -> dict[str, Any]:
-    results["seconds_total"] = time.perf_counter() - started
+    results["report"] = str(out / "report.html")
+    results["seconds_total"] = round(time.perf_counter() - started, 2)
+    write_demo_report(out / "report.html", data, models, results)
     write_json_atomic(out / "results.json", results, sort_keys=False)
-    if "report" in results:
-        echo(f"Report: {results['report']}")
-    echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s)")
+    echo(f"Report: {results['report']}")
+    echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s); "
+         f"model weights: {results['model']}")
     return results

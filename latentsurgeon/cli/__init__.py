@@ -1,7 +1,7 @@
 """Command line: ``latentsurgeon <command>``; one module per command, each with ``register``.
 
-Every command prints its results; every error reaches the user as one line on stderr and exit
-code 2 (``--debug`` shows the traceback).
+Every command prints its results; every error reaches the user as one line on stderr naming
+what to fix, with exit code 2 (``--debug`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -11,25 +11,46 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from latentsurgeon.cli import bench, correct, demo, extract, layers, probe, tcav
+from latentsurgeon import __version__
+from latentsurgeon.cli import (
+    bench,
+    correct,
+    demo,
+    extract,
+    layers,
+    probe,
+    tcav,
+    train,
+    verify,
+)
 from latentsurgeon.cli._common import load_object
 from latentsurgeon.errors import LatentSurgeonError
 
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [layers, extract, probe, tcav, correct, demo, bench]
+COMMANDS = [demo, layers, train, extract, probe, tcav, correct, verify, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentsurgeon",
         description="Reveal, explain, correct and verify what a PyTorch model learned.")
+    parser.add_argument("--version", action="version", version=f"latentsurgeon {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, LatentSurgeonError):
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,10 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except LatentSurgeonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,16 @@
-"""What every command shares: loading the user's model and data, the model arguments."""
+"""What every command shares: loading the user's model, weights and data, and the shared flags.
+
+The same flags mean the same thing in every command:
+
+* ``--model pkg.mod:fn`` - a function returning an ``nn.Module`` (or a module attribute holding
+  one); default: the reference ``DigitCNN``.
+* ``--weights FILE`` - a ``state_dict`` (loaded with ``weights_only=True``) for that model. For the
+  reference model without ``--weights`` the command trains it first (seconds); ``latentsurgeon
+  train`` or ``latentsurgeon demo`` write a ``model.pt`` to pass here instead.
+* ``--data decoy-watermark | decoy-swatch | pkg.mod:fn`` - the bundled decoy digits, or a function
+  returning the user's data (see :func:`load_data`).
+* ``--layer NAME`` where one layer is needed, ``--layers SEL ...`` where several are.
+"""
 
 from __future__ import annotations
 
@@ -6,92 +18,206 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
+
+BUNDLED = ("decoy-watermark", "decoy-swatch")
+POOLINGS = ("max", "mean", "flatten", "none")
+#: The pooling every activation-reading command uses unless told otherwise. ``max`` keeps a small
+#: local artifact readable (a mean over the map dilutes a 3x3 watermark on a 16x16 image).
+DEFAULT_POOLING = "max"
 
 
-def load_object(spec: str) -> Any:
+def load_object(spec: str, what: str = "--model") -> Any:
     """Import ``"package.module:attribute"``; call it (without arguments) if it is callable
     and not already a module instance. The current directory is importable."""
-    if ":" not in spec:
-        raise LatentSurgeonError(f"Expected 'module:function', got {spec!r}.")
+    if not isinstance(spec, str) or ":" not in spec:
+        raise InvalidParameterError(
+            f"{what} must look like 'package.module:function', got {spec!r}.")
     module_name, attr = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise LatentSurgeonError(f"Cannot import {module_name!r}: {exc}") from exc
+        raise LatentSurgeonError(f"{what}: cannot import {module_name!r}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
-        raise LatentSurgeonError(f"{module_name!r} has no attribute {attr!r}.") from None
+        raise LatentSurgeonError(f"{what}: {module_name!r} has no attribute {attr!r}.") from None
     if callable(obj) and not isinstance(obj, nn.Module):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise LatentSurgeonError(f"{what}: calling {spec} failed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     return obj
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in text.replace("x", ",").split(",") if s)
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"A shape like 1,1,16,16 is expected, got {text!r}.") from None
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"a shape like 1,1,16,16 is expected, got {text!r}")
+    return shape
 
 
-def reference_model(args: argparse.Namespace) -> nn.Module:
+def load_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load a ``state_dict`` file into ``model`` (strictly), with one-line errors."""
+    file = Path(path)
+    if not file.is_file():
+        raise LatentSurgeonError(f"--weights: no file {path!r}.")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LatentSurgeonError(
+            f"--weights: {path!r} is not a PyTorch state_dict file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}).") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a checkpoint written by the training loop
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LatentSurgeonError(f"--weights: {path!r} does not hold a state_dict (a dict of "
+                                 "tensors) or a training checkpoint.")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:4])}"
+                         f"{' ...' if len(unexpected) > 4 else ''}")
+        if wrong:
+            parts.append(f"other shapes for {', '.join(wrong[:4])}")
+        raise LatentSurgeonError(
+            f"--weights: {path!r} was saved from another architecture than "
+            f"{type(model).__name__} ({'; '.join(parts)}). Pass the --model it belongs to.")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """The ``--model`` (default: a fresh reference DigitCNN), without weights."""
+    if getattr(args, "model", None):
+        model = load_object(args.model, "--model")
+        if not isinstance(model, nn.Module):
+            raise LatentSurgeonError(
+                f"--model {args.model} gave a {type(model).__name__}, not an nn.Module.")
+        return model
     from latentsurgeon.models import DigitCNN
 
-    model = DigitCNN()
+    torch.manual_seed(getattr(args, "seed", 0))
+    return DigitCNN()
+
+
+def load_data(spec: str, seed: int = 0) -> Any:
+    """The data of ``--data``.
+
+    ``decoy-watermark``/``decoy-swatch`` give the bundled decoy digits (``.train``, ``.test``,
+    ``.poisoned`` splits). ``pkg.mod:fn`` may return: an object (or dict) with ``train`` (and
+    ``test``, ``poisoned``) splits; a single split (an object or dict with ``images``, ``labels``,
+    optionally ``artifact`` and ``masks``); a tuple ``(inputs, labels[, artifact])``; or an
+    inputs tensor. Dicts become attribute objects.
+    """
+    if spec in BUNDLED:
+        from latentsurgeon.data import decoy_digits
+
+        return decoy_digits(spec.split("-", 1)[1], seed=seed)
+    data = load_object(spec, "--data")
+    return _attributes(data)
+
+
+def _attributes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _attributes(v) for k, v in value.items()})
+    return value
+
+
+def split_of(data: Any, name: str, *, what: str) -> Any:
+    """One split (``train``, ``test``, ``poisoned``) of ``--data``; a data object without splits
+    is its own train split."""
+    if hasattr(data, name):
+        return getattr(data, name)
+    if name == "train" and not hasattr(data, "test"):
+        if isinstance(data, torch.Tensor):
+            return SimpleNamespace(images=data)
+        if isinstance(data, (tuple, list)):
+            keys = ("images", "labels", "artifact")
+            return SimpleNamespace(**dict(zip(keys, data, strict=False)))
+        return data
+    raise LatentSurgeonError(
+        f"{what} needs a {name!r} split in --data; the data has "
+        f"{sorted(k for k in vars(data) if not k.startswith('_')) if hasattr(data, '__dict__') else type(data).__name__}.")
+
+
+def need(split: Any, field: str, what: str) -> torch.Tensor:
+    value = getattr(split, field, None)
+    if value is None:
+        raise LatentSurgeonError(f"{what} needs {field!r} in its --data split (e.g. artifact "
+                                 "labels: 1 where the sample carries the shortcut).")
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+
+
+def analysed_model(args: argparse.Namespace, data: Any = None) -> nn.Module:
+    """The model to analyse: ``--model`` (with ``--weights`` if given; without, as the function
+    returned it, e.g. a model that loads its own weights); the reference CNN with ``--weights``;
+    or, with neither, the reference CNN trained here on the train split."""
+    model = build_model(args)
     if getattr(args, "weights", None):
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    return model
+        return load_weights(model, args.weights)
+    if getattr(args, "model", None):
+        return model.eval()
+    from latentsurgeon.models import train_classifier
 
-
-def user_model(args: argparse.Namespace) -> nn.Module:
-    if args.model:
-        model = load_object(args.model)
-        if not isinstance(model, nn.Module):
-            raise LatentSurgeonError(f"{args.model} gave a {type(model).__name__}, not an nn.Module.")
-        return model
-    return reference_model(args)
-
-
-def bundled_data(name: str, seed: int) -> Any:
-    from latentsurgeon.data import decoy_digits
-
-    kind = {"decoy-watermark": "watermark", "decoy-swatch": "swatch"}[name]
-    return decoy_digits(kind, seed=seed)
-
-
-def analysed_model(args: argparse.Namespace, data: Any) -> nn.Module:
-    """The user's model, the reference CNN with given weights, or a freshly trained one."""
-    if args.model or args.weights:
-        return user_model(args)
-    from latentsurgeon.models import DigitCNN, train_classifier
-
-    print(f"No --model/--weights given: training the reference DigitCNN on the {data.kind} "
-          f"decoy digits (seed {args.seed}, {args.epochs} epochs) ...")
-    torch.manual_seed(args.seed)
-    model = DigitCNN()
-    train_classifier(model, data.train, epochs=args.epochs, seed=args.seed,
+    train = split_of(data, "train", what="training the reference model")
+    say(args, f"No --weights given: training the reference DigitCNN on {args.data} (seed "
+              f"{args.seed}, {args.epochs} epochs; `latentsurgeon train --out model.pt` once "
+              "and --weights model.pt skips this) ...")
+    train_classifier(model, (train.images, train.labels), epochs=args.epochs, seed=args.seed,
                      progress=not args.quiet)
     return model
 
 
-
-def model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="'module:function' returning an nn.Module "
-                                   "(default: the reference DigitCNN)")
-    p.add_argument("--weights", help="state_dict file for the reference DigitCNN")
+def say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
 
 
-def bundled_model_args(p: argparse.ArgumentParser) -> None:
-    model_args(p)
-    p.add_argument("--seed", type=int, default=0)
+def model_args(p: argparse.ArgumentParser, *, weights_help: str | None = None) -> None:
+    p.add_argument("--model", metavar="PKG.MOD:FN",
+                   help="a function returning your nn.Module (default: the reference DigitCNN)")
+    p.add_argument("--weights", metavar="FILE",
+                   help=weights_help or "state_dict of the model (torch.save(model.state_dict())"
+                                        " or a training checkpoint); without it the reference "
+                                        "model is trained here first")
+
+
+def data_args(p: argparse.ArgumentParser, default: str | None = "decoy-watermark") -> None:
+    p.add_argument("--data", default=default, metavar="NAME|PKG.MOD:FN",
+                   help="decoy-watermark | decoy-swatch (bundled) | a function returning your "
+                        "data: an object/dict with train/test/poisoned splits, one split with "
+                        f"images/labels/artifact, a tuple or a tensor (default: {default})")
+
+
+def run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of data, training and fits (default 0)")
     p.add_argument("--epochs", type=int, default=15,
-                   help="epochs when the reference model is trained here")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="epochs when the reference model is trained here (default 15)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="samples per forward pass (default 128)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def pooling_arg(p: argparse.ArgumentParser, default: str = DEFAULT_POOLING) -> None:
+    p.add_argument("--pooling", default=default, choices=POOLINGS,
+                   help=f"how conv activations become vectors (default {default})")

@@ -1,4 +1,4 @@
-"""`latentsurgeon bench`: side-by-side benchmarks (from a source checkout)."""
+"""`latentsurgeon bench`: side-by-side benchmarks against peer libraries (from a source checkout)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (root / "bench" / "runner.py").exists():
         raise LatentSurgeonError("`latentsurgeon bench` runs from a source checkout (bench/ is "
                                  "not part of the installed package).")
-    sys.path.insert(0, str(root))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     from bench.__main__ import main as bench_main
 
-    bench_main([args.name, "--repeats", str(args.repeats)])
+    argv = ["--list"] if args.list or not args.name else [args.name]
+    argv += ["--repeats", str(args.repeats)] + (["--write"] if args.write else [])
+    bench_main(argv)
     return 0
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a side-by-side benchmark (from a source checkout)")
-    p.add_argument("name")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("name", nargs="?", help="benchmark to run, or 'all' (none: list them)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and their cases")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed repeats of ours and the peer, alternated (default 7)")
+    p.add_argument("--write", action="store_true",
+                   help="record the results in bench/results/*.json and docs/benchmarks.md "
+                        "(tracked files; without it nothing is written)")
     p.set_defaults(func=cmd_bench)

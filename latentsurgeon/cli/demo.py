@@ -19,10 +19,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="reveal -> correct -> verify on the watermark decoy digits")
-    p.add_argument("--out", default="latentsurgeon-report", help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=15)
+    p = sub.add_parser("demo", help="the whole loop on the bundled watermark digits",
+                       description="Train the reference CNN on digits with a planted watermark, "
+                                   "reveal the shortcut, explain it, correct it with every "
+                                   "method and verify each; writes report.html, results.json "
+                                   "and the model's weights (model.pt).")
+    p.add_argument("--out", default="latentsurgeon-report",
+                   help="output directory (default latentsurgeon-report)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
+    p.add_argument("--epochs", type=int, default=15,
+                   help="training epochs of the reference CNN (default 15)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--stage", default="all", choices=list(STAGES),
                    help="stop after this stage (default: run everything)")

@@ -8,11 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.cli._common import (
-    model_args,
-    parse_shape,
-    user_model,
-)
+from latentsurgeon.cli._common import build_model, load_weights, model_args, parse_shape
 
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str, str, int]]:
@@ -43,9 +39,18 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str,
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    model = user_model(args)
+    from latentsurgeon.errors import ShapeMismatchError
+
+    model = build_model(args)
+    if args.weights:
+        load_weights(model, args.weights)
     example = torch.zeros(args.input_shape)
-    rows = layer_table(model, example)
+    try:
+        rows = layer_table(model, example)
+    except RuntimeError as exc:
+        raise ShapeMismatchError(
+            f"--input-shape {','.join(map(str, args.input_shape))} does not fit the model: "
+            f"{str(exc).splitlines()[0]}") from exc
     width = max(len(r[0]) for r in rows) + 2
     print(f"{'layer':<{width}}{'type':<18}{'output shape':<24}params")
     for name, kind, shape, params in rows:
@@ -55,7 +60,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("layers", help="print a model's hookable layers with output shapes")
-    model_args(p)
-    p.add_argument("--input-shape", type=parse_shape, default=(1, 1, 16, 16),
-                   help="example input shape (default 1,1,16,16)")
+    model_args(p, weights_help="optional state_dict for the model (shapes do not depend on it)")
+    p.add_argument("--input-shape", type=parse_shape, default=(1, 1, 16, 16), metavar="N,C,H,W",
+                   help="shape of an example input (default 1,1,16,16)")
     p.set_defaults(func=cmd_layers)

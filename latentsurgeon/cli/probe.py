@@ -9,20 +9,26 @@ from torch import nn
 
 from latentsurgeon.cli._common import (
     analysed_model,
-    bundled_data,
-    bundled_model_args,
+    data_args,
+    load_data,
+    model_args,
+    need,
+    pooling_arg,
+    run_args,
+    split_of,
 )
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from latentsurgeon.concepts import probe_layers
 
-    data = bundled_data(args.data, args.seed)
+    data = load_data(args.data, args.seed)
     model = analysed_model(args, data)
-    split = data.train
-    targets = split.labels if args.target == "labels" else split.artifact.long()
+    split = split_of(data, "train", what="probe")
+    targets = need(split, "labels" if args.target == "labels" else "artifact", "probe").long()
     report = probe_layers(model, split.images, targets, args.layers or [nn.Conv2d, nn.Linear],
-                          pooling=args.pooling, seed=args.seed, progress=not args.quiet)
+                          pooling=args.pooling, seed=args.seed, batch_size=args.batch_size,
+                          progress=not args.quiet)
     print(f"Linear probes for {args.target!r} (held-out, {args.data}):")
     print(report.format())
     print(f"best layer: {report.best_layer}")
@@ -39,10 +45,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("probe", help="linear probes per layer for class or artifact labels")
-    bundled_model_args(p)
-    p.add_argument("--data", default="decoy-watermark", choices=["decoy-watermark", "decoy-swatch"])
-    p.add_argument("--target", default="artifact", choices=["artifact", "labels"])
-    p.add_argument("--layers", nargs="+", help="layer selectors (default: every Conv2d and Linear)")
-    p.add_argument("--pooling", default="mean", choices=["max", "mean", "flatten"])
-    p.add_argument("--plot", help="save the per-layer plot to this PNG file")
+    model_args(p)
+    data_args(p)
+    run_args(p)
+    p.add_argument("--target", default="artifact", choices=["artifact", "labels"],
+                   help="what the probes read: the artifact flags or the class labels")
+    p.add_argument("--layers", nargs="+", metavar="SEL",
+                   help="layer selectors (default: every Conv2d and Linear)")
+    pooling_arg(p)
+    p.add_argument("--plot", metavar="PNG", help="save the per-layer plot to this PNG file")
     p.set_defaults(func=cmd_probe)

@@ -102,6 +102,14 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
             [[n, methods[n]["clean_acc"], methods[n]["poisoned_acc"], methods[n]["gap_closed"],
               methods[n]["artifact_relevance"], methods[n]["seconds"]] for n in names],
             table_id="methods")
+        report.paragraph(
+            "How to read it: gap closed is measured against the uncorrected model's clean "
+            "accuracy, so a method above 100% made the model better on poisoned images than the "
+            "uncorrected model was on clean ones (it learned to ignore a watermark that also "
+            "hid some strokes). Artifact relevance is where the attribution lies, not what the "
+            "model relies on: a correction can lower the prediction's dependence on the "
+            "watermark while the gradient still lights it up, or the reverse; the accuracy "
+            "columns measure reliance.", note=True)
         report.figure(figures.method_bars(names, [methods[n]["clean_acc"] for n in names],
                                           [methods[n]["poisoned_acc"] for n in names]),
                       "Clean and poisoned test accuracy per method.", alt="method accuracies")
@@ -116,4 +124,22 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                       "classes (watermark outlined): what pushes them towards the shortcut class, "
                       "before (none) and after each correction.",
                       alt="attribution heatmaps")
+    meta = results.get("meta", {})
+    if meta:
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in meta.get("timings", {}).items())
+        settings = meta.get("settings", {})
+        report.footer({
+            "latentsurgeon": meta.get("version", ""),
+            "date": meta.get("date", ""),
+            "seed": meta.get("seed", ""),
+            "epochs": meta.get("epochs", ""),
+            "stopped after": meta.get("stop_after", ""),
+            "layers": f"block {settings.get('block_layer')}, conv "
+                      f"{', '.join(settings.get('conv_layers', []))}",
+            "corrections": "; ".join(f"{k}: {v}" for k, v in
+                                     settings.get("corrections", {}).items()),
+            "timings": timings or "-",
+            "total": f"{results.get('seconds_total', 0):.1f} s",
+            "machine": f"{meta.get('machine', '')}, torch {meta.get('torch', '')}",
+        })
     return report.write(path)

@@ -31,12 +31,22 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], *, masks: torch.Tens
 
 
 def attribution_rows(images: torch.Tensor, attributions: Mapping[str, torch.Tensor], *,
-                     masks: torch.Tensor | None = None) -> Any:
-    """One row per model: ``attributions[name] (N, 1, H, W)`` as heatmaps beside the inputs."""
+                     masks: torch.Tensor | None = None,
+                     label: str = "|attribution| / image's max over the rows") -> Any:
+    """One row per model: ``attributions[name] (N, 1, H, W)`` as heatmaps beside the inputs.
+
+    Every image (column) shares one scale across the rows, the largest absolute attribution any
+    model gives it, so a row that is darker than another really has less attribution there; a
+    colour bar shows the scale.
+    """
     names = list(attributions)
     n = len(images)
-    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.25 * n, 1.35 * (len(names) + 1)),
+    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.25 * n + 0.8, 1.35 * (len(names) + 1)),
                              squeeze=False)
+    heats = {name: attributions[name][:, 0].abs().cpu() for name in names}
+    column_max = torch.stack([h.flatten(1).amax(1) for h in heats.values()]).amax(0)
+    column_max = torch.where(column_max > 0, column_max, torch.ones_like(column_max))
+    shown = None
     for col in range(n):
         axes[0, col].imshow(images[col, 0].cpu(), cmap="gray", vmin=0, vmax=1)
         if masks is not None:
@@ -44,10 +54,10 @@ def attribution_rows(images: torch.Tensor, attributions: Mapping[str, torch.Tens
                                  linewidths=0.8)
     axes[0, 0].set_ylabel("input", fontsize=8)
     for row, name in enumerate(names, start=1):
-        heat = attributions[name][:, 0].abs().cpu()
+        heat = heats[name]
         for col in range(n):
-            scale = float(heat[col].max()) or 1.0
-            axes[row, col].imshow(heat[col] / scale, cmap="inferno", vmin=0, vmax=1)
+            shown = axes[row, col].imshow(heat[col] / column_max[col], cmap="inferno", vmin=0,
+                                          vmax=1)
             if masks is not None:
                 axes[row, col].contour(masks[col].float().cpu(), levels=[0.5], colors="cyan",
                                        linewidths=0.6)
@@ -56,6 +66,10 @@ def attribution_rows(images: torch.Tensor, attributions: Mapping[str, torch.Tens
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.01)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     return fig
 
 

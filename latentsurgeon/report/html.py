@@ -25,6 +25,9 @@ figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #e4e7
 figcaption { color: #4a5262; font-size: .9rem; }
 .note { background: #f7f8fb; border-left: 3px solid #7a8599; padding: .5rem .8rem; }
 code { background: #f1f3f7; padding: 0 .25rem; border-radius: 3px; }
+footer { margin-top: 2.5rem; border-top: 1px solid #d8dce5; color: #4a5262; font-size: .85rem; }
+footer dl { display: grid; grid-template-columns: max-content auto; gap: .1rem .8rem; }
+footer dt { font-weight: 600; } footer dd { margin: 0; }
 """
 
 
@@ -60,6 +63,7 @@ class HtmlReport:
         self.title = title
         self.subtitle = subtitle
         self._parts: list[str] = []
+        self._footer: list[tuple[str, str]] = []
 
     def heading(self, text: str) -> HtmlReport:
         self._parts.append(f"<h2>{html.escape(text)}</h2>")
@@ -93,13 +97,24 @@ class HtmlReport:
         self._parts.append(f'<figure><img src="{uri}" alt="{alt_text}">{cap}</figure>')
         return self
 
+    def footer(self, entries: dict[str, Any]) -> HtmlReport:
+        """Record ``{label: value}`` in the report's footer (version, date, seed, settings,
+        timings: what a reader needs to reproduce it)."""
+        self._footer.extend((str(k), str(v)) for k, v in entries.items())
+        return self
+
     def render(self) -> str:
         subtitle = f'<p class="lead">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
+        footer = ""
+        if self._footer:
+            items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                            for k, v in self._footer)
+            footer = f'<footer id="run-info"><dl>{items}</dl></footer>'
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
                 f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style></head>"
                 f"<body><h1>{html.escape(self.title)}</h1>{subtitle}"
-                + "\n".join(self._parts) + "</body></html>\n")
+                + "\n".join(self._parts) + footer + "</body></html>\n")
 
     def write(self, path: str | Path) -> Path:
         """Write the report atomically (temporary file, then rename)."""

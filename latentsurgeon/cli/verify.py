@@ -1,0 +1,117 @@
+"""`latentsurgeon verify`: compare two checkpoints on clean and poisoned data (accuracy, the share of
+the shortcut gap closed, artifact relevance)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon.cli._common import (
+    build_model,
+    data_args,
+    load_data,
+    load_weights,
+    model_args,
+    run_args,
+    split_of,
+)
+from latentsurgeon.errors import LatentSurgeonError
+
+
+def correction_path(weights: str | Path) -> Path:
+    """Where ``correct --save W`` puts the correction beside the weights ``W``."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".correction" + (weights.suffix or ".pt"))
+
+
+def load_correction(path: str | Path) -> Any:
+    """A correction saved with ``save()``, whichever class it is."""
+    from latentsurgeon.correct import AClarc, ExplanationRegularization, PClarc, RRClarc
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LatentSurgeonError(f"--correction: cannot read {path}: {exc}") from exc
+    classes = {c.__name__: c for c in (PClarc, AClarc, RRClarc, ExplanationRegularization)}
+    name = payload.get("class") if isinstance(payload, dict) else None
+    if name not in classes:
+        raise LatentSurgeonError(f"--correction: {path} is not a saved latentsurgeon correction.")
+    return classes[name].load(path)
+
+
+def measure(models: dict[str, nn.Module], data: Any, *, batch_size: int) -> dict[str, dict]:
+    """Clean/poisoned accuracy, gap closed (relative to the first model) and artifact relevance of
+    the shortcut class (when the data know it and the poisoned split has masks)."""
+    from latentsurgeon.metrics import artifact_relevance, gap_closed, shortcut_gap
+
+    test = split_of(data, "test", what="verify")
+    poisoned = split_of(data, "poisoned", what="verify")
+    masks = getattr(poisoned, "masks", None)
+    target = getattr(data, "shortcut_class", None)
+    rows: dict[str, dict] = {}
+    for name, model in models.items():
+        row: dict[str, Any] = dict(shortcut_gap(model, test, poisoned, batch_size=batch_size))
+        if masks is not None:
+            row["artifact_relevance"] = float(artifact_relevance(
+                model, poisoned.images, masks,
+                targets=int(target) if target is not None else poisoned.labels))
+        rows[name] = row
+    first = next(iter(rows.values()))
+    for row in rows.values():
+        row["gap_closed"] = gap_closed(first, row)
+    return rows
+
+
+def print_rows(rows: dict[str, dict]) -> None:
+    print(f"  {'model':<12} {'clean':>7} {'poisoned':>9} {'gap':>7} {'gap closed':>11} "
+          f"{'artifact relevance':>19}")
+    for name, row in rows.items():
+        rel = row.get("artifact_relevance")
+        rel_text = f"{rel:19.3f}" if rel is not None else f"{'-':>19}"
+        closed = row["gap_closed"]
+        closed_text = f"{closed:11.0%}" if closed == closed else f"{'-':>11}"
+        print(f"  {name:<12} {row['clean_acc']:7.2%} {row['poisoned_acc']:9.2%} "
+              f"{100 * row['gap']:6.1f}p {closed_text} {rel_text}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    data = load_data(args.data, args.seed)
+    if not args.weights:
+        raise LatentSurgeonError("verify needs --weights (the uncorrected model's state_dict).")
+    before = load_weights(build_model(args), args.weights)
+    after = copy.deepcopy(before)
+    correction_file = args.correction or (correction_path(args.corrected)
+                                          if correction_path(args.corrected).exists() else None)
+    if correction_file:
+        after = load_correction(correction_file).export(after)
+    load_weights(after, args.corrected)
+    rows = measure({"before": before, "after": after}, data, batch_size=args.batch_size)
+    print_rows(rows)
+    if args.json:
+        from latentsurgeon._io import write_json_atomic
+
+        write_json_atomic(args.json, rows, sort_keys=False)
+        print(f"results: {args.json}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="compare an uncorrected and a corrected checkpoint",
+                       description="Clean vs poisoned accuracy, share of the shortcut gap closed "
+                                   "and artifact relevance of two checkpoints of one model.")
+    model_args(p, weights_help="state_dict of the uncorrected model")
+    data_args(p)
+    run_args(p)
+    p.add_argument("--corrected", required=True, metavar="FILE",
+                   help="state_dict written by `latentsurgeon correct --save FILE`")
+    p.add_argument("--correction", metavar="FILE",
+                   help="the correction file (default: FILE.correction.pt beside --corrected, "
+                        "written by correct --save; needed for P-ClArC, whose exported model "
+                        "carries the projection as a submodule)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_verify)
