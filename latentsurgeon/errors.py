@@ -14,10 +14,11 @@ class LayerNotFoundError(LatentSurgeonError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class InvalidParameterError(LatentSurgeonError, ValueError):
-    """A parameter (of a constructor or a call) has a value outside what it accepts.
+class InvalidParameterError(LatentSurgeonError, ValueError, TypeError):
+    """A parameter (of a constructor or a call) has a value or a type it does not accept.
 
-    The message names the parameter, what it accepts and what was given.
+    The message names the parameter, what it accepts and what was given. Like scikit-learn's, it
+    is both a ``ValueError`` and a ``TypeError``, so code catching either keeps working.
     """
 
 

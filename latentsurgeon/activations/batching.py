@@ -79,8 +79,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
         try:
             return torch.as_tensor(np.asarray(value))
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a tensor or a numpy array; {exc}") from exc
-    raise TypeError(f"{name} must be a tensor or a numpy array, got {type(value).__name__}.")
+            raise InvalidParameterError(f"{name} must be a tensor or a numpy array; {exc}") from exc
+    raise InvalidParameterError(f"{name} must be a tensor or a numpy array, got {type(value).__name__}.")
 
 
 def _split_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
@@ -174,7 +174,7 @@ def iter_batches(data: DataLike, batch_size: int | None = 64, *, shuffle: bool =
         yield from DataLoader(data, batch_size=batch_size or 64, shuffle=shuffle,
                               generator=generator)
         return
-    raise TypeError(f"Cannot read data of type {type(data).__name__}; {_DATA_HELP}.")
+    raise InvalidParameterError(f"Cannot read data of type {type(data).__name__}; {_DATA_HELP}.")
 
 
 def count_samples(data: DataLike) -> int | None:
@@ -226,7 +226,7 @@ def as_loader(data: DataLike, batch_size: int = 64, *, shuffle: bool = False,
     elif hasattr(data, "dataset") and callable(data.dataset):
         data = data.dataset()
     if not isinstance(data, Dataset):
-        raise TypeError(f"Cannot read data of type {type(data).__name__}; {_DATA_HELP}.")
+        raise InvalidParameterError(f"Cannot read data of type {type(data).__name__}; {_DATA_HELP}.")
     generator = None
     if shuffle:
         generator = torch.Generator()
@@ -354,7 +354,7 @@ def as_samples(
         elif isinstance(data, (torch.Tensor, np.ndarray)):
             tensors = (data,)
         else:
-            raise TypeError(f"Cannot read {what} of type {type(data).__name__}; {_DATA_HELP}.")
+            raise InvalidParameterError(f"Cannot read {what} of type {type(data).__name__}; {_DATA_HELP}.")
         if len(tensors) > 3:
             raise LatentSurgeonError(
                 f"{what} holds {len(tensors)} tensors; expected (images[, labels[, artifact]]).")

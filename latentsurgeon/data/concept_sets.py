@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from latentsurgeon.data.decoy import DecoyDigits, paste_watermark
+from latentsurgeon.errors import InvalidParameterError
 
 
 class ConceptSets(NamedTuple):
@@ -25,7 +26,7 @@ def watermark_concept_sets(data: DecoyDigits, n: int = 60, seed: int = 0) -> Con
     """
     images = data.train_clean.images
     if n < 2 or 3 * n > len(images):
-        raise ValueError(f"n must lie in [2, {len(images) // 3}] for {len(images)} images, got {n}.")
+        raise InvalidParameterError(f"n must lie in [2, {len(images) // 3}] for {len(images)} images, got {n}.")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     pool = images[order]
     position = data.params.get("position") if data.kind == "watermark" else None

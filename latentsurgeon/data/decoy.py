@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentsurgeon.data.digits import N_CLASSES, load_digits16, stratified_split
-from latentsurgeon.errors import ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = [
     "CORNERS",
@@ -225,13 +225,13 @@ def paste_watermark(
     if pattern.dim() != 2:
         raise ShapeMismatchError(f"pattern must be (h, w), got shape {tuple(pattern.shape)}")
     if pattern.numel() and (pattern.min() < 0 or pattern.max() > 1):
-        raise ValueError("pattern values must lie in [0, 1]")
+        raise InvalidParameterError("pattern values must lie in [0, 1]")
     ph, pw = pattern.shape
     if position is None:
         position = default_watermark_position(height, ph)
     row, col = (int(v) for v in position)
     if row < 0 or col < 0 or row + ph > height or col + pw > width:
-        raise ValueError(
+        raise InvalidParameterError(
             f"a {ph}x{pw} pattern at position {(row, col)} does not fit in a "
             f"{height}x{width} image (rows 0..{height - ph}, cols 0..{width - pw} allowed)"
         )
@@ -250,7 +250,7 @@ def swatch_gray(labels: torch.Tensor) -> torch.Tensor:
 def _corner_index(corners: torch.Tensor | int | str | Sequence[int], n: int) -> torch.Tensor:
     if isinstance(corners, str):
         if corners not in CORNERS:
-            raise ValueError(f"unknown corner {corners!r}; valid corners: {', '.join(CORNERS)}")
+            raise InvalidParameterError(f"unknown corner {corners!r}; valid corners: {', '.join(CORNERS)}")
         corners = CORNERS.index(corners)
     idx = torch.as_tensor(corners, dtype=torch.long)
     if idx.dim() == 0:
@@ -260,7 +260,7 @@ def _corner_index(corners: torch.Tensor | int | str | Sequence[int], n: int) -> 
             f"corners must be a scalar or shape ({n},), got {tuple(idx.shape)}"
         )
     if idx.numel() and (idx.min() < 0 or idx.max() > 3):
-        raise ValueError(f"corner indices must lie in 0..3 ({', '.join(CORNERS)})")
+        raise InvalidParameterError(f"corner indices must lie in 0..3 ({', '.join(CORNERS)})")
     return idx
 
 
@@ -288,7 +288,7 @@ def paste_swatch(
     _check_int("size", size, low=1)
     n, _, height, width = images.shape
     if size > min(height, width):
-        raise ValueError(f"swatch size {size} exceeds the image size {height}x{width}")
+        raise InvalidParameterError(f"swatch size {size} exceeds the image size {height}x{width}")
     device = images.device
     idx = _corner_index(corners, n).to(device)
     gray_t = torch.as_tensor(gray, dtype=images.dtype, device=device)
@@ -299,7 +299,7 @@ def paste_swatch(
             f"gray must be a scalar or shape ({n},), got {tuple(gray_t.shape)}"
         )
     if gray_t.numel() and (gray_t.min() < 0 or gray_t.max() > 1):
-        raise ValueError("gray levels must lie in [0, 1]")
+        raise InvalidParameterError("gray levels must lie in [0, 1]")
     top = (idx == 0) | (idx == 1)
     left = (idx == 0) | (idx == 2)
     rows = torch.arange(height, device=device)
@@ -318,11 +318,11 @@ def paste_swatch(
 
 def _check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidParameterError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-        raise ValueError(f"{name} must lie in {bounds}, got {value}")
+        raise InvalidParameterError(f"{name} must lie in {bounds}, got {value}")
     return value
 
 
@@ -387,17 +387,17 @@ def decoy_digits(
         A :class:`DecoyDigits` whose splits hold ``(N, 1, size, size)`` float32 images.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown decoy kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        raise InvalidParameterError(f"unknown decoy kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     seed = _check_int("seed", seed, low=0)
     size = _check_int("size", size, low=8)
     n_test = _check_int("n_test", n_test, low=N_CLASSES, high=N_DIGITS - N_CLASSES)
     if fraction is None:
         fraction = 0.9 if kind == "watermark" else 1.0
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-        raise TypeError(f"fraction must be a float, got {type(fraction).__name__}")
+        raise InvalidParameterError(f"fraction must be a float, got {type(fraction).__name__}")
     fraction = float(fraction)
     if not 0.0 <= fraction <= 1.0:  # also rejects NaN
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        raise InvalidParameterError(f"fraction must lie in [0, 1], got {fraction}")
 
     images, labels = load_digits16(size)
     train_idx, test_idx = stratified_split(labels, n_test, _generator(seed, _SPLIT_STREAM))
@@ -409,14 +409,14 @@ def decoy_digits(
 
     if kind == "watermark":
         if shortcut_class is None:
-            raise ValueError("a watermark needs a shortcut_class (0..9)")
+            raise InvalidParameterError("a watermark needs a shortcut_class (0..9)")
         shortcut_class = _check_int("shortcut_class", shortcut_class, low=0, high=N_CLASSES - 1)
         patch_size = _check_int("patch_size", patch_size, low=1, high=size)
         pattern = default_watermark(patch_size)
         if position is None:
             position = default_watermark_position(size, patch_size)
         if isinstance(position, str) or len(position) != 2:
-            raise ValueError(f"watermark position must be (row, col), got {position!r}")
+            raise InvalidParameterError(f"watermark position must be (row, col), got {position!r}")
         position = (int(position[0]), int(position[1]))
         eligible = torch.nonzero(y_train == shortcut_class).flatten()
         n_pick = int(math.floor(fraction * eligible.numel() + 0.5))
@@ -434,7 +434,7 @@ def decoy_digits(
     else:
         swatch_size = _check_int("swatch_size", swatch_size, low=1, high=size)
         if position is not None and (not isinstance(position, str) or position not in CORNERS):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"swatch position must be None (random corner) or one of {', '.join(CORNERS)}, "
                 f"got {position!r}"
             )

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from latentsurgeon.errors import InvalidParameterError
+
 __all__ = ["load_digits16", "stratified_split", "N_CLASSES"]
 
 N_CLASSES = 10
@@ -40,7 +42,7 @@ def load_digits16(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         ``labels`` of shape ``(1797,)``, int64 in ``0..9``. Fresh tensors on every call.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an int >= 8, got {size!r}")
+        raise InvalidParameterError(f"size must be an int >= 8, got {size!r}")
     raw_images, raw_labels = _raw_digits()
     images = torch.tensor(raw_images).unsqueeze(1) / 16.0
     if size != 8:
@@ -72,7 +74,7 @@ def stratified_split(
     n = labels.numel()
     classes, counts = torch.unique(labels, return_counts=True)
     if not 0 < n_test < n:
-        raise ValueError(f"n_test must lie in 1..{n - 1}, got {n_test}")
+        raise InvalidParameterError(f"n_test must lie in 1..{n - 1}, got {n_test}")
     exact = counts.double() * n_test / n
     quota = exact.floor().long()
     short = n_test - int(quota.sum())
@@ -81,7 +83,7 @@ def stratified_split(
         order = torch.sort(-(exact - quota.double()), stable=True).indices
         quota[order[:short]] += 1
     if bool((quota < 1).any()) or bool((quota > counts - 1).any()):
-        raise ValueError(
+        raise InvalidParameterError(
             f"n_test={n_test} leaves some class without a training or a test sample; "
             f"choose n_test between about {len(classes)} and {n - len(classes)}"
         )

@@ -133,6 +133,16 @@ def gap_closed(before: Mapping[str, float], after: Mapping[str, float]) -> float
     Returns:
         The share (NaN when the uncorrected model has no gap).
     """
+    for name, result in (("before", before), ("after", after)):
+        missing = [k for k in ("clean_acc", "poisoned_acc") if k not in result]
+        if missing:
+            raise InvalidParameterError(
+                f"gap_closed: {name} must be a shortcut_gap() result with clean_acc and "
+                f"poisoned_acc; it lacks {', '.join(missing)}.")
+        values = [result["clean_acc"], result["poisoned_acc"]]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise InvalidParameterError(
+                f"gap_closed: {name} holds non-finite or non-numeric accuracies {values}.")
     gap = before["clean_acc"] - before["poisoned_acc"]
     if gap <= 0:
         return math.nan

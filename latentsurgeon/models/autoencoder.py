@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentsurgeon.errors import ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.models.cnn import check_image_batch
 
 __all__ = ["DigitAutoencoder"]
@@ -42,9 +42,9 @@ class DigitAutoencoder(nn.Module):
     def __init__(self, latent_dim: int = 16, image_size: int = 16) -> None:
         super().__init__()
         if latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+            raise InvalidParameterError(f"latent_dim must be >= 1, got {latent_dim}")
         if image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+            raise InvalidParameterError(f"image_size must be divisible by 4, got {image_size}")
         self.latent_dim = int(latent_dim)
         self.image_size = int(image_size)
         side = image_size // 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentsurgeon.errors import ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = ["DigitCNN", "check_image_batch"]
 
@@ -58,9 +58,9 @@ class DigitCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(channels) != 2:
-            raise ValueError(f"channels must hold two ints, got {channels!r}")
+            raise InvalidParameterError(f"channels must hold two ints, got {channels!r}")
         if image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+            raise InvalidParameterError(f"image_size must be divisible by 4, got {image_size}")
         c1, c2 = (int(c) for c in channels)
         self.n_classes = int(n_classes)
         self.image_size = int(image_size)
