@@ -49,6 +49,10 @@ CAV_SAMPLES = ("artifact_classes", "all")
 #: Poolings a ClArC direction can be fitted with (``"none"`` gives no vector per sample).
 CAV_POOLINGS = ("flatten", "max", "mean")
 _GLOB_CHARS = set("*?[")
+_MAX_POOLING_NEEDS_DATA = (
+    "A CAV fitted with pooling='max' is applied at every spatial position and needs "
+    "per-position reference means: pass the model and data (or activations= and "
+    "artifact_labels=) to fit(), or use a CAV with pooling='mean' or 'flatten'.")
 
 
 # -- constraints shared by the corrections ---------------------------------------------------------
@@ -401,6 +405,9 @@ class ClarcCorrection(Correction):
         acts: dict[str, torch.Tensor] = {}
         flags: Samples | None = None
         if need:
+            if activations is None and (samples is None or model is None) \
+                    and all(_is_fitted_cav(cavs[layer]) for layer in need):
+                raise LatentSurgeonError(_MAX_POOLING_NEEDS_DATA)
             acts = self._activations(model, samples, activations, need)
             if samples is not None and activations is None:
                 flags = samples
@@ -437,11 +444,7 @@ class ClarcCorrection(Correction):
             vectors[layer] = _vectors_of(cav, layer)
             if vectors[layer]["pooling"] == "max":
                 if layer not in acts or flags is None or flags.artifact is None:
-                    raise LatentSurgeonError(
-                        "A CAV fitted with pooling='max' is applied at every spatial position "
-                        "and needs per-position reference means: let fit() fit the CAV from "
-                        "data (or pass activations= and artifact_labels=), or use a CAV with "
-                        "pooling='mean' or 'flatten'.")
+                    raise LatentSurgeonError(_MAX_POOLING_NEEDS_DATA)
                 if mask is None:
                     mask = self._sample_mask(flags.labels, flags.artifact)
                 _per_position_means(vectors[layer], acts[layer], flags.artifact, mask)

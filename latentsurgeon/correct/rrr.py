@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentsurgeon._aliases import aliased
-from latentsurgeon._validation import Interval, Options
+from latentsurgeon._validation import Interval, Options, check_finite
 from latentsurgeon.activations.batching import as_samples
 from latentsurgeon.correct._base import (
     TRAINING_CONSTRAINTS,
@@ -129,6 +129,7 @@ class ExplanationRegularization(Correction):
         self._validate_params()
         samples = as_samples(images, labels=labels, masks=shortcut_masks, need_labels=True,
                              what="images")
+        check_finite(samples.images, "RRR: the inputs")
         if samples.masks is None:
             raise LatentSurgeonError(
                 "RRR needs shortcut_masks (1 = shortcut element) of the inputs' shape, their "

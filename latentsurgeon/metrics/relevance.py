@@ -13,7 +13,7 @@ from torch import nn
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
 from latentsurgeon.activations.batching import analysis_device, index_batches, to_tensor
 from latentsurgeon.correct.masks import prepare_masks
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
 from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.metrics.accuracy import predict
@@ -102,6 +102,14 @@ def artifact_relevance(
     shares = torch.full((n,), math.nan)
     with preserve_model_state(model):
         model.eval()
+        if n:
+            with torch.no_grad():
+                k = int(forward(x_all[:1].to(dev)).shape[1])
+            if bool(((target_all < 0) | (target_all >= k)).any()):
+                raise InvalidParameterError(
+                    f"artifact_relevance(): targets must lie in [0, {k - 1}] for a model with "
+                    f"{k} outputs; got values from {int(target_all.min())} to "
+                    f"{int(target_all.max())}.")
         for idx in index_batches(n, batch_size):
             x = x_all[idx].to(dev).requires_grad_(True)  # captum warns on inputs without grad
             attr = attributor.attribute(x, target=target_all[idx].to(dev)).detach()

@@ -75,10 +75,12 @@ class ResNetTiny(nn.Module):
 
 
 class FunctionalResidual(nn.Module):
-    """A layer followed by a functional in-place ``out += h`` (no module with inplace=True)."""
+    """A layer followed by a functional in-place ``out += h`` (no module with inplace=True);
+    ``inplace=False`` computes ``out = out + h`` instead (same parameters)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inplace: bool = True) -> None:
         super().__init__()
+        self.inplace = inplace
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.head = nn.Linear(4 * 16 * 16, 10)
@@ -86,7 +88,10 @@ class FunctionalResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.conv(x))
         out = self.conv2(h)
-        out += h
+        if self.inplace:
+            out += h
+        else:
+            out = out + h
         return self.head(out.flatten(1))
 
 

@@ -263,6 +263,9 @@ def test_errors_say_what_is_expected(base_model, watermark):
         PClarc("features", progress=False).fit(base_model, watermark.train.images)
     with pytest.raises(LatentSurgeonError, match="cav"):
         PClarc("features").fit(None)
+    max_cav = CAV(pooling="max").fit(torch.randn(30, 32, 4, 4), torch.arange(30) % 2)
+    with pytest.raises(LatentSurgeonError, match="per-position reference means"):
+        PClarc("features", cav=max_cav).fit(None)
     with pytest.raises(DeviceMismatchError, match="never move"):
         PClarc("features", device="meta").fit(base_model, watermark.train)
     # a CAV of another layer is refused when the model runs

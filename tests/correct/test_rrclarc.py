@@ -153,6 +153,18 @@ def test_residual_block_in_place_add_gives_the_same_penalty(trainable, nets, wat
     assert hook_count(inplace) == 0
 
 
+def test_functional_in_place_add_after_the_layer(nets, watermark):
+    """``out = conv2(h); out += h`` with no in-place module: the same penalty as ``out + h``."""
+    torch.manual_seed(0)
+    inplace, plain = nets.FunctionalResidual(), nets.FunctionalResidual(inplace=False)
+    plain.load_state_dict(inplace.state_dict())
+    kw = {"epochs": 1, "batch_size": 650, "cav_samples": "all", "progress": False}
+    a = RRClarc("conv2", **kw).fit(inplace, watermark.train)
+    b = RRClarc("conv2", **kw).fit(plain, watermark.train)
+    assert a.history_["rr"] == pytest.approx(b.history_["rr"], rel=1e-5)
+    assert a.trainable_params_ == ["head.weight", "head.bias"]
+
+
 def test_seed_none_draws_fresh_random_signs():
     model, x, y, cav = linear_setup()
     kw = {"cav": cav, "masking": "all_logits_random", "epochs": 1, "batch_size": N,

@@ -136,3 +136,5 @@ def test_shortcut_detect_single_mask_and_errors_name_artifact_relevance():
         artifact_relevance(model, x, mask, device="meta")
     with pytest.raises(InvalidParameterError, match="batch_size"):
         artifact_relevance(model, x, mask, batch_size=0)
+    with pytest.raises(InvalidParameterError, match=r"targets must lie in \[0, 3\]"):
+        artifact_relevance(model, x, mask, targets=4)
