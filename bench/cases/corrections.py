@@ -89,7 +89,7 @@ def cases() -> list[Case]:
 
     def rrr_epoch() -> float:
         m = copy.deepcopy(model)
-        est = ExplanationRegularization(n_epochs=1, progress=False)
+        est = ExplanationRegularization(epochs=1, progress=False)
         est.fit(m, train.images, train.labels, region)
         return est.history_["loss"][0]
 

@@ -1,20 +1,28 @@
 """Corrections: remove a shortcut's influence from a model (ClArC family, RRR).
 
-* :class:`PClarc` - project the artifact out of a layer's activations (hook or exported module).
+* :class:`PClarc` - project the artifact out of one or several layers' activations (hook or
+  exported module), no training.
 * :class:`AClarc` - fine-tune the layers above while adding the artifact in latent space.
 * :class:`RRClarc` - fine-tune with a penalty on the latent gradient along the artifact.
 * :class:`ExplanationRegularization` - RRR: penalise input gradients inside artifact masks.
 
 Every correction has ``fit(...) -> self``, ``attach(model) -> HookGroup``, ``applied(model)``,
-``export(model) -> nn.Module`` and ``save``/``load``. :func:`default_settings` gives the settings
-tuned on the bundled decoy digits.
+``export(model) -> nn.Module``, ``save``/``load`` and the scikit-learn parameter contract.
+:func:`default_settings` gives the settings tuned on the bundled decoy digits. The projection
+math (:mod:`latentsurgeon.correct.projection`) is also available as plain hooks
+(:func:`add_clarc_hook`, :func:`add_mass_mean_probe_hook`) and modules.
 """
 
-from latentsurgeon.correct.clarc import AClarc, PClarc, RRClarc, RRLossType, RRMaskingPattern
+from latentsurgeon.correct.aclarc import AClarc
+from latentsurgeon.correct.hooks import add_clarc_hook, add_mass_mean_probe_hook
+from latentsurgeon.correct.masks import prepare_masks
 from latentsurgeon.correct.modules import ClarcProjection, MassMeanShift
+from latentsurgeon.correct.pclarc import PClarc
+from latentsurgeon.correct.projection import clarc_projection, mass_mean_shift
+from latentsurgeon.correct.rr import RRLossType, RRMaskingPattern
+from latentsurgeon.correct.rrclarc import RRClarc
 from latentsurgeon.correct.rrr import ExplanationRegularization
 from latentsurgeon.correct.settings import default_settings
-from latentsurgeon.hooks.clarc import add_clarc_hook, add_mass_mean_probe_hook
 
 __all__ = [
     "AClarc",
@@ -27,5 +35,8 @@ __all__ = [
     "RRMaskingPattern",
     "add_clarc_hook",
     "add_mass_mean_probe_hook",
+    "clarc_projection",
     "default_settings",
+    "mass_mean_shift",
+    "prepare_masks",
 ]

@@ -1,19 +1,25 @@
-"""What every correction shares: the estimator contract, the artifact direction, attach/export."""
+"""What every correction shares: the estimator contract, the artifact directions, attach/export."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from sklearn.base import clone
 from torch import nn
 from tqdm.auto import tqdm
 
 from latentsurgeon._estimator import Estimator
+from latentsurgeon._validation import Callable, Interval, Options, check_finite
 from latentsurgeon.activations import capture
 from latentsurgeon.activations.batching import (
     Samples,
@@ -22,38 +28,191 @@ from latentsurgeon.activations.batching import (
     model_device,
     to_tensor,
 )
-from latentsurgeon.concepts import CAV
+from latentsurgeon.concepts import CAV, METHODS
 from latentsurgeon.correct.modules import copy_without_hooks
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state
+from latentsurgeon.correct.projection import GRADIENTS
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    NotFittedError,
+    ShapeMismatchError,
+)
+from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state, resolve_layers
+from latentsurgeon.hooks.outputs import classification_logits
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CAV_SAMPLES", "ClarcCorrection", "Correction", "check_labels", "criterion_loss",
+           "layer_activations", "random_stream"]
+
 CAV_SAMPLES = ("artifact_classes", "all")
+#: Poolings a ClArC direction can be fitted with (``"none"`` gives no vector per sample).
+CAV_POOLINGS = ("flatten", "max", "mean")
+_GLOB_CHARS = set("*?[")
+_MAX_POOLING_NEEDS_DATA = (
+    "A CAV fitted with pooling='max' is applied at every spatial position and needs "
+    "per-position reference means: pass the model and data (or activations= and "
+    "artifact_labels=) to fit(), or use a CAV with pooling='mean' or 'flatten'.")
 
 
-def training_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """Where a correction trains: ``device``, or the model's device when None. The model itself
-    is moved there only for the training and back afterwards (by the training loop)."""
-    return model_device(model) if device is None else torch.device(device)
+# -- constraints shared by the corrections ---------------------------------------------------------
+class _Device:
+    """None, a device string or a ``torch.device``."""
+
+    def accepts(self, value: Any) -> bool:
+        if value is None or isinstance(value, torch.device):
+            return True
+        if not isinstance(value, str):
+            return False
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return "None, a device string ('cpu', 'cuda:0') or a torch.device"
 
 
-def layer_activations(model: nn.Module, layer: str, images: torch.Tensor, *, batch_size: int,
-                      device: torch.device, progress: bool = False) -> torch.Tensor:
-    """Output of ``layer`` for every image, in eval mode without gradients: ``(N, ...)`` on CPU."""
-    device = model_device(model)  # an analysis pass: where the model is
-    parts = []
-    with preserve_model_state(model), torch.no_grad(), \
-            capture(model, layer, copy=True) as cap:
+class _CavLike:
+    """A CAV (fitted: its vectors are used; unfitted: the recipe fitted here), an object with
+    ``direction_``/``mean_clean_``/``mean_concept_`` tensors, or a dict ``{layer: such}``."""
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, Mapping):
+            return bool(value) and all(isinstance(k, str) and self.accepts(v)
+                                       for k, v in value.items())
+        return isinstance(value, CAV) or isinstance(getattr(value, "direction_", None),
+                                                    torch.Tensor)
+
+    def __str__(self) -> str:
+        return "a CAV (fitted, or unfitted as the recipe to fit) or a dict {layer: CAV}"
+
+
+class _LayerSelector:
+    """A layer name or a list of them (globs, ``re:`` regexes and module classes included)."""
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (str, type, nn.Module)):
+            return not isinstance(value, type) or issubclass(value, nn.Module)
+        if isinstance(value, (list, tuple)):
+            return bool(value) and all(self.accepts(v) for v in value)
+        return False
+
+    def __str__(self) -> str:
+        return "a layer name, glob, 're:' regex, module class, or a non-empty list of these"
+
+
+class _Trainable:
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return value in ("above", "all")
+        return (isinstance(value, (list, tuple)) and bool(value)
+                and all(isinstance(v, str) for v in value))
+
+    def __str__(self) -> str:
+        return "'above', 'all' or a non-empty list of parameter-name globs"
+
+
+class _Optimizer:
+    def accepts(self, value: Any) -> bool:
+        return value in ("adam", "adamw", "sgd") if isinstance(value, str) else callable(value) \
+            or isinstance(value, torch.optim.Optimizer)
+
+    def __str__(self) -> str:
+        return "'adam', 'adamw', 'sgd', a callable params -> Optimizer or an Optimizer"
+
+
+SEED = [None, Interval(int, 0, None)]
+TRAINABLE = _Trainable()
+TRAINING_CONSTRAINTS: dict[str, Any] = {
+    "epochs": Interval(int, 0, None),
+    "lr": Interval(float, 0, None, closed="neither"),
+    "optimizer": _Optimizer(),
+    "seed": SEED,
+    "batch_size": Interval(int, 1, None),
+    "device": _Device(),
+    "progress": bool,
+    "head": [str, int, None],
+    "criterion": [None, Callable()],
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def random_stream(seed: int | None, stream: int) -> torch.Generator:
+    """An independent generator per purpose (augmentation, random signs): reproducible for an
+    int ``seed``, fresh randomness for None."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+        return generator
+    state = np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0]
+    return generator.manual_seed(int(state))
+
+
+def criterion_loss(criterion: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``criterion(logits, labels)`` (cross-entropy when None), checked to be a scalar."""
+    if criterion is None:
+        return F.cross_entropy(logits, labels)
+    loss = criterion(logits, labels)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise InvalidParameterError(
+            f"criterion(logits, labels) must return a scalar loss tensor; it returned {shape} "
+            "(use reduction='mean').")
+    return loss
+
+
+def check_labels(model: nn.Module, samples: Samples, head: str | int | None) -> int:
+    """Run the model on one sample and check ``samples.labels`` index its logits (before any
+    training starts, so a bad label or ``head`` fails early). Returns the number of classes."""
+    with preserve_model_state(model), torch.no_grad():
         model.eval()
-        batches = list(index_batches(len(images), batch_size))
-        for idx in tqdm(batches, desc=f"activations at {layer}", leave=False,
-                        disable=True if not progress else None):
-            model(images[idx].to(device))
-            parts.append(cap[layer].cpu())  # one batch on the device at a time
-    return torch.cat(parts)
+        logits = classification_logits(model(samples.images[:1].to(model_device(model))), head)
+    k = int(logits.shape[1])
+    labels = samples.labels
+    if labels is not None and len(labels):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= k:
+            raise InvalidParameterError(
+                f"labels must lie in [0, {k - 1}] for a model with {k} outputs; got values "
+                f"from {low} to {high}.")
+    return k
 
 
+def layer_activations(model: nn.Module, layers: Sequence[str], inputs: torch.Tensor, *,
+                      batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Outputs of ``layers`` for every input, in eval mode without gradients, on CPU.
+
+    An analysis pass: it runs where the model is (never moves it) and reads copies of the
+    outputs, so a later in-place op (``ReLU(inplace=True)``, ``out += x``) cannot change them.
+    """
+    device = model_device(model)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with preserve_model_state(model), torch.no_grad(), \
+            capture(model, list(layers), copy=True) as cap:
+        model.eval()
+        batches = list(index_batches(len(inputs), batch_size))
+        for idx in tqdm(batches, desc=f"activations at {', '.join(layers)}", leave=False,
+                        disable=None if progress else True):
+            model(inputs[idx].to(device))
+            for name in layers:
+                parts[name].append(cap[name].cpu())  # one batch on the device at a time
+    return {name: check_finite(torch.cat(chunks), f"activations of layer {name!r}")
+            for name, chunks in parts.items()}
+
+
+def _storable(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, numbers.Number, torch.device, Enum)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_storable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _storable(v) for k, v in value.items())
+    return False
+
+
+# -- the base classes --------------------------------------------------------------------------
 class Correction(Estimator):
     """Base of the corrections: ``fit`` returns self, ``attach``/``applied`` put the correction on
     a model (hook-based corrections) and ``export`` returns a corrected, hook-free copy.
@@ -79,15 +238,53 @@ class Correction(Estimator):
         self._check_fitted()
         return copy_without_hooks(model)
 
+    def save(self, path: str | Path) -> None:
+        """Save parameters and learned state. Parameters that are objects rather than data (a
+        CAV, a criterion module, an optimizer callable) are saved as their constructor defaults;
+        the learned state (the direction vectors, the history) is saved in full."""
+        import inspect
+
+        defaults = {name: p.default for name, p in
+                    inspect.signature(type(self).__init__).parameters.items()}
+        replaced = {name: value for name, value in self.get_params(deep=False).items()
+                    if not _storable(value)}
+        if replaced:
+            logger.info("%s.save: %s saved as the defaults (objects, not data)",
+                        type(self).__name__, ", ".join(replaced))
+        try:
+            for name in replaced:
+                setattr(self, name, defaults[name])
+            super().save(path)
+        finally:
+            for name, value in replaced.items():
+                setattr(self, name, value)
+
 
 class ClarcCorrection(Correction):
-    """Shared by the ClArC family: the artifact direction at one layer, from a CAV or fitted here.
+    """Shared by the ClArC family: one artifact direction per corrected layer, from a CAV or
+    fitted here on the layer's activations.
 
-    Subclasses define ``__init__`` (with at least ``layer``, ``cav``, ``cav_method``, ``pooling``,
-    ``cav_samples``, ``batch_size``, ``device``, ``progress``, ``seed``).
+    Learned state: ``layers_`` (the corrected layers, in model order) and ``vectors_``
+    (``{layer: {"direction", "mean_clean", "mean_concept", "pooling", "input_shape",
+    "scores"}}``). With one layer, ``direction_``, ``mean_clean_``, ``mean_concept_``,
+    ``pooling_``, ``input_shape_`` and ``cav_scores_`` read that layer's entries.
     """
 
-    layer: str
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "layer": [None, str],
+        "layers": [None, _LayerSelector()],
+        "cav": [None, _CavLike()],
+        "alpha": Interval(float, 0, None),
+        "cav_method": Options(METHODS),
+        "pooling": Options(CAV_POOLINGS),
+        "cav_samples": [Options(CAV_SAMPLES), Interval(int, 0, None)],
+        "batch_size": Interval(int, 1, None),
+        "device": _Device(),
+        "progress": bool,
+        "gradient": Options(GRADIENTS),
+    }
+
+    layer: str | None
     cav: Any
     cav_method: str
     pooling: str
@@ -96,127 +293,248 @@ class ClarcCorrection(Correction):
     device: str | torch.device | None
     progress: bool
 
-    def save(self, path: str | Path) -> None:
-        """Save parameters and learned state. A CAV given to the constructor is stored through
-        its vectors (``direction_``, ``mean_clean_``, ``mean_concept_``), not as an object, so
-        the loaded correction has ``cav=None`` and the same learned state."""
-        cav, self.cav = self.cav, None
-        try:
-            super().save(path)
-        finally:
-            self.cav = cav
+    # -- one layer's view of the learned state -----------------------------------------------------
+    def _single(self, key: str) -> Any:
+        vectors = self.__dict__.get("vectors_")
+        if vectors is None:
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() "
+                                 "first.")
+        if len(vectors) != 1:
+            raise AttributeError(
+                f"{type(self).__name__} corrects {len(vectors)} layers ({list(vectors)}); read "
+                f"vectors_[layer][{key!r}] instead.")
+        return next(iter(vectors.values()))[key]
 
-    # -- the artifact direction ------------------------------------------------------------------
-    def _sample_mask(self, samples: Samples | None, labels: Any, artifact: torch.Tensor
+    @property
+    def direction_(self) -> torch.Tensor:
+        """``(D,)`` unit artifact direction of the one corrected layer."""
+        return self._single("direction")
+
+    @property
+    def mean_clean_(self) -> torch.Tensor:
+        """``(D,)`` mean activation without the artifact (one corrected layer)."""
+        return self._single("mean_clean")
+
+    @property
+    def mean_concept_(self) -> torch.Tensor:
+        """``(D,)`` mean activation with the artifact (one corrected layer)."""
+        return self._single("mean_concept")
+
+    @property
+    def pooling_(self) -> str:
+        return self._single("pooling")
+
+    @property
+    def input_shape_(self) -> list[int]:
+        return self._single("input_shape")
+
+    @property
+    def cav_scores_(self) -> dict[str, float]:
+        return self._single("scores")
+
+    # -- layers ----------------------------------------------------------------------------------
+    def _layer_names(self, model: nn.Module | None) -> list[str]:
+        layer, layers = self.layer, getattr(self, "layers", None)
+        if layer is not None and layers is not None:
+            raise InvalidParameterError(
+                f"{type(self).__name__}: pass layer= (one layer) or layers= (several), not both; "
+                f"got layer={layer!r} and layers={layers!r}.")
+        if layer is None and layers is None:
+            several = " or layers= (several)" if hasattr(self, "layers") else ""
+            raise InvalidParameterError(
+                f"{type(self).__name__}: layer= (one exact layer name){several} is required; "
+                "got None.")
+        if layer is not None:
+            if model is not None:
+                get_layer(model, layer)  # one exact layer name, close matches in the error
+            return [layer]
+        if model is not None:
+            return list(resolve_layers(model, layers))
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not all(isinstance(n, str) and not (_GLOB_CHARS & set(n)) and not n.startswith("re:")
+                   for n in names):
+            raise InvalidParameterError(
+                f"{type(self).__name__}: layers={layers!r} is a pattern; without a model, name "
+                "the layers exactly.")
+        return names
+
+    def _cav_for(self, layer: str, n_layers: int) -> Any:
+        cav = self.cav
+        if isinstance(cav, Mapping):
+            if layer not in cav:
+                raise InvalidParameterError(
+                    f"{type(self).__name__}: cav= holds CAVs for {list(cav)} but not for layer "
+                    f"{layer!r}.")
+            return cav[layer]
+        if cav is not None and n_layers > 1:
+            if _is_fitted_cav(cav):
+                raise InvalidParameterError(
+                    f"{type(self).__name__}: one fitted CAV cannot serve {n_layers} layers; pass "
+                    "cav={layer: CAV, ...}.")
+        return cav
+
+    # -- the artifact directions -------------------------------------------------------------------
+    def _sample_mask(self, labels: torch.Tensor | None, artifact: torch.Tensor
                      ) -> torch.Tensor | None:
         """Which samples the CAV is fitted on (see ``cav_samples``)."""
         spec = self.cav_samples
-        if isinstance(spec, str) and spec not in CAV_SAMPLES:
-            raise LatentSurgeonError(
-                f"cav_samples must be one of {CAV_SAMPLES} or a class index, got {spec!r}.")
         if spec == "all":
             return None
-        y = to_tensor(labels, "labels").reshape(-1).long() if labels is not None else (
-            samples.labels if samples is not None else None)
-        if y is None:
+        if labels is None:
             if isinstance(spec, str):
                 logger.info("no class labels given: the CAV is fitted on all samples")
                 return None
             raise LatentSurgeonError(
                 f"cav_samples={spec} needs class labels; pass data with labels or labels=...")
-        if len(y) != len(artifact):
-            raise ShapeMismatchError(
-                f"labels has {len(y)} entries, artifact labels {len(artifact)}.")
         if isinstance(spec, str):  # "artifact_classes": the classes the artifact co-occurs with
-            classes = torch.unique(y[artifact])
-            return torch.isin(y, classes)
-        return y == int(spec)
+            classes = torch.unique(labels[artifact])
+            return torch.isin(labels, classes)
+        return labels == int(spec)
 
-    def _fit_direction(self, model: nn.Module | None, samples: Samples | None,
-                       artifact_labels: Any, labels: Any, activations: Any,
-                       device: torch.device | None, *, cav: Any = None) -> None:
-        """Set ``direction_``, ``mean_clean_``, ``mean_concept_``, ``pooling_``, ``input_shape_``
-        and ``cav_scores_`` from ``cav`` (default: the constructor's), or fit a CAV on the
-        layer's activations."""
-        cav = self.cav if cav is None else cav
-        acts: Any = None
-        artifact: torch.Tensor | None = None
-        mask: torch.Tensor | None = None
-        if cav is None:
-            if activations is None:
-                if samples is None or model is None:
-                    raise LatentSurgeonError(
-                        "Without a fitted cav=..., fit() needs the model and data (images with "
-                        "artifact labels), or activations=... with artifact_labels=....")
-                acts = layer_activations(model, self.layer, samples.images,
-                                              batch_size=self.batch_size, device=device,
-                                              progress=self.progress)
+    def _fit_directions(self, model: nn.Module | None, samples: Samples | None,
+                        activations: Any, *, labels: Any = None, artifact_labels: Any = None,
+                        cavs: dict[str, Any] | None = None) -> None:
+        """Set ``layers_`` and ``vectors_`` from the constructor's CAVs (or ``cavs``, one per
+        layer), or fit them (one CAV per layer) on the layers' activations."""
+        if cavs is None:
+            layers = self._layer_names(model)
+            cavs = {layer: self._cav_for(layer, len(layers)) for layer in layers}
+        layers = list(cavs)
+        need = [layer for layer, cav in cavs.items()
+                if not _is_fitted_cav(cav) or _pooling_of(cav) == "max"]
+        acts: dict[str, torch.Tensor] = {}
+        flags: Samples | None = None
+        if need:
+            if activations is None and (samples is None or model is None) \
+                    and all(_is_fitted_cav(cavs[layer]) for layer in need):
+                raise LatentSurgeonError(_MAX_POOLING_NEEDS_DATA)
+            acts = self._activations(model, samples, activations, need)
+            if samples is not None and activations is None:
+                flags = samples
+            else:  # the flags describe the given activations: validate them against those
+                if samples is not None:
+                    labels = samples.labels if labels is None else labels
+                    artifact_labels = samples.artifact if artifact_labels is None \
+                        else artifact_labels
+                flags = as_samples(acts[need[0]], labels=labels, artifact=artifact_labels,
+                                   what="activations")
+            if flags.artifact is None:
+                raise LatentSurgeonError(
+                    "Fitting the artifact direction needs artifact labels (1 = artifact "
+                    "present): pass artifact_labels=... or data with an .artifact attribute.")
+        vectors: dict[str, dict[str, Any]] = {}
+        for layer in layers:
+            cav = cavs[layer]
+            mask = None
+            if not _is_fitted_cav(cav):
+                assert flags is not None and flags.artifact is not None
+                if len(acts[layer]) != len(flags.artifact):
+                    raise ShapeMismatchError(
+                        f"activations of layer {layer!r} hold {len(acts[layer])} samples but "
+                        f"there are {len(flags.artifact)} artifact labels.")
+                mask = self._sample_mask(flags.labels, flags.artifact)
+                recipe = clone(cav) if isinstance(cav, CAV) else CAV(
+                    method=self.cav_method, pooling=self.pooling,
+                    seed=getattr(self, "seed", 0))
+                cav = recipe.fit(acts[layer], flags.artifact, sample_mask=mask)
+                logger.info("%s: CAV at %s fitted on %d samples, held-out accuracy %.3f",
+                            type(self).__name__, layer,
+                            len(flags.artifact) if mask is None else int(mask.sum()),
+                            cav.scores_.get("accuracy", float("nan")))
+            vectors[layer] = _vectors_of(cav, layer)
+            if vectors[layer]["pooling"] == "max":
+                if layer not in acts or flags is None or flags.artifact is None:
+                    raise LatentSurgeonError(_MAX_POOLING_NEEDS_DATA)
+                if mask is None:
+                    mask = self._sample_mask(flags.labels, flags.artifact)
+                _per_position_means(vectors[layer], acts[layer], flags.artifact, mask)
+        self.layers_ = list(layers)
+        self.vectors_ = vectors
+
+    def _activations(self, model: nn.Module | None, samples: Samples | None, activations: Any,
+                     layers: list[str]) -> dict[str, torch.Tensor]:
+        if activations is None:
+            if samples is None or model is None:
+                raise LatentSurgeonError(
+                    "Without a fitted cav=..., fit() needs the model and data (inputs with "
+                    "artifact labels), or activations=... with artifact_labels=....")
+            return layer_activations(model, layers, samples.images, batch_size=self.batch_size,
+                                     progress=self.progress)
+        from latentsurgeon.activations.store import ActivationStore
+
+        out: dict[str, torch.Tensor] = {}
+        for layer in layers:
+            if isinstance(activations, ActivationStore):
+                value: Any = activations.tensor(layer)
+            elif isinstance(activations, Mapping):
+                if layer not in activations:
+                    raise InvalidParameterError(
+                        f"activations= holds layers {list(activations)} but not {layer!r}.")
+                value = activations[layer]
+            elif len(layers) == 1:
+                value = activations
             else:
-                acts = activations
-            artifact = artifact_labels if artifact_labels is not None else (
-                samples.artifact if samples is not None else None)
-            if artifact is None:
-                raise LatentSurgeonError(
-                    "Fitting the artifact direction needs artifact labels (1 = artifact present): "
-                    "pass artifact_labels=... or data with an .artifact attribute.")
-            artifact = to_tensor(artifact, "artifact_labels").reshape(-1).bool()
-            mask = self._sample_mask(samples, labels, artifact)
-            cav = CAV(method=self.cav_method, pooling=self.pooling,
-                      seed=getattr(self, "seed", 0) or 0)
-            cav.fit(acts, artifact, sample_mask=mask)
-            logger.info("%s: CAV at %s fitted on %d samples, held-out accuracy %.3f",
-                        type(self).__name__, self.layer,
-                        len(artifact) if mask is None else int(mask.sum()),
-                        cav.scores_.get("accuracy", float("nan")))
-        for attr in ("direction_", "mean_clean_", "mean_concept_"):
-            if not isinstance(getattr(cav, attr, None), torch.Tensor):
-                raise LatentSurgeonError(
-                    f"cav must be a fitted latentsurgeon CAV (with {attr}); call cav.fit(...) "
-                    "first.")
-        self.direction_ = cav.direction_.detach().float().cpu().clone()
-        self.mean_clean_ = cav.mean_clean_.detach().float().cpu().clone()
-        self.mean_concept_ = cav.mean_concept_.detach().float().cpu().clone()
-        self.pooling_ = str(getattr(cav, "pooling", "flatten"))
-        self.input_shape_ = [int(s) for s in getattr(cav, "input_shape_", [])]
-        scores = getattr(cav, "scores_", {}) or {}
-        self.cav_scores_ = {k: float(v) for k, v in scores.items()
-                            if isinstance(v, (int, float, np.floating))}
-        if self.pooling_ == "max":
-            self._per_position_means(acts, artifact, mask)
+                raise InvalidParameterError(
+                    f"{len(layers)} layers are corrected: pass activations={{layer: tensor}} or "
+                    "an ActivationStore.")
+            tensor = to_tensor(value, "activations").detach().float().cpu()
+            out[layer] = check_finite(tensor, f"activations of layer {layer!r}")
+        return out
 
-    def _per_position_means(self, acts: Any, artifact: torch.Tensor | None,
-                            mask: torch.Tensor | None) -> None:
-        """A max-pooled direction is applied at every spatial position, so the reference points
-        must be means over samples *and positions*: the mean of per-channel maxima would push
-        every position up to maximum level and insert the artifact instead of removing it."""
-        if acts is None or artifact is None:
-            raise LatentSurgeonError(
-                "A CAV fitted with pooling='max' is applied at every spatial position and needs "
-                "per-position reference means: let fit() fit the CAV from data (or pass "
-                "activations= and artifact_labels=), or use a CAV with pooling='mean' or "
-                "'flatten'.")
-        from latentsurgeon.concepts.cav import _load_activations
-
-        raw = _load_activations(acts, None).float()
-        if raw.dim() < 3:
-            raise ShapeMismatchError(
-                f"pooling='max' needs (N, C, *spatial) activations, got {tuple(raw.shape)}.")
-        keep = torch.ones(len(raw), dtype=torch.bool) if mask is None else mask.cpu()
-        spatial = tuple(range(2, raw.dim()))
-        per_sample = raw.mean(dim=spatial)  # (N, C): spatial means
-        self.mean_clean_ = per_sample[keep & ~artifact].mean(0)
-        self.mean_concept_ = per_sample[keep & artifact].mean(0)
-
-    def _prepare(self, model: nn.Module | None) -> torch.device | None:
-        if model is None:
-            return None
-        get_layer(model, self.layer)  # one exact layer name, close matches in the error
-        return training_device(model, self.device)
-
-    @staticmethod
-    def _samples(data: Any, artifact_labels: Any, *, need_labels: bool) -> Samples | None:
+    def _samples(self, data: Any, labels: Any, artifact_labels: Any, *,
+                 need_labels: bool) -> Samples | None:
         if data is None:
             if need_labels:
-                raise LatentSurgeonError("fit() needs training data: (images, labels) or a split.")
+                raise LatentSurgeonError(
+                    f"{type(self).__name__}.fit() needs training data: (inputs, labels) or a "
+                    "split.")
             return None
-        return as_samples(data, artifact=artifact_labels, need_labels=need_labels)
+        samples = as_samples(data, labels=labels, artifact=artifact_labels,
+                             need_labels=need_labels)
+        check_finite(samples.images, "the inputs")
+        return samples
+
+
+def _is_fitted_cav(cav: Any) -> bool:
+    return cav is not None and isinstance(getattr(cav, "direction_", None), torch.Tensor)
+
+
+def _pooling_of(cav: Any) -> str:
+    return str(getattr(cav, "pooling", "flatten"))
+
+
+def _vectors_of(cav: Any, layer: str) -> dict[str, Any]:
+    for attr in ("direction_", "mean_clean_", "mean_concept_"):
+        if not isinstance(getattr(cav, attr, None), torch.Tensor):
+            raise LatentSurgeonError(
+                f"The CAV for layer {layer!r} lacks {attr}: pass a fitted latentsurgeon CAV, or "
+                "an unfitted one to have it fitted here.")
+    direction = cav.direction_.detach().float().cpu().reshape(-1)
+    check_finite(direction, f"the direction of layer {layer!r}")
+    norm = float(direction.norm())
+    if not math.isfinite(norm) or norm == 0:
+        raise LatentSurgeonError(f"The direction for layer {layer!r} is zero.")
+    scores = getattr(cav, "scores_", {}) or {}
+    return {
+        "direction": (direction / norm).clone(),
+        "mean_clean": cav.mean_clean_.detach().float().cpu().reshape(-1).clone(),
+        "mean_concept": cav.mean_concept_.detach().float().cpu().reshape(-1).clone(),
+        "pooling": _pooling_of(cav),
+        "input_shape": [int(s) for s in getattr(cav, "input_shape_", [])],
+        "scores": {k: float(v) for k, v in scores.items()
+                   if isinstance(v, (int, float, np.floating))},
+    }
+
+
+def _per_position_means(vectors: dict[str, Any], acts: torch.Tensor, artifact: torch.Tensor,
+                        mask: torch.Tensor | None) -> None:
+    """A max-pooled direction is applied at every spatial position, so the reference points
+    must be means over samples *and positions*: the mean of per-channel maxima would push every
+    position up to maximum level and insert the artifact instead of removing it."""
+    if acts.dim() < 3:
+        raise ShapeMismatchError(
+            f"pooling='max' needs (N, C, *spatial) activations, got {tuple(acts.shape)}.")
+    keep = torch.ones(len(acts), dtype=torch.bool) if mask is None else mask.cpu()
+    per_sample = acts.float().mean(dim=tuple(range(2, acts.dim())))  # (N, C): spatial means
+    vectors["mean_clean"] = per_sample[keep & ~artifact].mean(0)
+    vectors["mean_concept"] = per_sample[keep & artifact].mean(0)

@@ -1,83 +1,186 @@
 """Which parameters a trained correction fine-tunes (the loop itself is
-:func:`latentsurgeon.models.training.train`, the one training loop)."""
+:func:`latentsurgeon.models.training.train`, the one training loop).
+
+``trainable="above"`` is defined by data flow: the parameters that receive gradient *through the
+corrected layer's output*. One forward pass builds the autograd graph with a zero perturbation
+added to the layer's output; a parameter is above the layer when an operation that depends on
+that perturbation consumes it (directly or through parameter-only operations such as a
+transpose). So in a residual block, correcting ``block.bn2`` trains what consumes ``bn2``'s
+output, not the skip branch that merely runs later, and a module that also runs before the layer
+(weight sharing) is left alone: training it would change the layer's own input.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentsurgeon.errors import LatentSurgeonError
-from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state, primary_tensor
+from latentsurgeon.hooks.outputs import replace_primary
 
 logger = logging.getLogger(__name__)
 
 Trainable = str | Sequence[str]
 
+__all__ = ["Trainable", "parameters_above", "select_parameters"]
 
-def parameters_after(model: nn.Module, layer: str, sample: Any) -> list[tuple[str, nn.Parameter]]:
-    """Parameters of the modules that run *after* ``layer`` in one forward pass of ``sample``.
 
-    Execution order is recorded with pre-forward hooks on every submodule: a module counts as
-    "after" when every call of it starts after ``layer``'s forward has returned, so containers
-    holding the layer and modules shared with earlier parts of the network are excluded. Parameters
-    held directly by the root module are never included (their use cannot be ordered).
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor of a (nested) model output."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if hasattr(value, "to_tuple"):  # HuggingFace ModelOutput
+        return _tensors(value.to_tuple())
+    return []
+
+
+def _marked_input(sample: Any) -> Any:
+    # Float inputs get requires_grad so that data-carrying branches (a skip connection from the
+    # input) are told apart from parameter-only operations in the graph.
+    if isinstance(sample, torch.Tensor):
+        sample = sample.detach()
+        return sample.requires_grad_(True) if sample.is_floating_point() else sample
+    if isinstance(sample, Mapping):
+        return {k: _marked_input(v) for k, v in sample.items()}
+    if isinstance(sample, (tuple, list)):
+        return type(sample)(_marked_input(v) for v in sample)
+    return sample
+
+
+class _Graph:
+    """The autograd graph below some roots, walked without recursion."""
+
+    def __init__(self, roots: list[Any]) -> None:
+        self.children: dict[int, list[Any]] = {}
+        self.nodes: dict[int, Any] = {}
+        stack = [r for r in roots if r is not None]
+        while stack:
+            node = stack.pop()
+            if id(node) in self.nodes:
+                continue
+            self.nodes[id(node)] = node
+            kids = [fn for fn, _ in node.next_functions if fn is not None]
+            self.children[id(node)] = kids
+            stack.extend(kids)
+
+    def postorder(self, roots: list[Any]) -> list[Any]:
+        order: list[Any] = []
+        done: set[int] = set()
+        stack: list[tuple[Any, bool]] = [(r, False) for r in roots if r is not None]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in done:
+                continue
+            if expanded:
+                done.add(id(node))
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((c, False) for c in self.children[id(node)] if id(c) not in done)
+        return order
+
+
+def _leaf(node: Any) -> Any:
+    return getattr(node, "variable", None)
+
+
+def parameters_above(model: nn.Module, layers: str | Sequence[str], sample: Any
+                     ) -> list[tuple[str, nn.Parameter]]:
+    """Parameters that receive gradient through the output of ``layers`` (see module doc).
+
+    Args:
+        model: the network.
+        layers: one exact layer name or a list of them (then: through any of their outputs,
+            excluding parameters that any of them depends on).
+        sample: one batch of model input (a single sample suffices); the model runs once on it
+            in eval mode, with its state restored afterwards.
+
+    Returns:
+        ``(name, parameter)`` pairs in ``model.named_parameters()`` order.
     """
-    get_layer(model, layer)
-    events: list[tuple[str, str]] = []
+    names = [layers] if isinstance(layers, str) else list(layers)
+    for name in names:
+        get_layer(model, name)
+    probes: list[torch.Tensor] = []
+    raw_nodes: list[Any] = []
 
-    def started(name: str, module: nn.Module, inputs: tuple) -> None:
-        events.append(("start", name))
+    def perturb(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
+        tensor = primary_tensor(output)
+        if not tensor.is_floating_point():
+            raise ShapeMismatchError(
+                f"Layer {name!r} returns a {tensor.dtype} tensor; a correction needs a layer "
+                "with floating-point output.")
+        probe = torch.zeros_like(tensor, requires_grad=True)
+        probes.append(probe)
+        raw_nodes.append(tensor.grad_fn)
+        return replace_primary(output, tensor + probe)
 
-    def ended(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        events.append(("end", name))
-
-    with preserve_model_state(model), torch.no_grad(), HookGroup() as group:
+    with preserve_model_state(model), torch.enable_grad(), HookGroup() as group:
         model.eval()
-        group.forward_pre(model, "re:.*", started)
-        group.forward(model, layer, ended)
-        model(sample)
-    ends = [i for i, (kind, name) in enumerate(events) if kind == "end"]
-    if not ends:
-        raise LatentSurgeonError(f"Layer {layer!r} did not run during a forward pass of the "
-                                 "model, so nothing can be ordered after it.")
-    cut = ends[-1]
-    before = {name for i, (kind, name) in enumerate(events) if kind == "start" and i <= cut}
-    after: list[str] = []
-    for i, (kind, name) in enumerate(events):
-        if kind == "start" and i > cut and name not in before and name not in after:
-            after.append(name)
-    modules = dict(model.named_modules())
-    early = {id(p) for name in before for p in modules[name].parameters(recurse=False)}
-    chosen: list[tuple[str, nn.Parameter]] = []
-    seen: set[int] = set()
-    for name in after:
-        for pname, param in modules[name].named_parameters(recurse=False):
-            if id(param) not in early and id(param) not in seen:
-                seen.add(id(param))
-                chosen.append((f"{name}.{pname}", param))
+        for param in model.parameters():
+            param.requires_grad_(True)
+        group.forward(model, names, perturb, prepend=True)
+        output = model(_marked_input(sample))
+        if not probes:
+            raise LatentSurgeonError(
+                f"Layer(s) {names} did not run during a forward pass of the model, so nothing "
+                "can be found above them.")
+        roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+        param_ids = {id(p) for p in model.parameters()}
+        probe_ids = {id(p) for p in probes}
+        graph = _Graph(roots)
+        reaches: dict[int, bool] = {}
+        param_only: dict[int, bool] = {}
+        for node in graph.postorder(roots):
+            kids = graph.children[id(node)]
+            leaf = _leaf(node)
+            if leaf is not None:
+                reaches[id(node)] = id(leaf) in probe_ids
+                param_only[id(node)] = id(leaf) in param_ids
+                continue
+            reaches[id(node)] = any(reaches[id(k)] for k in kids)
+            param_only[id(node)] = all(param_only[id(k)] for k in kids)
+        down: set[int] = set()
+        for key in graph.nodes:
+            if not reaches[key]:
+                continue
+            for kid in graph.children[key]:
+                if param_only[id(kid)]:
+                    down.update(id(_leaf(n)) for n in _Graph([kid]).nodes.values()
+                                if _leaf(n) is not None)
+        upstream = {id(_leaf(n)) for n in _Graph(raw_nodes).nodes.values()
+                    if _leaf(n) is not None}
+    chosen = [(n, p) for n, p in model.named_parameters() if id(p) in down
+              and id(p) not in upstream]
+    logger.debug("parameters above %s: %s", names, [n for n, _ in chosen])
     return chosen
 
 
-def select_parameters(model: nn.Module, layer: str, trainable: Trainable, sample: Any
-                      ) -> list[tuple[str, nn.Parameter]]:
+def select_parameters(model: nn.Module, layers: str | Sequence[str], trainable: Trainable,
+                      sample: Any) -> list[tuple[str, nn.Parameter]]:
     """The ``(name, parameter)`` pairs to fine-tune.
 
     Args:
-        trainable: ``"above"`` (parameters of modules executed after ``layer``, see
-            :func:`parameters_after`), ``"all"``, or a list of glob patterns over
+        trainable: ``"above"`` (parameters that receive gradient through the layers' output, see
+            :func:`parameters_above`), ``"all"``, or a list of glob patterns over
             ``model.named_parameters()`` names (``["classifier.*"]``).
     """
     if isinstance(trainable, str) and trainable == "above":
-        chosen = parameters_after(model, layer, sample)
+        chosen = parameters_above(model, layers, sample)
         if not chosen:
             raise LatentSurgeonError(
-                f"No parameters run after layer {layer!r}; choose an earlier layer or pass "
-                "trainable='all' or a list of parameter-name globs.")
+                f"No parameter receives gradient through the output of {layers!r}; choose an "
+                "earlier layer or pass trainable='all' or a list of parameter-name globs.")
         return chosen
     named = list(model.named_parameters())
     if isinstance(trainable, str) and trainable == "all":

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon.correct.projection import check_gradient, clarc_projection, mass_mean_shift
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks import get_layer, primary_tensor, replace_primary
-from latentsurgeon.hooks.clarc import clarc_projection, mass_mean_shift
 from latentsurgeon.hooks.state import _HOOK_TABLES
 
 __all__ = ["ClarcProjection", "MassMeanShift", "copy_without_hooks", "replace_layer", "wrap_layer"]
@@ -19,7 +19,7 @@ __all__ = ["ClarcProjection", "MassMeanShift", "copy_without_hooks", "replace_la
 
 class ClarcProjection(nn.Module):
     """``a' = a - alpha * v v^T (a - z)`` as a module (see
-    :func:`latentsurgeon.hooks.clarc.clarc_projection`).
+    :func:`latentsurgeon.correct.projection.clarc_projection`).
 
     ``v``, ``z`` and ``alpha`` are buffers, so they are saved in ``state_dict`` and moved by
     ``.to(device)``. Tuple or dict outputs of the wrapped layer are handled: the primary tensor is
@@ -30,11 +30,14 @@ class ClarcProjection(nn.Module):
         reference: ``z``, same shape as ``direction``.
         alpha: strength.
         pooling: ``"flatten"`` or ``"max"``/``"mean"`` (channel space, every spatial position).
+        gradient: ``"exact"`` (the backward pass is the projection's derivative) or
+            ``"straight_through"`` (detoxai's: gradients pass as if there were no correction).
     """
 
     def __init__(self, direction: torch.Tensor, reference: torch.Tensor, alpha: float = 1.0,
-                 pooling: str = "flatten") -> None:
+                 pooling: str = "flatten", gradient: str = "exact") -> None:
         super().__init__()
+        self.gradient = check_gradient(gradient)
         self.register_buffer("direction", direction.detach().clone().float().reshape(-1))
         self.register_buffer("reference", reference.detach().clone().float().reshape(-1))
         self.register_buffer("alpha", torch.tensor(float(alpha)))
@@ -44,11 +47,12 @@ class ClarcProjection(nn.Module):
         """``(N, ...)`` activations (or a container holding them) -> same shape."""
         tensor = primary_tensor(output)
         projected = clarc_projection(tensor, self.direction, self.reference, self.alpha,
-                                     self.pooling)
+                                     self.pooling, gradient=self.gradient)
         return replace_primary(output, projected)
 
     def extra_repr(self) -> str:
-        return f"dim={self.direction.numel()}, alpha={float(self.alpha):g}, pooling={self.pooling!r}"
+        return (f"dim={self.direction.numel()}, alpha={float(self.alpha):g}, "
+                f"pooling={self.pooling!r}, gradient={self.gradient!r}")
 
 
 class MassMeanShift(nn.Module):

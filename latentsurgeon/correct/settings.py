@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError
 
 __all__ = ["DEMO_LAYER", "SETTINGS", "default_settings"]
 
@@ -40,13 +40,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "rrclarc": {"layer": DEMO_LAYER, "lambda_rr": 10.0, "loss": "l2", "masking": "max_logit",
                 "epochs": 5, "lr": 1e-3, "trainable": "above", "seed": 0},
     # From scratch (a freshly initialised model): true-label log-probability, lambda 1.
-    "rrr": {"lambda_rrr": 1.0, "lr": 1e-3, "n_epochs": 15, "batch_size": 64,
-            "target": "true_label", "normalize": False, "random_state": 0},
+    "rrr": {"lambda_rrr": 1.0, "lr": 1e-3, "epochs": 15, "batch_size": 64,
+            "masking": "true_label", "normalize": False, "seed": 0},
     # Fine-tuning a trained model: the true label's log-probability is saturated there (its
     # input gradient vanishes on confident samples), so penalise all classes' log-probabilities,
     # normalised per masked element.
-    "rrr_finetune": {"lambda_rrr": 0.1, "lr": 1e-3, "n_epochs": 10, "batch_size": 64,
-                     "target": "sum_log_probs", "normalize": True, "random_state": 0},
+    "rrr_finetune": {"lambda_rrr": 0.1, "lr": 1e-3, "epochs": 10, "batch_size": 64,
+                     "masking": "sum_log_probs", "normalize": True, "seed": 0},
 }
 
 
@@ -58,9 +58,10 @@ def default_settings(method: str) -> dict[str, Any]:
             ``"rrr_finetune"``.
 
     Raises:
-        LatentSurgeonError: an unknown method (the message lists the known ones).
+        InvalidParameterError: an unknown method (the message lists the known ones).
     """
-    key = method.lower().replace("-", "").replace("_clarc", "clarc")
+    key = str(method).lower().replace("-", "").replace("_clarc", "clarc")
     if key not in SETTINGS:
-        raise LatentSurgeonError(f"No settings for {method!r}; known: {', '.join(SETTINGS)}.")
+        raise InvalidParameterError(
+            f"default_settings(): method must be one of {', '.join(SETTINGS)}; got {method!r}.")
     return copy.deepcopy(SETTINGS[key])

@@ -1,7 +1,6 @@
 """The one hook mechanism: layer selection, hook contexts that always clean up, a state guard."""
 
 from latentsurgeon.errors import LayerNotFoundError
-from latentsurgeon.hooks.clarc import add_clarc_hook, add_mass_mean_probe_hook
 from latentsurgeon.hooks.handles import HookGroup, hooked
 from latentsurgeon.hooks.outputs import (
     classification_logits,
@@ -15,8 +14,6 @@ from latentsurgeon.hooks.state import hook_count, preserve_model_state
 __all__ = [
     "HookGroup",
     "LayerNotFoundError",
-    "add_clarc_hook",
-    "add_mass_mean_probe_hook",
     "classification_logits",
     "get_layer",
     "hook_count",

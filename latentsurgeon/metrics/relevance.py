@@ -10,9 +10,10 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
-from latentsurgeon.activations.batching import index_batches, model_device, to_tensor
-from latentsurgeon.correct.rrr import prepare_masks
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon._validation import Interval, Options, check_finite, validate_params
+from latentsurgeon.activations.batching import analysis_device, index_batches, to_tensor
+from latentsurgeon.correct.masks import prepare_masks
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
 from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.metrics.accuracy import predict
@@ -50,34 +51,41 @@ def artifact_relevance(
 
     For each sample ``n``: ``sum(|A_n| * M_n) / sum(|A_n|)`` with ``A_n`` the attribution of the
     target logit to the input (captum; ``"input_x_gradient"`` = ``x * d logit / dx``) and ``M_n``
-    the mask broadcast over channels. Samples whose mask is empty, or whose attribution is zero
-    everywhere, have no share and are left out of the mean.
+    the mask (broadcast over channels for spatial image masks). Samples whose mask is empty, or
+    whose attribution is zero everywhere, have no share and are left out of the mean.
 
     Args:
-        model: classifier ``(N, C, H, W) -> (N, K)`` (see ``head`` for structured outputs).
-        images: ``(N, C, H, W)`` inputs, or a split with ``.images`` (and ``.masks``).
-        masks: ``(N, H, W)`` or ``(H, W)`` artifact masks (1 = artifact), resized (nearest) when
-            needed; None takes ``images.masks``.
+        model: classifier ``(N, ...) -> (N, K)`` (see ``head`` for structured outputs).
+        images: ``(N, ...)`` inputs of any rank (images ``(N, C, H, W)``, tabular rows
+            ``(N, D)``), or a split with ``.images`` (and ``.masks``).
+        masks: artifact masks (1 = artifact) of the inputs' shape or their per-sample shape; for
+            images also ``(H, W)``, ``(1, H, W)`` or ``(N, H, W)``, resized (nearest) when
+            needed (see :func:`latentsurgeon.correct.prepare_masks`); None takes
+            ``images.masks``.
         targets: the logit attributed: None = the model's predicted class, an int for every
             sample, or ``(N,)`` class indices (e.g. the true labels).
         method: ``"input_x_gradient"`` (default), ``"saliency"`` (|gradient|) or
             ``"integrated_gradients"`` (zero baseline, captum's defaults).
         batch_size: samples per attribution batch.
-        device: where to run (the model's device by default).
+        device: None or the model's device (an analysis never moves the model).
         head: dict key or tuple index of the logits for structured outputs.
         per_sample: return the ``(N,)`` shares (NaN where undefined) instead of their mean.
 
     Returns:
         The mean share in ``[0, 1]`` (NaN if no sample has a share), or the per-sample tensor.
     """
+    validate_params({"method": method, "batch_size": batch_size, "per_sample": per_sample},
+                    {"method": Options(RELEVANCE_METHODS), "batch_size": Interval(int, 1, None),
+                     "per_sample": bool}, owner="artifact_relevance()")
     if masks is None:
         masks = getattr(images, "masks", None)
         if masks is None:
-            raise LatentSurgeonError("artifact_relevance needs masks (1 = artifact pixels).")
+            raise LatentSurgeonError("artifact_relevance() needs masks (1 = artifact elements).")
     x_all = to_tensor(getattr(images, "images", images), "images").float()
-    m_all = prepare_masks(masks, x_all)
+    check_finite(x_all, "artifact_relevance(): images")
+    m_all = prepare_masks(masks, x_all, name="masks", owner="artifact_relevance()")
     n = len(x_all)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = analysis_device(model, device)
     if targets is None:
         target_all = predict(model, x_all, batch_size=batch_size, device=dev, head=head)
     elif isinstance(targets, int):
@@ -94,10 +102,19 @@ def artifact_relevance(
     shares = torch.full((n,), math.nan)
     with preserve_model_state(model):
         model.eval()
+        if n:
+            with torch.no_grad():
+                k = int(forward(x_all[:1].to(dev)).shape[1])
+            if bool(((target_all < 0) | (target_all >= k)).any()):
+                raise InvalidParameterError(
+                    f"artifact_relevance(): targets must lie in [0, {k - 1}] for a model with "
+                    f"{k} outputs; got values from {int(target_all.min())} to "
+                    f"{int(target_all.max())}.")
         for idx in index_batches(n, batch_size):
             x = x_all[idx].to(dev).requires_grad_(True)  # captum warns on inputs without grad
-            attr = attributor.attribute(x, target=target_all[idx].to(dev)).detach().abs()
-            m = m_all[idx].to(dev)
+            attr = attributor.attribute(x, target=target_all[idx].to(dev)).detach()
+            attr = check_finite(attr, "artifact_relevance(): the attributions").abs()
+            m = torch.broadcast_to(m_all[idx].to(dev), attr.shape)
             total = attr.flatten(1).sum(1)
             inside = (attr * m).flatten(1).sum(1)
             valid = (total > 0) & (m.flatten(1).sum(1) > 0)

@@ -1,14 +1,22 @@
-"""The contract every correction shares: fit -> self, attach/applied, export, save/load, state."""
+"""The contract every correction shares: fit -> self, attach/applied, export, save/load, state;
+the scikit-learn parameter contract (get_params/set_params/clone, validation at fit), the
+seed systems' spellings, one fit signature, and the device rule."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import io
+import warnings
 
 import pytest
 import torch
+from sklearn.base import clone
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentsurgeon._aliases import ALIASES
+from latentsurgeon.concepts import CAV
 from latentsurgeon.correct import (
     AClarc,
     ExplanationRegularization,
@@ -16,21 +24,23 @@ from latentsurgeon.correct import (
     RRClarc,
     default_settings,
 )
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 from latentsurgeon.hooks import HookGroup, hook_count
 from latentsurgeon.models import DigitCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
 
+NAMES = ["pclarc", "aclarc", "rrclarc", "rrr"]
 
-def make(name: str):
+
+def make(name: str, **kw):
     if name == "pclarc":
-        return PClarc("features", progress=False)
+        return PClarc("features", progress=False, **kw)
     if name == "aclarc":
-        return AClarc("features", epochs=1, progress=False)
+        return AClarc("features", epochs=1, progress=False, **kw)
     if name == "rrclarc":
-        return RRClarc("features", epochs=1, progress=False)
-    return ExplanationRegularization(n_epochs=1, progress=False)
+        return RRClarc("features", epochs=1, progress=False, **kw)
+    return ExplanationRegularization(epochs=1, progress=False, **kw)
 
 
 def fit(correction, model, watermark):
@@ -40,7 +50,7 @@ def fit(correction, model, watermark):
     return correction.fit(model, watermark.train)
 
 
-@pytest.mark.parametrize("name", ["pclarc", "aclarc", "rrclarc", "rrr"])
+@pytest.mark.parametrize("name", NAMES)
 def test_contract(name, base_model, watermark, tmp_path):
     correction = make(name)
     assert correction.get_params()  # constructor stores parameters only
@@ -76,10 +86,122 @@ def test_contract(name, base_model, watermark, tmp_path):
     loaded = type(correction).load(path)
     assert loaded.get_params() == correction.get_params()
     for key, value in correction.learned_state().items():
-        if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(getattr(loaded, key), value)
+        assert_same(getattr(loaded, key), value)
+
+
+def assert_same(a, b):
+    if isinstance(b, torch.Tensor):
+        torch.testing.assert_close(a, b)
+    elif isinstance(b, dict):
+        assert a.keys() == b.keys()
+        for key in b:
+            assert_same(a[key], b[key])
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_get_params_set_params_and_clone(name):
+    cav = CAV(method="mass_mean", pooling="mean") if name != "rrr" else None
+    correction = make(name, **({"cav": cav} if cav is not None else {}))
+    params = correction.get_params(deep=False)
+    assert list(params) == [p for p in inspect.signature(type(correction)).parameters]
+    twin = clone(correction)
+    assert type(twin) is type(correction) and twin is not correction
+    deep = twin.get_params(deep=True)
+    for key, value in params.items():
+        if key == "cav" and cav is not None:
+            assert isinstance(deep["cav"], CAV) and deep["cav"] is not cav
+            assert deep["cav__pooling"] == "mean"
         else:
-            assert getattr(loaded, key) == value
+            assert deep[key] == value, key
+    assert twin.set_params(batch_size=7) is twin and twin.batch_size == 7
+    if cav is not None:
+        twin.set_params(cav__method="svm")
+        assert twin.cav.method == "svm" and cav.method == "mass_mean"
+    with pytest.raises(InvalidParameterError, match="has no parameter 'n_layers'"):
+        twin.set_params(n_layers=3)
+
+
+BAD = [
+    # (correction, parameter, bad value, expected words)
+    ("pclarc", "alpha", -1.0, "alpha must be a number in [0, inf]"),
+    ("pclarc", "alpha", float("nan"), "alpha must be"),
+    ("pclarc", "pooling", "none", "pooling must be one of 'flatten'"),
+    ("pclarc", "cav_method", "lda", "cav_method must be one of"),
+    ("pclarc", "cav_samples", -2, "cav_samples must be"),
+    ("pclarc", "batch_size", 0, "batch_size must be an int in [1, inf]"),
+    ("pclarc", "gradient", "detach", "gradient must be one of 'exact'"),
+    ("pclarc", "cav", "features", "cav must be None or a CAV"),
+    ("pclarc", "device", "gpu7", "device must be None, a device string"),
+    ("pclarc", "progress", "yes", "progress must be a bool"),
+    ("pclarc", "layers", [], "layers must be None or a layer name"),
+    ("aclarc", "augment_fraction", 1.5, "augment_fraction must be a number in [0, 1]"),
+    ("aclarc", "epochs", -1, "epochs must be an int in [0, inf]"),
+    ("aclarc", "lr", 0.0, "lr must be a number in (0, inf)"),
+    ("aclarc", "optimizer", "lbfgs", "optimizer must be 'adam', 'adamw', 'sgd'"),
+    ("aclarc", "trainable", "head", "trainable must be 'above', 'all'"),
+    ("aclarc", "seed", -1, "seed must be None or an int in [0, inf]"),
+    ("aclarc", "seed", 1.5, "seed must be None or an int"),
+    ("aclarc", "head", 1.5, "head must be"),
+    ("aclarc", "criterion", 3, "criterion must be None or a callable"),
+    ("rrclarc", "lambda_rr", -1.0, "lambda_rr must be a number in [0, inf]"),
+    ("rrclarc", "loss", "l3", "loss must be one of 'l2', 'l1', 'cosine'"),
+    ("rrclarc", "masking", "top", "masking must be one of 'max_logit'"),
+    ("rrclarc", "target", -1, "target must be None or an int in [0, inf]"),
+    ("rrr", "lambda_rrr", -0.1, "lambda_rrr must be a number in [0, inf]"),
+    ("rrr", "masking", "all", "masking must be one of 'true_label', 'sum_log_probs'"),
+    ("rrr", "normalize", "yes", "normalize must be a bool"),
+    ("rrr", "epochs", 2.5, "epochs must be an int"),
+    ("rrr", "seed", "0", "seed must be None or an int"),
+]
+
+
+@pytest.mark.parametrize("name,param,value,words", BAD)
+def test_every_parameter_is_validated_at_fit(name, param, value, words, base_model, watermark):
+    correction = make(name)
+    correction.set_params(**{param: value})  # the constructor and set_params store only
+    assert getattr(correction, param) is value
+    before = copy.deepcopy(base_model.state_dict())
+    with pytest.raises(InvalidParameterError) as info:
+        fit(correction, base_model, watermark)
+    assert words in str(info.value)
+    assert type(correction).__name__ in str(info.value) or param in str(info.value)
+    for key, tensor in base_model.state_dict().items():
+        assert torch.equal(tensor, before[key]), key
+    assert hook_count(base_model) == 0
+
+
+@pytest.mark.parametrize("name", ["pclarc", "aclarc", "rrclarc"])
+def test_soft_artifact_labels_are_refused(name, base_model, watermark):
+    soft = watermark.train.artifact.float() * 0.6
+    with pytest.raises(InvalidParameterError, match="0/1"):
+        make(name).fit(base_model, (watermark.train.images, watermark.train.labels), soft)
+    acts = torch.randn(len(soft), 512)
+    with pytest.raises(InvalidParameterError, match="0/1"):
+        PClarc("features").fit(None, activations=acts, artifact_labels=soft)
+
+
+def test_one_fit_signature_for_every_clarc():
+    signatures = {cls: list(inspect.signature(cls.fit).parameters)
+                  for cls in (PClarc, AClarc, RRClarc)}
+    expected = ["self", "model", "data", "artifact_labels", "labels", "activations"]
+    assert all(params == expected for params in signatures.values()), signatures
+
+
+def test_seed_system_spellings_are_supported_aliases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # supported aliases do not warn
+        assert PClarc(layer_name="features").layer == "features"
+        assert PClarc(cav_layers=["a", "b"]).layers == ["a", "b"]
+        assert AClarc(layer_names=["a"]).layers == ["a"]
+        assert RRClarc(layer_name="x", target_class=3).target == 3
+        rrr = ExplanationRegularization(n_epochs=4, random_state=9)
+    assert (rrr.epochs, rrr.seed) == (4, 9)
+    assert ALIASES["RRClarc"]["target_class"] == "target"
+    assert ALIASES["ExplanationRegularization"]["target"] == "masking"
+    with pytest.raises(InvalidParameterError, match="not both"):
+        ExplanationRegularization(epochs=3, n_epochs=4)
 
 
 @pytest.mark.parametrize("name", ["aclarc", "rrclarc"])
@@ -94,6 +216,22 @@ def test_trained_clarc_accepts_loaders_and_device(name, base_model, watermark):
         torch.testing.assert_close(pa, pb, msg=key)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_does_not_move_a_model_that_trains_where_it_is(name, base_model, watermark):
+    """device=None: the CAV extraction, the parameter search and the training run where the
+    model is; nothing calls model.to()."""
+    moves = []
+    original = base_model.to
+
+    def spy(*args, **kwargs):
+        moves.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    base_model.to = spy
+    fit(make(name), base_model, watermark)
+    assert moves == []
+
+
 def test_data_without_artifact_labels_is_refused(base_model, watermark):
     with pytest.raises(LatentSurgeonError, match="artifact labels"):
         AClarc("features", progress=False).fit(
@@ -106,9 +244,22 @@ def test_default_settings_build_every_correction():
     for name, cls in (("pclarc", PClarc), ("aclarc", AClarc), ("rrclarc", RRClarc),
                       ("rrr", ExplanationRegularization),
                       ("rrr_finetune", ExplanationRegularization)):
-        assert isinstance(cls(**default_settings(name)), cls)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the settings use the canonical names
+            assert isinstance(cls(**default_settings(name)), cls)
+    assert default_settings("P-ClArC") == default_settings("pclarc")
     settings = default_settings("pclarc")
     settings["alpha"] = 5.0
     assert default_settings("pclarc")["alpha"] == 1.0  # a fresh copy every time
-    with pytest.raises(LatentSurgeonError, match="known: pclarc"):
+    with pytest.raises(InvalidParameterError, match="one of pclarc"):
         default_settings("lrp")
+
+
+def test_a_model_with_all_parameters_frozen_is_refused(nets):
+    x, y, artifact = nets.tiny_data()
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(LatentSurgeonError, match="requires_grad=False"):
+        AClarc("1", epochs=1, cav_samples="all", progress=False).fit(model, (x, y, artifact))
+    assert not any(p.requires_grad for p in model.parameters())

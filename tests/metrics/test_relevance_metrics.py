@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import (
+    DeviceMismatchError,
+    InvalidParameterError,
+    LatentSurgeonError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from latentsurgeon.metrics import artifact_relevance, artifact_relevance_change
 
 H = W = 6
@@ -73,9 +79,9 @@ def test_samples_without_mask_are_left_out():
     assert shares[0] == pytest.approx(1.0) and torch.isnan(shares[1:]).all()
     assert artifact_relevance(model, x, masks) == pytest.approx(1.0)
     assert math.isnan(artifact_relevance(model, x, torch.zeros(H, W)))
-    with pytest.raises(LatentSurgeonError, match="method"):
+    with pytest.raises(InvalidParameterError, match="method must be one of"):
         artifact_relevance(model, x, mask, method="lrp")
-    with pytest.raises(LatentSurgeonError, match="masks"):
+    with pytest.raises(LatentSurgeonError, match=r"artifact_relevance\(\) needs masks"):
         artifact_relevance(model, x, None)
 
 
@@ -95,3 +101,40 @@ def test_model_state_is_restored():
     artifact_relevance(model, images(), mask)
     assert model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_tabular_rows_with_masks_of_their_own_shape():
+    """(N, D) inputs: share of |x * grad| on the masked columns, against a direct computation."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    x = torch.randn(8, 5)
+    masks = torch.zeros(8, 5)
+    masks[:, 4] = 1
+    masks[::2, 0] = 1
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
+    attr = (x * grad).abs()
+    expected = (attr * masks).sum(1) / attr.sum(1)
+    shares = artifact_relevance(model, x, masks, 1, per_sample=True)
+    torch.testing.assert_close(shares, expected)
+    # one (D,) mask for every row
+    column = torch.zeros(5)
+    column[4] = 1
+    torch.testing.assert_close(artifact_relevance(model, x, column, 1, per_sample=True),
+                               attr[:, 4] / attr.sum(1))
+
+
+def test_shortcut_detect_single_mask_and_errors_name_artifact_relevance():
+    model, mask = masked_linear(True)
+    x = images()
+    assert artifact_relevance(model, x, mask[None]) == pytest.approx(1.0)  # (1, H, W)
+    with pytest.raises(ShapeMismatchError, match=r"artifact_relevance\(\): masks must have"):
+        artifact_relevance(model, x, torch.ones(4, 6, 6))
+    with pytest.raises(NonFiniteError, match="artifact_relevance"):
+        artifact_relevance(model, x * float("nan"), mask)
+    with pytest.raises(DeviceMismatchError):
+        artifact_relevance(model, x, mask, device="meta")
+    with pytest.raises(InvalidParameterError, match="batch_size"):
+        artifact_relevance(model, x, mask, batch_size=0)
+    with pytest.raises(InvalidParameterError, match=r"targets must lie in \[0, 3\]"):
+        artifact_relevance(model, x, mask, targets=4)
