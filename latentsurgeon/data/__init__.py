@@ -17,6 +17,7 @@ from latentsurgeon.data.decoy import (
     swatch_gray,
 )
 from latentsurgeon.data.digits import load_digits16
+from latentsurgeon.data.tabular import spurious_tabular
 
 __all__ = [
     "CORNERS",
@@ -30,6 +31,7 @@ __all__ = [
     "load_digits16",
     "paste_swatch",
     "paste_watermark",
+    "spurious_tabular",
     "swatch_gray",
     "watermark_concept_sets",
 ]

@@ -126,6 +126,8 @@ def test_the_loop_runs_from_the_shell_on_a_user_model(workdir):
     before, after = rows["before"], rows["after"]
     assert before["gap"] > 0.05, "the user model should have learned the shortcut"
     assert after["poisoned_acc"] > before["poisoned_acc"] + 0.3
+    # P-ClArC's backward pass is the derivative of its forward: the attribution follows
+    assert after["artifact_relevance"] < before["artifact_relevance"]
     # the corrected weights are a plain state_dict of the exported model
     assert all(isinstance(v, torch.Tensor)
                for v in torch.load(workdir / "fixed.pt", weights_only=True).values())
