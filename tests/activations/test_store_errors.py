@@ -323,16 +323,20 @@ def test_integer_images_for_a_float_model(model, old_store):
     assert "images.float()" in message
 
 
-def test_model_on_the_meta_device(tmp_path):
+def test_model_on_the_meta_device(old_store):
     with torch.device("meta"):
         model = make_model()
-    with nothing_changes(model, tmp_path):
+    with nothing_changes(model, old_store.parent):
         with pytest.raises(InvalidParameterError, match="'meta' device") as info:
-            extract(model, make_data(), tmp_path / "s")
+            extract(model, make_data(), old_store.parent / "s")
+        with pytest.raises(InvalidParameterError, match="'meta' device"):
+            extract(model, make_data(), old_store, overwrite=True)
     assert str(info.value).startswith("model:")
+    assert_opens(old_store, make_model())
 
 
-def test_a_layer_that_never_runs(tmp_path):
+def test_a_layer_that_never_runs(old_store):
+    tmp_path = old_store.parent
     class Spare(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -352,13 +356,17 @@ def test_a_layer_that_never_runs(tmp_path):
     assert "'spare' did not run in the model's forward pass" in message
     assert "in call order: used, head" in message
     assert "forward pass run?" not in message
+    assert_opens(old_store, make_model())
 
 
 @pytest.mark.parametrize("selector", [2, [0, 2], None])
-def test_an_int_or_none_as_the_layer_selector(model, tmp_path, selector):
-    with nothing_changes(model, tmp_path):
+def test_an_int_or_none_as_the_layer_selector(model, old_store, selector):
+    with nothing_changes(model, old_store.parent):
         with pytest.raises(LayerSelectorError) as info:
-            extract(model, make_data(), tmp_path / "s", layers=selector)
+            extract(model, make_data(), old_store.parent / "s", layers=selector)
+        with pytest.raises(LayerSelectorError):
+            extract(model, make_data(), old_store, layers=selector, overwrite=True)
+    assert_opens(old_store, model)
     assert isinstance(info.value, TypeError) and isinstance(info.value, LatentSurgeonError)
     assert str(info.value).startswith("layers must be a layer name")
     if selector == 2:
