@@ -123,9 +123,12 @@ def _dtype_problem(exc: BaseException, inputs: Any, dtype: torch.dtype | None) -
     """A sentence explaining ``exc`` when it comes from integer inputs to a floating model."""
     integer = [t.dtype for t in _tensors(inputs) if not (t.is_floating_point() or t.is_complex())]
     text = str(exc).lower()
-    if not integer or dtype is None or not any(
-            k in text for k in ("dtype", "scalar type", "should be the same", "not implemented",
-                                "long", "int")):
+    # PyTorch's words for an integer tensor meeting float weights (conv, linear, norms)
+    mismatch = ("should be the same", "must have the same dtype", "expected scalar type",
+                "not implemented for 'long'", "not implemented for 'int'",
+                "not implemented for 'byte'", "not implemented for 'short'",
+                "not implemented for 'char'", "not implemented for 'bool'")
+    if not integer or dtype is None or not any(k in text for k in mismatch):
         return None
     return (f"data: the model computes in {dtype} but its inputs are {integer[0]} tensors, which "
             "it cannot take. Pass floating-point inputs (images as float, e.g. "
