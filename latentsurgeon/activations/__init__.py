@@ -1,10 +1,11 @@
-"""Activations: in-memory capture and the streamed, resumable, integrity-checked store."""
+"""Activations: in-memory capture, the one read path with early exit, and the on-disk store."""
 
 from latentsurgeon.activations.batching import as_loader
 from latentsurgeon.activations.capture import Captured, capture
 from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.activations.pooling import POOLINGS, pool
+from latentsurgeon.activations.read import LayerReader, layer_outputs
 from latentsurgeon.activations.store import ActivationStore
 
-__all__ = ["POOLINGS", "ActivationStore", "Captured", "as_loader", "capture", "model_fingerprint",
-           "pool"]
+__all__ = ["POOLINGS", "ActivationStore", "Captured", "LayerReader", "as_loader", "capture",
+           "layer_outputs", "model_fingerprint", "pool"]

@@ -82,7 +82,8 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
         StoreError: a shard is missing, damaged, or was extracted with another model, layers,
             pooling or dtype than the others.
     """
-    from latentsurgeon.activations.store import FORMAT_VERSION, MANIFEST, ActivationStore
+    from latentsurgeon.activations.store import ActivationStore
+    from latentsurgeon.activations.store_format import FORMAT_VERSION, MANIFEST
 
     path = Path(path)
     shards = [ActivationStore(shard_path(path, r, world)) for r in range(world)]
@@ -98,10 +99,16 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
         raise StoreError("A shard's manifest lacks its batch fingerprints (written by an older "
                          "version); extract the shards again with overwrite=True.")
     batch_fps = [fp for s in shards for fp in s.manifest["batch_fingerprints"]]
+    fingerprint = shards_fingerprint([s.manifest for s in shards])
+    # New files under new names; the manifest, replaced atomically, switches to them, and only
+    # then are the old ones removed: until the merge is complete the old store stays readable.
+    before = {p.name for p in path.glob("*.npy")}
     layers = {}
     for layer in first["layers"]:
         entry = shards[0].manifest["layers"][layer]
         file = entry["file"]
+        if file in before:
+            file = f"{Path(file).stem}.{fingerprint[:12]}.npy"
         shape = (total, *entry["shape"][1:])
         out = np.lib.format.open_memmap(path / file, mode="w+", dtype=np.dtype(entry["dtype"]),
                                         shape=shape)
@@ -127,10 +134,21 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
         "data_fingerprint": combine(batch_fps),
         "batch_fingerprints": batch_fps,
         "shards": [str(s.path.relative_to(path)) for s in shards],
-        "shards_fingerprint": shards_fingerprint([s.manifest for s in shards]),
+        "shards_fingerprint": fingerprint,
         "created": shards[-1].manifest.get("created", ""),
     }
+    nonfinite: dict[str, list[int]] = {}
+    offset = 0
+    for shard in shards:
+        for layer, rows in shard.manifest.get("nonfinite", {}).items():
+            nonfinite.setdefault(layer, []).extend(offset + int(r) for r in rows)
+        offset += shard.n_samples
+    if nonfinite:
+        manifest["nonfinite"] = nonfinite
     write_json_atomic(path / MANIFEST, manifest)
+    kept = {entry["file"] for entry in layers.values()}
+    for name in before - kept:
+        (path / name).unlink(missing_ok=True)
     logger.info("merged %d shards (%d samples) into %s", world, total, path)
 
 
@@ -147,10 +165,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _complete(path: Path) -> bool:
-    from latentsurgeon.activations.store import MANIFEST
+def _merged_fingerprint(cls: Any, path: Path) -> str | None:
+    """The shards fingerprint of the merged store at ``path`` (None: none, or unreadable)."""
+    from latentsurgeon.activations.store_format import MANIFEST
 
-    return (path / MANIFEST).exists()
+    if not (path / MANIFEST).exists():
+        return None
+    try:
+        return cls(path, verify=False).manifest.get("shards_fingerprint")
+    except StoreError:
+        return None
 
 
 def extract_sharded(cls: Any, model: torch.nn.Module, data: Any, layers: Any, path: Path,
@@ -161,32 +185,30 @@ def extract_sharded(cls: Any, model: torch.nn.Module, data: Any, layers: Any, pa
     Returns the merged store, or (outside a process group, while other shards are missing)
     this rank's shard store.
     """
-    from latentsurgeon.activations.store import MANIFEST
+    from latentsurgeon.activations.store_format import MANIFEST
 
     path = Path(path)
-    if rank == 0 and overwrite and (path / MANIFEST).exists():
-        (path / MANIFEST).unlink()
-    barrier()  # nobody reads a manifest rank 0 is about to replace
     mine = shard_path(path, rank, world)
     cls.extract(model, shard_loader(data, batch_size, rank, world), layers, mine,
                 overwrite=overwrite, shard=(0, 1), batch_size=batch_size, **kwargs)
     barrier()  # every shard complete
     # In a process group rank 0 merges; without one (shards run by hand, one after another),
     # whichever rank finds every shard complete merges.
+    shards = [shard_path(path, r, world) for r in range(world)]
     if _in_process_group():
         merge_here = rank == 0
     else:
-        merge_here = all(_complete(shard_path(path, r, world)) for r in range(world))
+        merge_here = all((s / MANIFEST).exists() for s in shards)
+    wanted = None
     if merge_here:
-        merged = path / MANIFEST
-        wanted = shards_fingerprint([cls(shard_path(path, r, world), verify=False).manifest
-                                     for r in range(world)])
-        current = None
-        if merged.exists():
-            current = cls(path, verify=False).manifest.get("shards_fingerprint")
-        if current != wanted:
-            if merged.exists():
-                merged.unlink()
+        wanted = shards_fingerprint([cls(s, verify=False).manifest for s in shards])
+        if _merged_fingerprint(cls, path) != wanted:
             merge_shards(path, world)
     barrier()  # the merged store exists for everyone
-    return cls(path if _complete(path) else mine, verify=False)
+    # The merged store at ``path`` counts only if it was merged from these very shards (an older
+    # merge stays readable, untouched, until a new one replaces it).
+    if wanted is None and all((s / MANIFEST).exists() for s in shards):
+        wanted = shards_fingerprint([cls(s, verify=False).manifest for s in shards])
+    if wanted is not None and _merged_fingerprint(cls, path) == wanted:
+        return cls(path, verify=False)
+    return cls(mine, verify=False)

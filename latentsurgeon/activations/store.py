@@ -1,24 +1,15 @@
-"""ActivationStore: layer activations over a dataset, streamed to memory-mapped files on disk.
+"""ActivationStore: layer activations over a dataset, in memory-mapped files on disk (the reader).
 
-Layout of a store directory::
-
-    manifest.json      written last, atomically: the store is complete when (and only when) it exists
-    progress.json      during extraction: configuration, samples done, per-batch fingerprints
-    000-features.0.npy one ``.npy`` file per layer, shape ``(n_samples, *pooled_shape)``
-
-Peak memory is one batch of activations, whatever the dataset size. A run that is killed resumes at
-the last committed batch and yields bit-identical arrays (same model, same data order). A store whose
-files were altered, or that belongs to other weights or other data, is refused with
+A store is written by :meth:`ActivationStore.extract` (:mod:`latentsurgeon.activations.store_writer`)
+and laid out as :mod:`latentsurgeon.activations.store_format` says. Peak memory while writing is one
+batch of activations, whatever the dataset size; a killed extraction resumes at the last committed
+batch with bit-identical arrays; ``overwrite=True`` replaces a store atomically. A store whose files
+were altered, or that belongs to other weights or other data, is refused with
 :class:`~latentsurgeon.errors.StoreError`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import re
-import shutil
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,81 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from latentsurgeon._io import write_json_atomic
-from latentsurgeon.activations.batching import (
-    DataLike,
-    as_loader,
-    batch_inputs,
-    loader_length,
-    model_device,
-    to_device,
+from latentsurgeon.activations.batching import DataLike
+from latentsurgeon.activations.fingerprint import file_fingerprint, model_fingerprint
+from latentsurgeon.activations.store_format import (
+    DTYPES,
+    FORMAT_VERSION,
+    MANIFEST,
+    PROGRESS,
+    check_manifest,
+    read_json,
 )
-from latentsurgeon.activations.fingerprint import (
-    combine,
-    file_fingerprint,
-    model_fingerprint,
-    tensor_fingerprint,
-)
-from latentsurgeon.activations.pooling import check_pooling, pool
-from latentsurgeon.activations.sharding import current_shard, extract_sharded
 from latentsurgeon.errors import StoreError
-from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
 
-logger = logging.getLogger("latentsurgeon")
+__all__ = ["FORMAT_VERSION", "MANIFEST", "PROGRESS", "ActivationStore"]
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
-_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
-
-
-def _file_name(index: int, layer: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", layer) or "root"
-    return f"{index:03d}-{safe}.npy"
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path) as handle:
-            payload = json.load(handle)
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise StoreError(f"The {what} {path} is damaged or unreadable ({exc}).") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise StoreError(f"The {what} {path} is not a latentsurgeon store (format {FORMAT_VERSION}).")
-    return payload
-
-
-def _check_manifest(path: Path, manifest: dict) -> None:
-    """Raise :class:`StoreError` (not ``KeyError``) when a manifest lacks a field readers need."""
-    fields = {"layers": dict, "n_samples": int, "model_fingerprint": str,
-              "data_fingerprint": str, "config": dict}
-    entry_fields = {"file": str, "shape": list, "dtype": str, "bytes": int, "fingerprint": str,
-                    "pooling": str}
-    config_fields = ("layers", "pooling", "dtype", "model_fingerprint", "n_samples")
-    bad = [k for k, t in fields.items() if not isinstance(manifest.get(k), t)]
-    if not bad:
-        bad += [k for k in config_fields if k not in manifest["config"]]
-        for layer, entry in manifest["layers"].items():
-            if not isinstance(entry, dict):
-                bad.append(layer)
-                continue
-            bad += [f"{layer}.{k}" for k, t in entry_fields.items()
-                    if not isinstance(entry.get(k), t)]
-    if bad:
-        raise StoreError(f"The manifest of the store at {path} is damaged (bad or missing fields: "
-                         f"{', '.join(bad)}). Extract it again with overwrite=True.")
-
-
-def _batch_fingerprint(inputs: Any) -> str:
-    if isinstance(inputs, torch.Tensor):
-        return tensor_fingerprint(inputs)
-    if isinstance(inputs, Mapping):
-        return combine([k + tensor_fingerprint(v) for k, v in sorted(inputs.items())
-                        if isinstance(v, torch.Tensor)])
-    return combine([tensor_fingerprint(v) for v in inputs if isinstance(v, torch.Tensor)])
+_DTYPES = DTYPES  # the name older code imported
 
 
 class ActivationStore:
@@ -116,23 +49,26 @@ class ActivationStore:
             sizes and headers are checked.
 
     Raises:
-        StoreError: the store is incomplete, damaged, or was made from another model.
+        StoreError: the store is missing, incomplete, damaged, or was made from another model.
     """
 
     def __init__(self, path: str | Path, *, model: nn.Module | None = None,
                  verify: bool = True) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"path: {self.path} is a file, not an activation store directory.")
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             if (self.path / PROGRESS).exists():
-                done = _read_json(self.path / PROGRESS, "progress file").get("n_done", 0)
+                done = read_json(self.path / PROGRESS, "progress file").get("n_done", 0)
                 raise StoreError(
                     f"The store at {self.path} is incomplete ({done} samples written); run "
                     "ActivationStore.extract(...) again with the same model and data to resume it."
                 )
-            raise StoreError(f"No activation store at {self.path} (no {MANIFEST}).")
-        self.manifest = _read_json(manifest_path, "manifest")
-        _check_manifest(self.path, self.manifest)
+            what = "no such directory" if not self.path.exists() else f"no {MANIFEST}"
+            raise StoreError(f"No activation store at {self.path} ({what}).")
+        self.manifest = read_json(manifest_path, "manifest")
+        check_manifest(self.path, self.manifest)
         if not self.manifest.get("complete"):
             raise StoreError(f"The store at {self.path} is marked incomplete.")
         self._check_files(verify)
@@ -142,7 +78,8 @@ class ActivationStore:
     # -- properties ------------------------------------------------------------------------------
     @property
     def layers(self) -> list[str]:
-        return list(self.manifest["layers"])
+        """The layer names, in the model's order (``named_modules()``), as they were selected."""
+        return list(self.manifest["config"]["layers"])
 
     @property
     def n_samples(self) -> int:
@@ -155,10 +92,16 @@ class ActivationStore:
     def pooling(self, layer: str) -> str:
         return self._entry(layer)["pooling"]
 
+    def nonfinite_rows(self, layer: str) -> np.ndarray:
+        """Rows of ``layer`` holding NaN or Inf, recorded by ``extract(..., nonfinite="record")``
+        (empty otherwise: by default such rows are refused at extraction)."""
+        self._entry(layer)
+        return np.asarray(self.manifest.get("nonfinite", {}).get(layer, []), dtype=np.int64)
+
     def _entry(self, layer: str) -> dict:
         try:
             return self.manifest["layers"][layer]
-        except KeyError:
+        except (KeyError, TypeError):
             raise StoreError(
                 f"Layer {layer!r} is not in the store at {self.path}; it holds {self.layers}."
             ) from None
@@ -226,10 +169,13 @@ class ActivationStore:
         """A short human-readable description (layers, shapes, pooling, size on disk)."""
         lines = [f"ActivationStore at {self.path}: {self.n_samples} samples, "
                  f"{len(self.layers)} layers, model {self.manifest['model_fingerprint'][:12]}"]
-        for layer, entry in self.manifest["layers"].items():
+        nonfinite = self.manifest.get("nonfinite", {})
+        for layer in self.layers:
+            entry = self.manifest["layers"][layer]
             mib = entry["bytes"] / 2**20
+            bad = f"  {len(nonfinite[layer])} rows NaN/Inf" if nonfinite.get(layer) else ""
             lines.append(f"  {layer:<24} {str(tuple(entry['shape'])):<20} {entry['dtype']:<8} "
-                         f"pooling={entry['pooling']:<8} {mib:8.2f} MiB")
+                         f"pooling={entry['pooling']:<8} {mib:8.2f} MiB{bad}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -254,25 +200,31 @@ class ActivationStore:
         progress: bool = True,
         verify: bool = True,
         shard: tuple[int, int] | None = None,
+        stop_early: bool = True,
+        nonfinite: str = "raise",
     ) -> ActivationStore:
         """Run ``model`` over ``data`` once and stream the selected layers' activations to ``path``.
 
         Args:
-            model: the network (run in eval mode under ``torch.no_grad``; its mode is restored).
+            model: the network (run in eval mode under ``torch.no_grad``; its state is restored).
+                Floating inputs are cast to the model's floating dtype (fp16/bf16 models).
             data: a DataLoader, a Dataset, a tensor ``(N, ...)`` or a tuple of tensors; the model
                 input is a batch's first element. The order is kept: row ``i`` of every array is
                 the ``i``-th sample the loader yields.
-            layers: layer selector (names, globs, ``re:`` regexes, classes).
+            layers: layer selector (names, globs, ``path:`` globs, ``re:`` regexes, classes).
+                The store lists them in the model's order.
             path: store directory (created if missing).
             pooling: ``"max"``, ``"mean"``, ``"flatten"`` or ``"none"``, or a dict per layer.
             batch_size: used when ``data`` is not already a DataLoader.
-            device: where the inputs go (default: the model's device).
+            device: None or the model's device (analysis never moves the model).
             dtype: ``"float32"`` (default), ``"float16"`` or ``"float64"`` on disk.
             resume: continue an interrupted extraction at ``path`` (default). With ``False``
                 a partial store is discarded and extraction starts over.
-            overwrite: replace a complete or mismatching store instead of refusing it.
-            forward_fn: ``forward_fn(model, inputs)`` instead of ``model(inputs)`` (e.g. to
-                unpack dict inputs for a transformer).
+            overwrite: replace a complete or mismatching store instead of refusing it. Atomic: the
+                new store is written beside the old one (``.NAME.overwrite``) and swapped in once
+                complete; until then, and if the extraction fails, the old store stays as it was.
+            forward_fn: ``forward_fn(model, inputs)`` instead of ``model(inputs)``
+                (``model(**inputs)`` for dict inputs).
             progress: show a progress bar over batches.
             verify: verify the file fingerprints of a store that already exists before reusing it.
             shard: ``(rank, world_size)`` for a multi-process extraction; default: the running
@@ -280,253 +232,30 @@ class ActivationStore:
                 contiguous block of the data into ``path/shards/`` (resumable on its own), then
                 rank 0 merges the blocks, in order, into ``path``: the result equals a
                 single-process store. Every rank must call ``extract`` with the same arguments.
+            stop_early: end each forward pass once every selected layer has produced its output
+                (default; the arrays are bit-identical to whole passes). ``False`` runs the whole
+                model, for later layers with side effects you need.
+            nonfinite: ``"raise"`` (default): NaN or Inf activations raise
+                :class:`~latentsurgeon.errors.NonFiniteError` naming the layer and rows, before
+                anything of that batch is written. ``"record"``: store them and list the rows in
+                the manifest (:meth:`nonfinite_rows`).
 
         Returns:
             The complete :class:`ActivationStore`.
 
         Raises:
             StoreError: an existing store at ``path`` belongs to other weights, layers or data,
-                or is damaged (pass ``overwrite=True`` to replace it).
+                or is damaged (pass ``overwrite=True`` to replace it); ``path`` is a file or
+                cannot be written.
+            InvalidParameterError: a bad ``batch_size``, ``dtype``, ``nonfinite``, ``pooling``;
+                a model on the ``meta`` device; integer inputs to a floating model.
+            NonFiniteError: NaN/Inf activations (with ``nonfinite="raise"``).
+            LayerNotFoundError: a layer selector matches nothing, or a layer does not run.
         """
-        if dtype not in _DTYPES:
-            raise StoreError(f"Unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}.")
-        path = Path(path)
-        rank, world = current_shard() if shard is None else shard
-        if world > 1:
-            return extract_sharded(
-                cls, model, data, layers, path, rank, world, batch_size, overwrite,
-                {"pooling": pooling, "device": device, "dtype": dtype, "resume": resume,
-                 "forward_fn": forward_fn, "progress": progress and rank == 0, "verify": verify})
-        loader = as_loader(data, batch_size)
-        names = list(resolve_layers(model, layers))
-        if not isinstance(pooling, str):
-            unknown = sorted(set(pooling) - set(names))
-            if unknown:  # a typo would silently store that layer unpooled
-                raise StoreError(f"pooling names layers that are not extracted: {unknown}; "
-                                 f"the layers are {names}.")
-        poolings = {n: check_pooling(pooling if isinstance(pooling, str) else pooling.get(n, "none"))
-                    for n in names}
-        n_samples = loader_length(loader)
-        config = {
-            "layers": names,
-            "pooling": poolings,
-            "dtype": dtype,
-            "model_fingerprint": model_fingerprint(model),
-            "n_samples": n_samples,
-        }
-        forward = forward_fn or (lambda m, x: m(x))
-        device = model_device(model) if device is None else torch.device(device)
+        from latentsurgeon.activations.store_writer import extract_store
 
-        if (path / MANIFEST).exists() and not overwrite:
-            return cls._reuse(path, config, loader, verify)
-        if overwrite or not resume:
-            cls._clear(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = cls._load_progress(path, config)
-
-        writer = _StoreWriter(path, config, state)
-        with preserve_model_state(model), HookGroup() as group, torch.no_grad():
-            model.eval()
-            captured: dict[str, torch.Tensor] = {}
-
-            def record(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
-                # Pool and copy now: a later in-place op (``ReLU(inplace=True)``) would otherwise
-                # change the output before it is written.
-                tensor = primary_tensor(output).detach()
-                captured[name] = pool(tensor, poolings[name]).clone()
-
-            group.forward(model, names, record)
-            bar = tqdm(loader, desc="extracting activations", unit="batch", disable=not progress,
-                       leave=False)
-            position = 0
-            for batch_index, batch in enumerate(bar):
-                inputs = batch_inputs(batch)
-                fingerprint = _batch_fingerprint(inputs)
-                size = len(primary_tensor(inputs) if not isinstance(inputs, Mapping)
-                           else next(iter(inputs.values())))
-                if batch_index < len(state["batches"]):
-                    recorded_end, recorded_fp = state["batches"][batch_index]
-                    if recorded_fp != fingerprint or recorded_end != position + size:
-                        raise StoreError(
-                            f"Cannot resume the store at {path}: batch {batch_index} differs from "
-                            "the interrupted run's (the data, their order or the batch size "
-                            "changed; a shuffling loader cannot be resumed). Use overwrite=True to start over."
-                        )
-                    position += size
-                    continue
-                captured.clear()
-                forward(model, to_device(inputs, device))
-                pooled = {}
-                for name in names:
-                    if name not in captured:
-                        raise StoreError(f"Layer {name!r} was not run by the forward pass.")
-                    pooled[name] = captured[name].to("cpu")
-                writer.write(position, pooled, fingerprint)
-                position += size
-            bar.close()
-        if position != n_samples:
-            raise StoreError(f"The data yielded {position} samples, {n_samples} were expected.")
-        writer.finish()
-        return cls(path, verify=False)
-
-    @classmethod
-    def _reuse(cls, path: Path, config: dict, loader: Any, verify: bool) -> ActivationStore:
-        store = cls(path, verify=verify)
-        manifest = store.manifest
-        for key in ("layers", "dtype", "model_fingerprint", "n_samples"):
-            if manifest["config"][key] != config[key]:
-                raise StoreError(
-                    f"A complete store at {path} was made with another {key.replace('_', ' ')} "
-                    f"({manifest['config'][key]!r}, now {config[key]!r}); pass overwrite=True to "
-                    "replace it or choose another path."
-                )
-        if manifest["config"]["pooling"] != config["pooling"]:
-            raise StoreError(f"A complete store at {path} used other pooling "
-                             f"({manifest['config']['pooling']}); pass overwrite=True to replace it.")
-        fingerprint = combine([_batch_fingerprint(batch_inputs(b)) for b in loader])
-        if fingerprint != manifest["data_fingerprint"]:
-            raise StoreError(f"A complete store at {path} was extracted from other data, in another "
-                             "order, or in other batches (data are compared batch by batch: keep "
-                             "the batch size); pass overwrite=True to replace it.")
-        logger.info("reusing the complete activation store at %s", path)
-        return store
-
-    @staticmethod
-    def _clear(path: Path) -> None:
-        if not path.exists():
-            return
-        known = {MANIFEST, PROGRESS}
-        for child in path.iterdir():
-            if child.name in known or child.suffix == ".npy" or child.name.endswith(".tmp"):
-                child.unlink()
-            elif child.is_dir():
-                shutil.rmtree(child)
-
-    @staticmethod
-    def _load_progress(path: Path, config: dict) -> dict:
-        progress_path = path / PROGRESS
-        if not progress_path.exists():
-            return {"format": FORMAT_VERSION, "config": config, "n_done": 0, "batches": [],
-                    "shapes": None, "checksums": []}
-        state = _read_json(progress_path, "progress file")
-        fields = {"config": dict, "batches": list, "checksums": list, "n_done": int}
-        if (any(not isinstance(state.get(k), t) for k, t in fields.items())
-                or len(state["batches"]) != len(state["checksums"])
-                or not (isinstance(state.get("shapes"), dict)
-                        or (state.get("shapes") is None and not state["batches"]))):
-            raise StoreError(f"Cannot resume the store at {path}: its progress file is damaged. "
-                             "Pass overwrite=True (or resume=False) to start over.")
-        for key, value in config.items():
-            if state["config"].get(key) != value:
-                raise StoreError(
-                    f"Cannot resume the store at {path}: it was started with another "
-                    f"{key.replace('_', ' ')}. Pass overwrite=True (or resume=False) to start over."
-                )
-        _verify_written(path, state)
-        logger.info("resuming activation store at %s from sample %d", path, state["n_done"])
-        return state
-
-
-def _verify_written(path: Path, state: dict) -> None:
-    """Check that the rows committed before an interruption are still what was written."""
-    if not state["batches"]:
-        return
-    try:
-        arrays = {name: np.load(path / info["file"], mmap_mode="r")
-                  for name, info in state["shapes"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, truncated, bad entry
-        raise StoreError(f"Cannot resume the store at {path}: its files are damaged ({exc}). "
-                         "Pass overwrite=True to start over.") from exc
-    start = 0
-    for (end, _), checksum in zip(state["batches"], state["checksums"], strict=True):
-        if _rows_checksum(arrays, start, end) != checksum:
-            raise StoreError(
-                f"Cannot resume the store at {path}: rows {start}..{end} were damaged after they "
-                "were written. Pass overwrite=True to start over."
-            )
-        start = end
-
-
-def _rows_checksum(arrays: Mapping[str, np.ndarray], start: int, end: int) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for name in sorted(arrays):
-        digest.update(np.ascontiguousarray(arrays[name][start:end]).tobytes())
-    return digest.hexdigest()
-
-
-class _StoreWriter:
-    """Owns the memory maps and the progress file during one extraction."""
-
-    def __init__(self, path: Path, config: dict, state: dict) -> None:
-        self.path = path
-        self.config = config
-        self.state = state
-        self.arrays: dict[str, np.memmap] = {}
-        if state["shapes"] is not None:
-            for name, info in state["shapes"].items():
-                self.arrays[name] = np.load(path / info["file"], mmap_mode="r+")
-
-    def _allocate(self, pooled: Mapping[str, torch.Tensor]) -> None:
-        shapes = {}
-        for index, name in enumerate(self.config["layers"]):
-            file = _file_name(index, name)
-            shape = (self.config["n_samples"], *pooled[name].shape[1:])
-            self.arrays[name] = np.lib.format.open_memmap(
-                self.path / file, mode="w+", dtype=_DTYPES[self.config["dtype"]], shape=shape)
-            shapes[name] = {"file": file, "shape": list(shape)}
-        self.state["shapes"] = shapes
-
-    def write(self, start: int, pooled: Mapping[str, torch.Tensor], fingerprint: str) -> None:
-        if not self.arrays:
-            self._allocate(pooled)
-        end = start + len(next(iter(pooled.values())))
-        for name, value in pooled.items():
-            expected = tuple(self.arrays[name].shape[1:])
-            if tuple(value.shape[1:]) != expected:
-                raise StoreError(
-                    f"Layer {name!r} produced per-sample shape {tuple(value.shape[1:])} but the "
-                    f"store holds {expected}; inputs of varying size need pooling='max' or 'mean'."
-                )
-            self.arrays[name][start:end] = value.numpy()
-        # The rows are in the shared mapping (the page cache) before the batch is recorded as
-        # done, so a killed process never skips a batch on resume. Syncing to the disk every batch
-        # would only guard against power cuts and costs an msync per batch; rows damaged that way
-        # are caught by the per-batch checksums when resuming.
-        self.state["batches"].append([end, fingerprint])
-        self.state["checksums"].append(_rows_checksum(self.arrays, start, end))
-        self.state["n_done"] = end
-        write_json_atomic(self.path / PROGRESS, self.state, durable=False)
-
-    def finish(self) -> None:
-        if not self.arrays:
-            raise StoreError("No data: the loader yielded no batch.")
-        layers = {}
-        for name, array in self.arrays.items():
-            array.flush()
-            info = self.state["shapes"][name]
-            file = self.path / info["file"]
-            layers[name] = {
-                "file": info["file"],
-                "shape": list(array.shape),
-                "dtype": str(array.dtype),
-                "pooling": self.config["pooling"][name],
-                "bytes": file.stat().st_size,
-                "fingerprint": file_fingerprint(file),
-            }
-        del self.arrays
-        manifest = {
-            "format": FORMAT_VERSION,
-            "complete": True,
-            "config": self.config,
-            "layers": layers,
-            "n_samples": self.config["n_samples"],
-            "model_fingerprint": self.config["model_fingerprint"],
-            "data_fingerprint": combine([fp for _, fp in self.state["batches"]]),
-            # per batch, so that sharded stores merge into the single-process fingerprint
-            "batch_fingerprints": [fp for _, fp in self.state["batches"]],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        write_json_atomic(self.path / MANIFEST, manifest)
-        (self.path / PROGRESS).unlink(missing_ok=True)
+        return extract_store(
+            cls, model, data, layers, path, pooling=pooling, batch_size=batch_size, device=device,
+            dtype=dtype, resume=resume, overwrite=overwrite, forward_fn=forward_fn,
+            progress=progress, verify=verify, shard=shard, stop_early=stop_early,
+            nonfinite=nonfinite)

@@ -16,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 from torch import nn
-from tqdm.auto import tqdm
 
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Callable, Interval, Options, check_finite
-from latentsurgeon.activations import capture
+from latentsurgeon.activations import layer_outputs
 from latentsurgeon.activations.batching import (
     Samples,
     as_samples,
-    index_batches,
     model_device,
     to_tensor,
 )
@@ -182,24 +180,11 @@ def check_labels(model: nn.Module, samples: Samples, head: str | int | None) -> 
 
 def layer_activations(model: nn.Module, layers: Sequence[str], inputs: torch.Tensor, *,
                       batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Outputs of ``layers`` for every input, in eval mode without gradients, on CPU.
-
-    An analysis pass: it runs where the model is (never moves it) and reads copies of the
-    outputs, so a later in-place op (``ReLU(inplace=True)``, ``out += x``) cannot change them.
-    """
-    device = model_device(model)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with preserve_model_state(model), torch.no_grad(), \
-            capture(model, list(layers), copy=True) as cap:
-        model.eval()
-        batches = list(index_batches(len(inputs), batch_size))
-        for idx in tqdm(batches, desc=f"activations at {', '.join(layers)}", leave=False,
-                        disable=None if progress else True):
-            model(inputs[idx].to(device))
-            for name in layers:
-                parts[name].append(cap[name].cpu())  # one batch on the device at a time
-    return {name: check_finite(torch.cat(chunks), f"activations of layer {name!r}")
-            for name, chunks in parts.items()}
+    """Outputs of ``layers`` for every input, in eval mode without gradients, on CPU: the one
+    read path (:func:`latentsurgeon.activations.layer_outputs`), so it runs where the model is,
+    stops after the last layer needed, reads the true outputs whatever in-place op follows, and
+    refuses NaN/Inf."""
+    return layer_outputs(model, inputs, list(layers), batch_size=batch_size, progress=progress)
 
 
 def _storable(value: Any) -> bool:

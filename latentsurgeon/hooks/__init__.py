@@ -1,19 +1,30 @@
 """The one hook mechanism: layer selection, hook contexts that always clean up, a state guard."""
 
 from latentsurgeon.errors import LayerNotFoundError
-from latentsurgeon.hooks.handles import HookGroup, hooked
+from latentsurgeon.hooks.handles import HookGroup, check_hook_function, hooked
 from latentsurgeon.hooks.outputs import (
     classification_logits,
     primary_tensor,
     replace_primary,
     select_logits,
 )
-from latentsurgeon.hooks.resolve import get_layer, layer_names, resolve_layers
+from latentsurgeon.hooks.resolve import (
+    LayerSelectorError,
+    Select,
+    get_layer,
+    layer_names,
+    resolve_layers,
+)
 from latentsurgeon.hooks.state import hook_count, preserve_model_state
+from latentsurgeon.hooks.stop import ForwardStopper
 
 __all__ = [
+    "ForwardStopper",
     "HookGroup",
     "LayerNotFoundError",
+    "LayerSelectorError",
+    "Select",
+    "check_hook_function",
     "classification_logits",
     "get_layer",
     "hook_count",

@@ -26,15 +26,72 @@ _LAZY_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
 _MISSING = object()
 
 
+class _Structure:
+    """What a module holds, by identity: its class, parameters, buffers and children."""
+
+    __slots__ = ("module", "cls", "parameters", "buffers", "children", "non_persistent")
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.cls = module.__class__
+        self.parameters = dict(module._parameters)
+        self.buffers = dict(module._buffers)
+        self.children = dict(module._modules)
+        self.non_persistent = set(module._non_persistent_buffers_set)
+
+    def restore(self) -> None:
+        module = self.module
+        if module.__class__ is not self.cls:  # e.g. torch.nn.utils.parametrize swaps the class
+            module.__class__ = self.cls
+        for table, saved in ((module._parameters, self.parameters), (module._buffers, self.buffers),
+                             (module._modules, self.children)):
+            if list(table) != list(saved) or any(table[k] is not v for k, v in saved.items()):
+                table.clear()  # the same dict object: code holding it sees the restored one
+                table.update(saved)
+        if module._non_persistent_buffers_set != self.non_persistent:
+            module._non_persistent_buffers_set.clear()
+            module._non_persistent_buffers_set.update(self.non_persistent)
+        # A plain attribute set in place of a deleted parameter/buffer/child would shadow it.
+        for name in (*self.parameters, *self.buffers, *self.children):
+            module.__dict__.pop(name, None)
+
+
+def _snapshot_values(structures: list[_Structure]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(tensor object, copy of its values)`` for every parameter and buffer, each once."""
+    seen: set[int] = set()
+    saved = []
+    for structure in structures:
+        for tensor in (*structure.parameters.values(), *structure.buffers.values()):
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            saved.append((tensor, tensor.detach().clone()))
+    return saved
+
+
+def _restore_values(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for tensor, value in saved:
+            if (tensor.shape == value.shape and tensor.dtype == value.dtype
+                    and tensor.device == value.device):
+                tensor.copy_(value)
+            else:  # resized or cast in place (``p.data = ...``): give it back its own values
+                tensor.data = value
+
+
 @contextmanager
 def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> Iterator[nn.Module]:
     """Restore hooks, ``training`` flags and ``requires_grad`` flags on exit, also after an exception.
 
     Args:
         model: the network to guard.
-        restore_weights: also snapshot parameters and buffers and copy them back on exit (costs one
-            copy of the weights). Use it around code that may train and must not keep the change
-            if it fails.
+        restore_weights: also restore the model's weights exactly (costs one copy of them): every
+            module gets back, by identity, its class, the parameter, buffer and child-module
+            objects it held (a rebound ``module.weight = ...``, a swapped or added child, a
+            parametrization are undone), and those objects get back their values (an optimizer
+            step, ``p.data = ...``). An optimizer built before the block still points at the
+            model's parameters afterwards. Use it around code that may train and must not keep
+            the change if it fails.
 
     Hooks that existed before stay; hooks added inside the block are removed.
     """
@@ -46,14 +103,14 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
     ]
     lazy_flags = [{flag: m.__dict__.get(flag, _MISSING) for flag in _LAZY_HOOK_FLAGS}
                   for m in modules]
-    saved = (
-        {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-        if restore_weights
-        else None
-    )
+    structures = [_Structure(m) for m in modules] if restore_weights else None
+    saved = _snapshot_values(structures) if structures is not None else None
     try:
         yield model
     finally:
+        if structures is not None:
+            for structure in structures:
+                structure.restore()
         for module, flag in zip(modules, training, strict=True):
             module.training = flag
         for param, flag in grad_flags:
@@ -72,10 +129,7 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
                 else:
                     module.__dict__[flag] = value
         if saved is not None:
-            with torch.no_grad():
-                current = model.state_dict(keep_vars=True)
-                for key, value in saved.items():
-                    current[key].copy_(value)
+            _restore_values(saved)
 
 
 def hook_count(model: nn.Module) -> int:

@@ -24,7 +24,8 @@ from torch import nn
 
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Callable, Options, check_finite
-from latentsurgeon.activations.capture import capture
+from latentsurgeon.activations.batching import batch_inputs, batch_size_of, iter_batches
+from latentsurgeon.activations.read import LayerReader
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
 from latentsurgeon.hooks.resolve import LayerSelector, resolve_layers
@@ -34,7 +35,6 @@ from latentsurgeon.intervene._common import (
     broadcast_vector,
     check_positions,
     merge_positions,
-    run_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -201,16 +201,15 @@ class SteeringVector(Estimator):
     ) -> tuple[dict[str, torch.Tensor], int]:
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        with capture(model, names, copy=True) as cap:
-            for n, batch, _ in run_batches(model, inputs, batch_size=batch_size,
-                                           forward_fn=forward_fn, device=device):
+        # The one read path: early exit after the last steered layer, true outputs whatever runs
+        # later, the model's device and dtype.
+        with LayerReader(model, names, forward_fn=forward_fn, device=device) as reader:
+            for batch in iter_batches(inputs, batch_size):
+                batch = batch_inputs(batch)
+                n = batch_size_of(batch)
+                acts = reader.read(batch)
                 for name in names:
-                    if name not in cap:
-                        raise LatentSurgeonError(
-                            f"Layer {name!r} did not run during the forward pass on the {what} "
-                            "inputs; choose layers the model's forward uses."
-                        )
-                    act = cap[name]
+                    act = acts[name]
                     if act.shape[0] != n:
                         raise LatentSurgeonError(
                             f"Layer {name!r} produced {act.shape[0]} rows for {n} samples: it runs "
@@ -226,7 +225,6 @@ class SteeringVector(Estimator):
                             "text: the same number of tokens)."
                         )
                     sums[name] = sums[name] + total if name in sums else total
-                cap.clear()
                 count += n
         if count == 0:
             raise LatentSurgeonError(f"The {what} inputs yielded no samples.")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from latentsurgeon import LatentSurgeonError, LayerNotFoundError, StoreError
 from latentsurgeon.activations import POOLINGS, ActivationStore, capture, pool
+from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.hooks import hook_count
 
 
@@ -496,10 +497,10 @@ def test_model_state_restored_after_extract(model, x, tmp_path):
     assert hook_count(model) == 1
 
     def explode(m, inputs):
-        m(inputs)
         if len(seen) > 4:
             raise RuntimeError("mid-way")
         seen.append(1)
+        return m(inputs)
 
     with pytest.raises(RuntimeError, match="mid-way"):
         extract(model, x, tmp_path / "bad", batch_size=8, forward_fn=explode)
@@ -516,7 +517,7 @@ def test_errors_are_value_errors(model, x, tmp_path):
     with pytest.raises(ValueError) as info:
         extract(model, x, tmp_path / "p", pooling="avg")
     assert isinstance(info.value, LatentSurgeonError)
-    with pytest.raises(StoreError, match="dtype"):
+    with pytest.raises(InvalidParameterError, match="dtype must be one of"):
         extract(model, x, tmp_path / "d", dtype="int8")
     with pytest.raises(LayerNotFoundError, match="features.3"):
         extract(model, x, tmp_path / "l", layers=["featurs.3"])

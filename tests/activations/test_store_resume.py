@@ -17,6 +17,7 @@ import torch
 
 from latentsurgeon import StoreError
 from latentsurgeon.activations import ActivationStore
+from latentsurgeon.errors import InvalidParameterError
 
 WORKER = Path(__file__).with_name("_extract_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +196,10 @@ def test_resume_with_another_model_layers_pooling_or_dtype_is_refused(partial):
     with pytest.raises(StoreError, match="dtype"):
         W.extract(partial, data=data, dtype="float16")
     with pytest.raises(StoreError, match="layers"):
+        ActivationStore.extract(W.build_model(), data, W.LAYERS[:2], partial,
+                                pooling={k: W.POOLING[k] for k in W.LAYERS[:2]},
+                                batch_size=W.BATCH_SIZE, progress=False)
+    with pytest.raises(InvalidParameterError, match="pooling names layers that are not read"):
         ActivationStore.extract(W.build_model(), data, W.LAYERS[:2], partial,
                                 pooling=W.POOLING, batch_size=W.BATCH_SIZE, progress=False)
 

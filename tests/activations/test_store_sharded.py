@@ -81,3 +81,28 @@ def test_a_shuffling_loader_cannot_be_sharded(tmp_path):
     with pytest.raises(StoreError, match="fixed order"):
         ActivationStore.extract(model, loader, ["3"], tmp_path / "x", shard=(0, 2),
                                 progress=False)
+
+
+def test_overwriting_sharded_stores_keeps_the_old_merge_readable_until_the_new_one(tmp_path):
+    model, data = build()
+    path = tmp_path / "s"
+    for rank in range(2):
+        ActivationStore.extract(model, data, ["3"], path, batch_size=10, shard=(rank, 2),
+                                progress=False)
+    old = np.asarray(ActivationStore(path, model=model)["3"]).copy()
+    other = torch.nn.Sequential(*build()[0])
+    with torch.no_grad():
+        other[3].bias.add_(1.0)
+    # run by hand, shard 0 is redone first: the shards disagree until shard 1 is redone too
+    with pytest.raises(StoreError, match="another model fingerprint"):
+        ActivationStore.extract(other, data, ["3"], path, batch_size=10, shard=(0, 2),
+                                overwrite=True, progress=False)
+    still = ActivationStore(path, model=model)  # the old merge: intact and verified
+    assert np.array_equal(np.asarray(still["3"]), old)
+    merged = ActivationStore.extract(other, data, ["3"], path, batch_size=10, shard=(1, 2),
+                                     overwrite=True, progress=False)
+    assert merged.path == path
+    new = ActivationStore(path, model=other)
+    np.testing.assert_allclose(np.asarray(new["3"]), old + 1.0, rtol=0, atol=1e-5)
+    npy = sorted(p.name for p in path.glob("*.npy"))
+    assert npy == [new.manifest["layers"]["3"]["file"]]  # the old merge's file is gone

@@ -255,3 +255,108 @@ def test_forward_pre_prepend_runs_before_earlier_pre_hooks():
         group.forward_pre(model, "0", lambda name, m, args: seen.append("prepended"), prepend=True)
         model(torch.zeros(1))
     assert seen == ["prepended", "first"]
+
+
+# -- hook functions of the wrong shape --------------------------------------------------------------
+
+def _state(model: nn.Module) -> tuple:
+    return (hook_count(model), [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()],
+            [p.detach().clone() for p in model.parameters()])
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return a[:3] == b[:3] and all(torch.equal(x, y) for x, y in zip(a[3], b[3], strict=True))
+
+
+def test_pytorch_style_hook_functions_are_refused_with_a_clear_message(mlp, x):
+    from latentsurgeon.errors import InvalidParameterError
+
+    def torch_forward(module, inputs, output):
+        return output * 2
+
+    def torch_pre(module, inputs):
+        return None
+
+    def torch_backward(module, grad_input, grad_output):
+        return None
+
+    before = _state(mlp)
+    for kwargs, argument, ours in (
+            ({"forward": torch_forward}, "forward", "fn(name, module, inputs, output)"),
+            ({"forward_pre": torch_pre}, "forward_pre", "fn(name, module, inputs)"),
+            ({"backward": torch_backward}, "backward",
+             "fn(name, module, grad_input, grad_output)"),
+            # a good function beside a bad one: still nothing is registered
+            ({"forward": lambda n, m, i, o: None, "backward": torch_backward}, "backward",
+             "grad_input")):
+        with pytest.raises(InvalidParameterError) as info:
+            with hooked(mlp, "*", **kwargs):
+                pytest.fail("the block must not run")  # pragma: no cover
+        message = str(info.value)
+        assert message.startswith(f"{argument} must be a hook function")
+        assert ours in message and "PyTorch's hook signature" in message
+        assert "layer name" in message
+        assert _same_state(before, _state(mlp))
+    with pytest.raises(InvalidParameterError, match="fn must be a hook function"):
+        HookGroup().forward(mlp, "0", torch_forward)
+    with pytest.raises(InvalidParameterError, match="5 positional parameters, 5 required"):
+        HookGroup().forward(mlp, "0", lambda a, b, c, d, e: None)
+    with pytest.raises(InvalidParameterError, match="got 3"):
+        HookGroup().forward(mlp, "0", 3)
+    assert _same_state(before, _state(mlp))
+    torch.testing.assert_close(mlp(x), manual(mlp, x)[-1])
+
+
+def test_hook_functions_of_every_valid_shape_are_accepted(mlp, x):
+    import functools
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.names = []
+
+        def __call__(self, name, module, inputs, output):
+            self.names.append(name)
+
+        def method(self, name, module, inputs, output, extra=None):
+            self.names.append(name)
+
+    def with_context(context, name, module, inputs, output):
+        context.append(name)
+
+    recorder, context = Recorder(), []
+    with hooked(mlp, "0", forward=recorder), hooked(mlp, "2", forward=recorder.method), \
+            hooked(mlp, "4", forward=functools.partial(with_context, context)), \
+            hooked(mlp, "1", forward=lambda *args: None,
+                   forward_pre=lambda name, module, inputs, extra=None: None):
+        mlp(x)
+    assert recorder.names == ["0", "2"] and context == ["4"]
+    assert hook_count(mlp) == 0
+
+
+def test_forward_pre_with_kwargs_sees_and_replaces_keyword_arguments():
+    class Block(nn.Module):
+        def forward(self, x, *, scale=1.0):
+            return x * scale
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(hidden_states := x, scale=2.0) + 0 * hidden_states
+
+    model = Outer()
+    seen = []
+
+    def rescale(name, module, args, kwargs):
+        seen.append((name, kwargs["scale"]))
+        return args, {**kwargs, "scale": 3.0}
+
+    x = torch.ones(2)
+    with HookGroup() as group:
+        group.forward_pre(model, "block", rescale, with_kwargs=True)
+        assert torch.equal(model(x), 3 * x)
+    assert seen == [("block", 2.0)]
+    assert torch.equal(model(x), 2 * x)

@@ -38,8 +38,8 @@ def net() -> Net:
     return Net()
 
 
-def names(model: nn.Module, selector) -> list[str]:
-    return list(resolve_layers(model, selector))
+def names(model: nn.Module, selector, **options) -> list[str]:
+    return list(resolve_layers(model, selector, **options))
 
 
 def test_named_modules_fixture_is_what_we_think(net):
@@ -176,3 +176,106 @@ def test_get_layer(net):
     with pytest.raises(LayerNotFoundError) as info:
         get_layer(net, "features.9")
     assert "latentsurgeon layers" in str(info.value)
+
+
+# -- exclusions, containers, leaves, path globs (tdhook's selection features) ----------------------
+
+def test_exclude_removes_what_it_matches_and_may_match_nothing(net):
+    assert names(net, "features.*", exclude=nn.ReLU) == ["features.0", "features.2"]
+    assert names(net, "*", exclude=["features*", "re:linear1.*"]) == ["head", "head.0"]
+    assert names(net, "features.*", exclude="nothing.here") == names(net, "features.*")
+    with pytest.raises(LayerNotFoundError, match="leave none"):
+        resolve_layers(net, "features.*", exclude="features.*")
+    with pytest.raises(LayerNotFoundError, match="Invalid regular expression"):
+        resolve_layers(net, "*", exclude="re:(")
+
+
+def test_skip_containers_and_leaves_only(net):
+    # tdhook skips Sequential/ModuleList by default; here it is asked for.
+    assert names(net, "*", skip_containers=True) == [
+        "features.0", "features.1", "features.2", "features.3", "linear1", "linear10", "head.0"]
+    assert names(net, nn.Module, leaves_only=True) == names(net, "*", skip_containers=True)
+    assert names(net, nn.Module, skip_containers=True)[0] == ""  # the root is a Net
+    assert names(net, "re:features.*", leaves_only=True) == [
+        "features.0", "features.1", "features.2", "features.3"]
+    wrapped = nn.Sequential(net)  # the root (a Sequential) and the Net inside it
+    assert "" not in names(wrapped, nn.Module, skip_containers=True)
+    assert "0" in names(wrapped, nn.Module, skip_containers=True)  # Net is not a container
+
+
+def test_select_object_works_wherever_a_selector_does(net):
+    from latentsurgeon.activations import capture
+    from latentsurgeon.hooks import Select
+
+    choice = Select("features.*", exclude=nn.ReLU)
+    assert names(net, choice) == ["features.0", "features.2"]
+    assert names(net, [choice, "head.0"]) == ["features.0", "features.2", "head.0"]
+    assert names(net, Select(nn.Module, skip_containers=True, exclude=[nn.Linear, Net])) == [
+        "features.0", "features.1", "features.2", "features.3"]
+    assert "exclude=<class" in repr(choice)
+    with capture(net, choice) as cap:
+        net(torch.randn(2, 1, 4, 4))
+    assert cap.layers == ["features.0", "features.2"]
+    assert set(cap.activations) == {"features.0", "features.2"}
+    with pytest.raises(LayerNotFoundError):
+        resolve_layers(net, Select("features.*", exclude="features.*"))
+
+
+class Blocks(nn.Module):
+    """transformer.h.<i>.{attn,mlp}.<leaf>: the layout of a GPT-2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.h = nn.ModuleList()
+        for _ in range(3):
+            block = nn.Module()
+            block.attn = nn.Sequential(nn.Linear(2, 2))
+            block.mlp = nn.Sequential(nn.Linear(2, 2), nn.GELU())
+            self.transformer.h.append(block)
+
+
+def test_path_glob_star_stays_within_one_level():
+    model = Blocks()
+    assert names(model, "path:transformer.h.*") == [
+        "transformer.h.0", "transformer.h.1", "transformer.h.2"]
+    # a plain glob crosses dots (fnmatch): blocks and everything inside them
+    assert len(names(model, "transformer.h.*")) == 3 * 6
+    assert names(model, "path:transformer.h.*.mlp") == [
+        "transformer.h.0.mlp", "transformer.h.1.mlp", "transformer.h.2.mlp"]
+    assert names(model, "path:**.attn") == [
+        "transformer.h.0.attn", "transformer.h.1.attn", "transformer.h.2.attn"]
+    assert names(model, "path:transformer.**.0") == names(model, "re:transformer\\..*\\.0")
+    assert names(model, "path:transformer.h.[02]") == ["transformer.h.0", "transformer.h.2"]
+    assert names(model, "path:transformer.h.[!02]") == ["transformer.h.1"]
+    assert names(model, "path:transformer.h.?.mlp.?") == [
+        f"transformer.h.{i}.mlp.{j}" for i in range(3) for j in range(2)]
+    assert names(model, "path:transformer.h.1.**") == [
+        "transformer.h.1", "transformer.h.1.attn", "transformer.h.1.attn.0",
+        "transformer.h.1.mlp", "transformer.h.1.mlp.0", "transformer.h.1.mlp.1"]
+    with pytest.raises(LayerNotFoundError, match="Did you mean"):
+        resolve_layers(model, "path:transformer.hh.*")
+
+
+@pytest.mark.parametrize("bad", [3, 2.5, None, True, b"features", {"features": 1}])
+def test_selector_of_a_wrong_type_is_a_clear_type_error(net, bad):
+    from latentsurgeon.errors import InvalidParameterError
+    from latentsurgeon.hooks import LayerSelectorError
+
+    for selector in (bad, [bad], ["features.0", bad]):
+        with pytest.raises(LayerSelectorError) as info:
+            resolve_layers(net, selector)
+        err = info.value
+        assert isinstance(err, TypeError) and isinstance(err, InvalidParameterError)
+        message = str(err)
+        assert message.startswith("layers must be a layer name")
+        assert "'re:' regex" in message and "nn.Module class" in message
+        assert repr(bad) in message and type(bad).__name__ in message
+
+
+def test_int_selector_suggests_the_name_string():
+    from latentsurgeon.hooks import LayerSelectorError
+
+    seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(LayerSelectorError, match="pass the string '1'"):
+        resolve_layers(seq, 1)

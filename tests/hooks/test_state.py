@@ -176,3 +176,74 @@ def test_restore_weights_on_success_too(net):
                 p.mul_(0)
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+# -- exact restore by identity (zennit's MergeBatchNorm re-attaches the original objects) ----------
+
+def test_a_rebound_parameter_and_buffer_are_reattached(net):
+    weight, bias, mean = net[0].weight, net[0].bias, net[1].running_mean
+    values = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="fail"):
+        with preserve_model_state(net, restore_weights=True):
+            net[0].weight = nn.Parameter(torch.zeros_like(weight))   # rebound
+            del net[0].bias
+            net[0].bias = torch.ones(4)                                 # a plain tensor now
+            net[1].running_mean = torch.full((4,), 7.0)                 # buffer rebound
+            net[0].register_buffer("extra", torch.zeros(1))             # added
+            with torch.no_grad():
+                weight.add_(1.0)                                         # the original changed too
+            raise RuntimeError("fail")
+    assert net[0].weight is weight and net[0].bias is bias and net[1].running_mean is mean
+    assert "bias" not in net[0].__dict__ and not hasattr(net[0], "extra")
+    assert isinstance(net[0].bias, nn.Parameter)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, values[key]), key
+    assert list(net.state_dict()) == list(values)
+    # the optimizer built before still steers the model's own parameters
+    assert optimizer.param_groups[0]["params"][0] is net[0].weight
+
+
+def test_a_swapped_or_added_child_is_undone(net):
+    children = dict(net.named_children())
+    head = net[5]
+    values = {k: v.clone() for k, v in net.state_dict().items()}
+    with preserve_model_state(net, restore_weights=True):
+        net[5] = nn.Linear(4 * 6 * 6, 3)       # swapped
+        net.add_module("6", nn.Softmax(dim=1))  # added
+        net[2] = nn.Identity()
+        net[5].train()
+    assert dict(net.named_children()) == children and net[5] is head
+    assert len(net) == 6
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, values[key]), key
+    x = torch.randn(2, 1, 6, 6)
+    net.eval()
+    reference = make_net().eval()
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+
+
+def test_a_parametrization_and_a_resized_tensor_are_undone(net):
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    linear, weight = net[5], net[5].weight
+    values = {k: v.clone() for k, v in net.state_dict().items()}
+    with preserve_model_state(net, restore_weights=True):
+        parametrize.register_parametrization(linear, "weight", Doubled())
+        assert type(linear) is not nn.Linear
+        net[0].bias.data = torch.zeros(9)  # resized in place
+    assert type(linear) is nn.Linear and linear.weight is weight
+    assert not hasattr(linear, "parametrizations")
+    assert net[0].bias.shape == (4,)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, values[key]), key
+
+
+def test_without_restore_weights_the_structure_is_left_alone(net):
+    with preserve_model_state(net):
+        net[5] = nn.Identity()
+    assert isinstance(net[5], nn.Identity)  # only hooks, modes and flags are guarded then
