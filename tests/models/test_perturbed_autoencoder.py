@@ -208,24 +208,27 @@ def test_encoder_classifier_learns(digits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("task", "pert"), [("denoising", "noise"), ("inpainting", "mask")])
-def test_perturbation_tasks_learn_to_undo_their_perturbation(digits, task, pert):
+@pytest.mark.parametrize(("task", "pert", "level"), [("denoising", "noise", 0.5),
+                                                     ("inpainting", "mask", 0.3)])
+def test_perturbation_tasks_learn_to_undo_their_perturbation(digits, task, pert, level):
     # On perturbed held-out digits, the model trained to undo the perturbation reconstructs the
-    # clean digit better than the plain autoencoder; mean over three seeds.
-    images, labels = digits
+    # clean digit better than the plain autoencoder; mean over three seeds. (At the default
+    # noise std 0.3 the plain autoencoder's bottleneck denoises nearly as well: docs/models.md.)
+    images, _ = digits
     train_x, test_x = images[:1300], images[1300:]
-    gains = []
+    plain_errors, task_errors = [], []
     for seed in range(3):
         plain, _ = train_pretext("reconstruction", train_x, seed=seed, progress=False)
-        trained, _ = train_pretext(task, train_x, seed=seed, progress=False)
-        corrupt = make_perturbation(pert).train()
+        trained, _ = train_pretext(task, train_x, seed=seed, progress=False, noise_std=level,
+                                   mask_fraction=level)
+        setting = {"std": level} if pert == "noise" else {"fraction": level}
+        corrupt = make_perturbation(pert, **setting).train()
         torch.manual_seed(100 + seed)
         noisy = corrupt(test_x)
         with torch.no_grad():
-            err_plain = ((plain(noisy) - test_x) ** 2).mean().item()
-            err_task = ((trained(noisy) - test_x) ** 2).mean().item()
-        gains.append(err_plain - err_task)
-    assert sum(gains) / len(gains) > 0
+            plain_errors.append(((plain(noisy) - test_x) ** 2).mean().item())
+            task_errors.append(((trained(noisy) - test_x) ** 2).mean().item())
+    assert sum(plain_errors) > 1.05 * sum(task_errors)
 
 
 # --- pretext models and recipe --------------------------------------------------------------------
