@@ -1,6 +1,7 @@
-"""Bundled, deterministic data: scikit-learn's digits at 16x16 with planted shortcuts.
+"""Bundled, deterministic data: scikit-learn's digits at 16x16 with planted shortcuts, and
+generated heartbeat-like time series.
 
-Nothing is downloaded: the digits ship with scikit-learn.
+Nothing is downloaded: the digits ship with scikit-learn, the time series are generated.
 """
 
 from latentsurgeon.data.concept_sets import ConceptSets, watermark_concept_sets
@@ -18,13 +19,23 @@ from latentsurgeon.data.decoy import (
 )
 from latentsurgeon.data.digits import load_digits16
 from latentsurgeon.data.tabular import spurious_tabular
+from latentsurgeon.data.timeseries import (
+    BEAT_CLASSES,
+    ECG5000_PROPORTIONS,
+    beat_templates,
+    beats,
+)
 
 __all__ = [
+    "BEAT_CLASSES",
     "CORNERS",
     "ConceptSets",
     "KINDS",
     "DecoyDigits",
     "DecoySplit",
+    "ECG5000_PROPORTIONS",
+    "beat_templates",
+    "beats",
     "decoy_digits",
     "default_watermark",
     "default_watermark_position",
