@@ -19,107 +19,129 @@ __all__ = ["SimplEx", "simplex_weights"]
 
 logger = logging.getLogger(__name__)
 
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_SHRINK = 0.7  # a row whose step was accepted tries a 30% smaller curvature bound next
 
 
-def simplex_weights(test_reps: torch.Tensor, train_reps: torch.Tensor, *, lr: float = 1.0,
-                    tol: float = 1e-3, max_iter: int = 2000, check_every: int = 10
+def simplex_weights(test_reps: torch.Tensor, train_reps: torch.Tensor, *, tol: float = 1e-3,
+                    max_iter: int = 2000, check_every: int = 10
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve ``min_w ||w @ train_reps - z||^2`` over the simplex for every row ``z``, at once.
+    """Solve ``min_w ||w @ H - z||^2`` over the simplex for every row ``z``, at once.
 
-    ``w = softmax(p)``; ``p`` starts at 0 (uniform weights) and follows Adam with the analytic
-    gradient ``w * (g - <w, g>)``, ``g = 2 (w H - z) H^T``. Every ``check_every`` steps each
-    row's objective is compared with its value at the previous check: a row whose objective
-    rose halves its own step size; a row whose objective fell by at most ``tol`` times its
-    previous value (relative) has converged and leaves the working set. The best checked
-    iterate of each row is returned, so a row's objective never ends above its start.
+    The weights are softmax-parametrised: the mirror iterate is ``softmax(p)`` and steps are
+    taken on ``p`` (mirror descent with the entropy, the geometry of the softmax
+    parametrisation), accelerated as in Nesterov/Tseng's accelerated mirror descent: ``x`` (the
+    returned weights) is a running convex combination of the ``softmax(p)`` iterates. Each row
+    has its own curvature estimate (backtracking on the l1-smoothness inequality: doubled on a
+    failed step, shrunk by 30% after an accepted one) and its momentum restarts when its
+    objective rises.
 
-    Every operation acts on rows independently (its own step size, its own stopping time), so a
-    row's weights do not depend on which other rows are solved with it, up to floating-point
-    rounding of the matrix products.
+    Convergence: every ``check_every`` steps each row's Frank-Wolfe gap
+    ``<grad f(x), x> - min_j grad f(x)_j``, an upper bound on ``f(x) - min f``, is compared with
+    ``tol`` times the row's objective at uniform weights; a row below it is done and leaves the
+    working set. So ``tol`` certifies the suboptimality of every returned row.
+
+    Every operation acts on rows independently (own curvature, own stopping time): a row's
+    weights do not depend on which other rows are solved with it, up to floating-point
+    rounding of the matrix products. Computed in float64.
 
     Args:
         test_reps: ``(m, D)`` representations to decompose.
         train_reps: ``(n, D)`` corpus.
-        lr: Adam's initial step size on ``p``.
-        tol: relative decrease of a row's objective over ``check_every`` steps below which the
-            row has converged.
+        tol: certified suboptimality, relative to the objective at uniform weights.
         max_iter: the most steps any row takes.
         check_every: steps between convergence checks.
 
     Returns:
         ``(weights (m, n), objective (m,), n_iter (m,))``: the weights (rows on the simplex),
-        each row's squared error ``||w H - z||^2`` and the steps it took.
+        each row's squared error ``||w H - z||^2`` and the steps it took, float64.
     """
     if test_reps.shape[1] != train_reps.shape[1]:
         raise ShapeMismatchError(
             f"Test representations have {test_reps.shape[1]} features, training ones "
             f"{train_reps.shape[1]}; they must come from the same layer.")
-    dtype = torch.promote_types(test_reps.dtype, train_reps.dtype)
-    H, Z = train_reps.to(dtype), test_reps.to(dtype)
+    H, Z = train_reps.to(torch.float64), test_reps.to(torch.float64)
     m, n = len(Z), len(H)
-    weights = torch.empty(m, n, dtype=dtype)
-    objective = torch.empty(m, dtype=dtype)
+    weights = torch.empty(m, n, dtype=torch.float64)
+    objective = torch.empty(m, dtype=torch.float64)
     n_iter = torch.full((m,), max_iter, dtype=torch.long)
-    HT2 = 2.0 * H.T                             # g = 2 (w H - z) H^T
-    rows = torch.arange(m)                      # original index of each working row
-    z = Z
-    p = torch.zeros(m, n, dtype=dtype)
-    mom, vel = torch.zeros_like(p), torch.zeros_like(p)
-    step = torch.full((m, 1), float(lr), dtype=dtype)
-    best_p = p.clone()
-    w = torch.softmax(p, dim=1)
-    r = w @ H - z
-    previous = (r * r).sum(dim=1)
-    best = previous.clone()
+    if m == 0:
+        return weights, objective, n_iter
+    HT2 = 2.0 * H.T                                    # grad f(w) = 2 (w H - z) H^T
+    tiny = torch.finfo(torch.float64).tiny
+    rows = torch.arange(m)                             # original index of each working row
+    pz = torch.zeros(m, n, dtype=torch.float64)        # mirror iterate z = softmax(pz)
+    z = torch.softmax(pz, dim=1)
+    x = z.clone()                                      # the weights returned
+    zH = z @ H
+    xH = zH.clone()
+    fx = ((xH - Z) ** 2).sum(dim=1, keepdim=True)
+    start = fx.clone()                                 # objective at uniform weights
+    L = torch.full((m, 1), 2.0 * float((H * H).sum(dim=1).max()) + tiny, dtype=torch.float64)
+    A = torch.zeros(m, 1, dtype=torch.float64)         # L_k theta_k^2; 0 = (re)start
     for t in range(1, max_iter + 1):
-        g = r @ HT2
-        g -= (w * g).sum(dim=1, keepdim=True)
-        g *= w                                  # d objective / d p
-        mom.mul_(_BETA1).add_(g, alpha=1 - _BETA1)
-        vel.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
-        # Adam with its bias corrections folded into one scalar per step
-        scale = (1 - _BETA2 ** t) ** 0.5 / (1 - _BETA1 ** t)
-        p.addcdiv_(mom * (step * -scale), vel.sqrt().add_(_EPS * (1 - _BETA2 ** t) ** 0.5))
-        w = torch.softmax(p, dim=1)
-        r = w @ H - z
+        theta = torch.where(A > 0, (torch.sqrt(A * A + 4 * L * A) - A) / (2 * L),
+                            torch.ones_like(A))
+        ry = (1 - theta) * xH + theta * zH - Z          # y = (1 - theta) x + theta z
+        fy = (ry * ry).sum(dim=1, keepdim=True)
+        g = ry @ HT2
+        pz_new = pz - g / (theta * L)
+        pz_new -= pz_new.max(dim=1, keepdim=True).values
+        z_new = torch.softmax(pz_new, dim=1)
+        zH_new = z_new @ H
+        step = z_new - z                                # x_new - y = theta * (z_new - z)
+        xH_new = (1 - theta) * xH + theta * zH_new
+        f_new = ((xH_new - Z) ** 2).sum(dim=1, keepdim=True)
+        bound = fy + theta * (g * step).sum(dim=1, keepdim=True) \
+            + 0.5 * L * (theta * step.abs().sum(dim=1, keepdim=True)) ** 2
+        ok = f_new <= bound + 1e-12 * fy + tiny
+        accept = ok & (f_new <= fx)
+        rose = ok & ~accept
+        x_new = (1 - theta) * x + theta * z_new
+        if bool(rose.any()):                            # restart the momentum at x
+            pz = torch.where(rose, torch.log(x.clamp_min(tiny)), pz)
+            z = torch.where(rose, x, z)
+            zH = torch.where(rose, xH, zH)
+            A = torch.where(rose, torch.zeros_like(A), A)
+        pz = torch.where(accept, pz_new, pz)
+        z = torch.where(accept, z_new, z)
+        zH = torch.where(accept, zH_new, zH)
+        x = torch.where(accept, x_new, x)
+        xH = torch.where(accept, xH_new, xH)
+        fx = torch.where(accept, f_new, fx)
+        A = torch.where(accept, L * theta * theta, A)
+        L = torch.where(accept, L * _SHRINK, torch.where(ok, L, 2 * L))
         if t % check_every and t != max_iter:
             continue
-        f = (r * r).sum(dim=1)
-        improved = f < best
-        best = torch.where(improved, f, best)
-        best_p[improved] = p[improved]
-        rose = f > previous
-        step[rose] *= 0.5
-        done = ~rose & (previous - f <= tol * previous)
-        previous = f
+        gx = (xH - Z) @ HT2
+        gap = (gx * x).sum(dim=1) - gx.min(dim=1).values
+        done = gap <= tol * start[:, 0]
         if t == max_iter:
             done = torch.ones_like(done)
         if bool(done.any()):
             finished = rows[done]
-            weights[finished] = torch.softmax(best_p[done], dim=1)
-            objective[finished] = best[done]
+            weights[finished] = x[done]
+            objective[finished] = fx[done, 0]
             n_iter[finished] = t
             keep = ~done
             if not bool(keep.any()):
                 break
-            rows, z, p, mom, vel, step, best_p, best, previous, w, r = (
-                x[keep] for x in (rows, z, p, mom, vel, step, best_p, best, previous, w, r))
+            rows, Z, pz, z, zH, x, xH, fx, start, L, A = (
+                v[keep] for v in (rows, Z, pz, z, zH, x, xH, fx, start, L, A))
     return weights, objective, n_iter
 
 
 class SimplEx(ExampleExplainer):
     """Example importance as corpus weights: ``f(x) ~ sum_n w_n f(x_n)``, ``w`` on the simplex.
 
-    Solves every test point of a block of ``batch_size`` at once with a convergence criterion
+    Solves every test point of a block of ``batch_size`` at once, each to a certified tolerance
     (see :func:`simplex_weights`), where lfxai runs 1,000 Adam steps at learning rate 1e-3 per
-    block of 50 and leaves the last partial block at zero.
+    block of 50 (far from converged) and leaves the last partial block at zero.
 
     Args:
         layer: the layer whose output represents a sample (the model's output when None), or
             the layer of an :class:`~latentsurgeon.activations.ActivationStore` to read.
-        lr: Adam's initial step size on the softmax parameters.
-        tol: relative objective decrease (over ``check_every`` steps) at which a row stops.
+        tol: certified suboptimality at which a row stops, relative to its objective at
+            uniform weights (see :func:`simplex_weights`).
         max_iter: the most steps a row takes.
         check_every: steps between convergence checks.
         batch_size: samples per forward pass and test points solved together.
@@ -142,7 +164,6 @@ class SimplEx(ExampleExplainer):
     _shard_over = "test"
     _parameter_constraints = {
         "layer": [str, None],
-        "lr": Interval(float, 0, None, closed="neither"),
         "tol": Interval(float, 0, None),
         "max_iter": Interval(int, 1, None),
         "check_every": Interval(int, 1, None),
@@ -150,11 +171,10 @@ class SimplEx(ExampleExplainer):
         "progress": bool,
     }
 
-    def __init__(self, layer: str | None = None, *, lr: float = 1.0, tol: float = 1e-3,
+    def __init__(self, layer: str | None = None, *, tol: float = 1e-3,
                  max_iter: int = 2000, check_every: int = 10, batch_size: int = 1024,
                  device: str | torch.device | None = None, progress: bool = False) -> None:
         self.layer = layer
-        self.lr = lr
         self.tol = tol
         self.max_iter = max_iter
         self.check_every = check_every
@@ -175,9 +195,9 @@ class SimplEx(ExampleExplainer):
         for start in tqdm(starts, desc="SimplEx", unit="block", leave=False,
                           disable=None if self.progress else True):
             w, f, k = simplex_weights(test_reps[start:start + self.batch_size],
-                                      self.train_representations_, lr=self.lr, tol=self.tol,
+                                      self.train_representations_, tol=self.tol,
                                       max_iter=self.max_iter, check_every=self.check_every)
-            parts.append(w)
+            parts.append(w.to(test_reps.dtype))
             objectives.append(f)
             iters.append(k)
         self.objective_ = torch.cat(objectives)
