@@ -149,6 +149,7 @@ class ExampleExplainer(Estimator):
         self._model = model
         self._fit(train, local, model)
         self.n_train_ = local.total
+        self.train_block_ = (local.start, local.end)
         return self
 
     def explain(self, test: Any) -> torch.Tensor:

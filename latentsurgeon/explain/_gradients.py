@@ -96,24 +96,33 @@ class SampleLoss:
 
     def value(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         """Loss of a batch of one sample (``batch`` with leading dimension 1): a scalar."""
+        if not callable(self.loss):
+            return self.values(state, batch).reshape(())
+        out = self.output(state, batch_inputs(batch))
+        value = self.loss(out, batch)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ShapeMismatchError(
+                "A loss callable must return a scalar tensor for a batch of one sample; got "
+                f"{type(value).__name__}"
+                + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else "") + ".")
+        return value.reshape(())
+
+    def values(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Per-sample losses ``(B,)`` of a batch (the named losses; samples are independent in
+        eval mode, so the gradient of their sum with respect to a sample's activations is that
+        sample's own)."""
+        if callable(self.loss):
+            raise LatentSurgeonError("A loss callable is evaluated one sample at a time.")
         inputs = batch_inputs(batch)
         out = self.output(state, inputs)
-        if callable(self.loss):
-            value = self.loss(out, batch)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise ShapeMismatchError(
-                    "A loss callable must return a scalar tensor for a batch of one sample; got "
-                    f"{type(value).__name__}"
-                    + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
-                       else "") + ".")
-            return value.reshape(())
         if self.loss == "reconstruction":
             if not isinstance(inputs, torch.Tensor) or out.shape != inputs.shape:
                 raise ShapeMismatchError(
                     "loss='reconstruction' needs an output shaped like the input; got "
                     f"{tuple(out.shape)} for inputs {tuple(getattr(inputs, 'shape', ()))}. "
                     "Use a classification loss or a callable for other models.")
-            return F.mse_loss(out, inputs)
+            return ((out - inputs) ** 2).reshape(out.shape[0], -1).mean(dim=1)
         if out.dim() != 2:
             raise ShapeMismatchError(
                 f"loss={self.loss!r} needs (N, n_classes) logits; the output has shape "
@@ -127,7 +136,7 @@ class SampleLoss:
                     "with .images and .labels, or a loader yielding (inputs, labels); use "
                     "loss='predicted' for unlabelled data.")
             target = batch[1].long().reshape(-1)
-        return F.cross_entropy(out, target)
+        return F.cross_entropy(out, target, reduction="none")
 
 
 def _sample_tree(batch: Any) -> Any:
@@ -184,6 +193,9 @@ class GradientSpec:
     names: list[str]
     normalize: bool = False
     projector: CountSketch | None = None
+    #: ``[(module name, has bias)]`` when every parameter belongs to an ``nn.Linear``: gradients
+    #: are then kept factored (:class:`LinearFactors`); None: flat gradients through ``vmap``.
+    linear: list[tuple[str, bool]] | None = None
 
     def function(self) -> Callable[[State, State, Any], torch.Tensor]:
         """``f(params, rest, sample) -> loss`` of one sample without a batch dimension."""
@@ -203,12 +215,20 @@ class GradientSpec:
         return params, rest
 
 
-def per_sample_gradients(spec: GradientSpec, state: State, batch: Any) -> torch.Tensor:
-    """``(B, P)`` gradients of each sample's loss (``(B, k)`` when projected), one vmap call.
+def per_sample_gradients(spec: GradientSpec, state: State, batch: Any
+                         ) -> torch.Tensor | LinearFactors:
+    """``(B, P)`` gradients of each sample's loss (``(B, k)`` when projected), one vmap call;
+    :class:`LinearFactors` when ``spec.linear`` is set.
 
     With ``spec.normalize`` each row has unit Euclidean norm before projection (a zero gradient
     stays zero).
     """
+    if spec.linear is not None:
+        factors = linear_factors(spec, state, batch)
+        if spec.normalize:
+            norm = factors.squared_norms().sqrt()
+            factors = factors.scaled(1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny))
+        return factors
     params, rest = spec.split(state)
     grad_fn = torch.func.vmap(torch.func.grad(spec.function()), in_dims=(None, None, 0))
     grads = grad_fn(params, rest, _sample_tree(batch))
@@ -219,7 +239,7 @@ def per_sample_gradients(spec: GradientSpec, state: State, batch: Any) -> torch.
         parts = [p * scale[:, None] for p in parts]
     if spec.projector is not None:
         return spec.projector(parts)
-    return torch.cat(parts, dim=1)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def current_state(model: nn.Module) -> State:
@@ -314,7 +334,7 @@ def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Mo
 
 def gradient_matrix(spec: GradientSpec, state: State, data: Any, batch_size: int,
                     device: torch.device, *, desc: str = "gradients",
-                    progress: bool = False) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+                    progress: bool = False) -> tuple[Any, list[tuple[int, int]]]:
     """Per-sample gradients of every sample of ``data``: ``(N, P)`` (or ``(N, k)`` projected)
     and the ``[start, end)`` rows of each batch, so products can be taken batch by batch
     exactly as they were computed."""
@@ -322,16 +342,141 @@ def gradient_matrix(spec: GradientSpec, state: State, data: Any, batch_size: int
 
     from latentsurgeon.activations.batching import iter_batches, n_batches, to_device
 
-    parts, bounds = [], []
+    parts: list[Any] = []
+    bounds = []
     position = 0
     for batch in tqdm(iter_batches(data, batch_size), total=n_batches(data, batch_size),
                       desc=desc, unit="batch", leave=False, disable=None if progress else True):
-        grads = per_sample_gradients(spec, state, to_device(batch, device)).detach()
+        grads = per_sample_gradients(spec, state, to_device(batch, device))
         parts.append(grads)
         bounds.append((position, position + len(grads)))
         position += len(grads)
+    if parts and isinstance(parts[0], LinearFactors):
+        return LinearFactors.cat(parts), bounds
     if not parts:
         size = spec.projector.dim if spec.projector is not None else sum(
             state[n].numel() for n in spec.names)
         return torch.zeros(0, size, dtype=state[spec.names[0]].dtype, device=device), []
-    return torch.cat(parts), bounds
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), bounds
+
+
+# -- factored gradients of linear layers ------------------------------------------------------------
+class NotFactorable(LatentSurgeonError):
+    """The model does not allow factored gradients (a layer ran twice, or on >2-D inputs)."""
+
+
+@dataclass
+class LinearFactors:
+    """Per-sample gradients of ``nn.Linear`` layers kept as factors.
+
+    For sample ``i`` and layer ``l`` with input ``a = A_l[i]`` and output gradient
+    ``d = D_l[i]``, the weight gradient is the outer product ``d a^T`` and the bias gradient
+    ``d``. So ``<g_i, g_j> = sum_l <D_l[i], D_l[j]> (<A_l[i], A_l[j]> + bias_l)`` without ever
+    forming the ``P``-long gradients: ``O(in + out)`` memory per sample and layer instead of
+    ``O(in * out)``. Exact (the same numbers as the flat gradients, up to rounding).
+    """
+
+    inputs: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    bias: list[bool]
+
+    def __len__(self) -> int:
+        return int(self.grads[0].shape[0])
+
+    def squared_norms(self) -> torch.Tensor:
+        total = 0
+        for a, d, b in zip(self.inputs, self.grads, self.bias, strict=True):
+            total = total + (d * d).sum(dim=1) * ((a * a).sum(dim=1) + float(b))
+        return total  # type: ignore[return-value]
+
+    def scaled(self, scale: torch.Tensor) -> LinearFactors:
+        return LinearFactors(self.inputs, [d * scale[:, None] for d in self.grads], self.bias)
+
+    def __getitem__(self, rows: slice) -> LinearFactors:
+        return LinearFactors([a[rows] for a in self.inputs], [d[rows] for d in self.grads],
+                             self.bias)
+
+    def dot(self, other: LinearFactors) -> torch.Tensor:
+        """``(len(self), len(other))`` inner products of the per-sample gradients."""
+        total = 0
+        for a, d, oa, od, b in zip(self.inputs, self.grads, other.inputs, other.grads,
+                                   self.bias, strict=True):
+            inputs = a @ oa.T
+            if b:
+                inputs = inputs + 1.0
+            total = total + (d @ od.T) * inputs
+        return total  # type: ignore[return-value]
+
+    def flat(self) -> torch.Tensor:
+        """The flat ``(B, P)`` gradients (weight then bias per layer), for checks."""
+        parts = []
+        for a, d, b in zip(self.inputs, self.grads, self.bias, strict=True):
+            parts.append((d[:, :, None] * a[:, None, :]).reshape(len(d), -1))
+            if b:
+                parts.append(d)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def cat(parts: Sequence[LinearFactors]) -> LinearFactors:
+        if len(parts) == 1:
+            return parts[0]
+        n = len(parts[0].inputs)
+        return LinearFactors([torch.cat([p.inputs[i] for p in parts]) for i in range(n)],
+                             [torch.cat([p.grads[i] for p in parts]) for i in range(n)],
+                             parts[0].bias)
+
+
+def linear_layers(model: nn.Module, names: Sequence[str]) -> list[tuple[str, bool]] | None:
+    """``[(module name, bias chosen)]`` if the parameters ``names`` are the weights (and maybe
+    biases) of ``nn.Linear`` modules, in order; else None."""
+    modules = dict(model.named_modules())
+    layers: dict[str, set[str]] = {}
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        if not isinstance(modules.get(owner), nn.Linear) or attr not in ("weight", "bias"):
+            return None
+        layers.setdefault(owner, set()).add(attr)
+    if any("weight" not in attrs for attrs in layers.values()):
+        return None
+    return [(owner, "bias" in attrs) for owner, attrs in layers.items()]
+
+
+def linear_factors(spec: GradientSpec, state: State, batch: Any) -> LinearFactors:
+    """Factored per-sample gradients: one batched forward and one backward to the outputs of
+    the selected linear layers (samples are independent in eval mode)."""
+    assert spec.linear is not None
+    from latentsurgeon.hooks import HookGroup
+
+    names = [name for name, _ in spec.linear]
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        a = args[0] if args else None
+        if name in captured or not isinstance(a, torch.Tensor) or a.dim() != 2 \
+                or not isinstance(output, torch.Tensor):
+            raise NotFactorable(f"layer {name!r} runs twice or on inputs that are not (N, in)")
+        captured[name] = (a.detach().clone(), output)
+        versions[name] = output._version
+
+    versions: dict[str, int] = {}
+    params = {n: state[n].detach().requires_grad_(True) for n in spec.names}
+    with torch.enable_grad(), HookGroup() as group:
+        group.forward(spec.sample_loss.model, names, record)
+        losses = spec.sample_loss.values({**state, **params}, batch)
+    if set(captured) != set(names):
+        raise NotFactorable("a selected layer did not run before the loss")
+    if any(captured[n][1]._version != versions[n] for n in names):
+        raise NotFactorable("a selected layer's output was modified in place")
+    outputs = [captured[n][1] for n in names]
+    grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+    return LinearFactors([captured[n][0] for n in names],
+                         [torch.zeros_like(o) if g is None else g.detach()
+                          for g, o in zip(grads, outputs, strict=True)],
+                         [b for _, b in spec.linear])
+
+
+def inner(test: Any, train: Any) -> torch.Tensor:
+    """``(n_test, n_train)`` inner products of two gradient blocks (flat or factored)."""
+    if isinstance(test, LinearFactors):
+        return test.dot(train)
+    return test @ train.T

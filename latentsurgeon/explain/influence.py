@@ -129,7 +129,8 @@ class InfluenceFunctions(ExampleExplainer):
         hessian_: ``(P, P)`` float64 Hessian of the mean training loss (exact solver), else None.
         solver_: ``"exact"`` or ``"cg"``.
         n_params_, n_train_: parameter and training-example counts.
-        train_gradients_, train_bounds_: cached training gradients (or None) and batch rows.
+        gradients_cached_: whether ``fit`` kept the training gradients (within ``cache_mb``).
+        train_block_: the ``[start, end)`` training rows this process scores.
         cg_iterations_: iterations of the last conjugate-gradient solve (CG solver).
 
     Scores are float64. Under a process group the ranks split the training examples; every
@@ -214,12 +215,13 @@ class InfluenceFunctions(ExampleExplainer):
                 self._factorise()
             itemsize = self._state[names[0]].element_size()
             needed_mb = (local.end - local.start) * self.n_params_ * itemsize / 2**20
-            self.train_gradients_ = None
-            self.train_bounds_: list[tuple[int, int]] = []
-            if needed_mb <= self.cache_mb:
-                self.train_gradients_, self.train_bounds_ = self._train_gradients()
+            self._train_gradients = None
+            self._train_bounds: list[tuple[int, int]] = []
+            self.gradients_cached_ = needed_mb <= self.cache_mb
+            if self.gradients_cached_:
+                self._train_gradients, self._train_bounds = self._compute_train_gradients()
 
-    def _train_gradients(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def _compute_train_gradients(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         return gradient_matrix(self._train_spec, self._state, self._train_block.data,
                                self.batch_size, self._device, desc="training gradients",
                                progress=self.progress)
@@ -336,10 +338,10 @@ class InfluenceFunctions(ExampleExplainer):
                                             self._device, desc="test gradients",
                                             progress=self.progress)
             solved = self.inverse_hvp(test_grads)                    # (n_test, P)
-            if self.train_gradients_ is not None:
-                train_grads, bounds = self.train_gradients_, self.train_bounds_
+            if self._train_gradients is not None:
+                train_grads, bounds = self._train_gradients, self._train_bounds
             else:
-                train_grads, bounds = self._train_gradients()
+                train_grads, bounds = self._compute_train_gradients()
         if not bounds:
             return solved.new_zeros(len(solved), 0).to("cpu")
         blocks = [-(solved @ train_grads[s:e].to(torch.float64).T) for s, e in bounds]

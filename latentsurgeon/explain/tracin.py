@@ -21,8 +21,11 @@ from latentsurgeon.explain._gradients import (
     CountSketch,
     GradientSpec,
     LossSpec,
+    NotFactorable,
     SampleLoss,
     gradient_matrix,
+    inner,
+    linear_layers,
     load_checkpoints,
     parameter_names,
     per_sample_gradients,
@@ -41,9 +44,14 @@ class TracIn(ExampleExplainer):
 
     Per-sample gradients come from ``torch.func`` (``vmap(grad(loss))`` through
     ``functional_call``): one vectorised call per batch, with each checkpoint's weights swapped in
-    functionally, so the model's own weights are never touched. Training gradients are computed
-    once per checkpoint and reused for every test batch (and kept after ``fit`` when they take
-    at most ``cache_mb``).
+    functionally, so the model's own weights are never touched. When every differentiated
+    parameter belongs to an ``nn.Linear`` layer (and there is no projection and no loss
+    callable), the gradients stay factored instead: a sample's weight gradient is the outer
+    product of the layer's output gradient and input, so inner products need only those
+    (:class:`~latentsurgeon.explain._gradients.LinearFactors`; the same numbers, ``in + out``
+    floats per sample and layer instead of ``in * out``). Training gradients are computed once
+    per checkpoint and reused for every test batch (and kept after ``fit`` when they take at
+    most ``cache_mb``).
 
     Args:
         checkpoints: the checkpoints to sum over: the directory ``train(checkpoint_dir=...)``
@@ -85,9 +93,9 @@ class TracIn(ExampleExplainer):
         lrs_: the learning rate of each checkpoint.
         n_params_: number of parameters differentiated.
         n_train_: number of training examples.
-        train_gradients_: per checkpoint, ``(n_train, P)`` (or ``(n_train, projection_dim)``)
-            gradients, or None when not cached.
-        train_bounds_: the ``[start, end)`` rows of each training batch.
+        gradients_cached_: whether ``fit`` kept the training gradients (within ``cache_mb``).
+        train_block_: the ``[start, end)`` training rows this process scores (all of them
+            outside a process group).
     """
 
     _parameter_constraints = {
@@ -133,11 +141,14 @@ class TracIn(ExampleExplainer):
         if self.projection_dim is not None:
             sizes = [dict(model.named_parameters())[n].numel() for n in names]
             projector = CountSketch(sizes, self.projection_dim, self.seed, device)
-        train = GradientSpec(SampleLoss(model, self.loss, self.layer, self.head), names,
-                             self.normalize, projector)
         test_loss = self.loss if self.test_loss is None else self.test_loss
+        linear = None
+        if projector is None and not callable(self.loss) and not callable(test_loss):
+            linear = linear_layers(model, names)
+        train = GradientSpec(SampleLoss(model, self.loss, self.layer, self.head), names,
+                             self.normalize, projector, linear)
         test = GradientSpec(SampleLoss(model, test_loss, self.layer, self.head), names,
-                            self.normalize, projector)
+                            self.normalize, projector, linear)
         return train, test
 
     def _fit(self, train: Any, local: Block, model: nn.Module | None) -> None:
@@ -148,30 +159,51 @@ class TracIn(ExampleExplainer):
         self._states = load_checkpoints(self.checkpoints, self.lr, model, device)
         self._train_spec, self._test_spec = self._specs(model, device)
         self._train_block = local
+        if self._train_spec.linear is not None and not self._factorable(model):
+            self._train_spec.linear = self._test_spec.linear = None
         self.lrs_ = [rate for _, rate in self._states]
         self.n_params_ = sum(dict(model.named_parameters())[n].numel()
                              for n in self._train_spec.names)
         width = self.projection_dim or self.n_params_
+        if self._train_spec.linear is not None:  # factored: inputs and output gradients
+            modules = dict(model.named_modules())
+            width = sum(modules[n].in_features + modules[n].out_features
+                        for n, _ in self._train_spec.linear)
         itemsize = torch.empty((), dtype=next(iter(self._states[0][0].values())).dtype
                                ).element_size()
         needed_mb = len(self._states) * (local.end - local.start) * width * itemsize / 2**20
-        self.train_gradients_ = None
-        self.train_bounds_: list[tuple[int, int]] = []
-        if needed_mb <= self.cache_mb:
-            self.train_gradients_ = []
+        self._train_gradients: list[Any] | None = None
+        self._train_bounds: list[tuple[int, int]] = []
+        self.gradients_cached_ = needed_mb <= self.cache_mb
+        if self.gradients_cached_:
+            self._train_gradients = []
             for state, _ in self._checkpoint_bar("TracIn: training gradients"):
-                grads, bounds = self._train_gradients(state, model)
-                self.train_gradients_.append(grads)
-                self.train_bounds_ = bounds
+                grads, bounds = self._compute_train_gradients(state, model)
+                self._train_gradients.append(grads)
+                self._train_bounds = bounds
         else:
             logger.info("TracIn: training gradients need %.0f MiB (> cache_mb=%.0f); each "
                         "explain() recomputes them once per checkpoint", needed_mb, self.cache_mb)
+
+    def _factorable(self, model: nn.Module) -> bool:
+        """Whether factored gradients work on this model (tried on the first training batch)."""
+        for batch in iter_batches(self._train_block.data, self.batch_size):
+            try:
+                with preserve_model_state(model):
+                    model.eval()
+                    per_sample_gradients(self._train_spec, self._states[0][0],
+                                         to_device(batch, self._device))
+            except NotFactorable as exc:
+                logger.info("TracIn: flat per-sample gradients (%s)", exc)
+                return False
+            break
+        return True
 
     def _checkpoint_bar(self, desc: str) -> Any:
         return tqdm(self._states, desc=desc, unit="checkpoint", leave=False,
                     disable=None if self.progress else True)
 
-    def _train_gradients(self, state: dict, model: nn.Module
+    def _compute_train_gradients(self, state: dict, model: nn.Module
                          ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         with preserve_model_state(model):
             model.eval()
@@ -190,20 +222,18 @@ class TracIn(ExampleExplainer):
         with preserve_model_state(model):
             model.eval()
             for c, (state, rate) in enumerate(self._checkpoint_bar("TracIn")):
-                if self.train_gradients_ is not None:
-                    train_grads, bounds = self.train_gradients_[c], self.train_bounds_
+                if self._train_gradients is not None:
+                    train_grads, bounds = self._train_gradients[c], self._train_bounds
                 else:
-                    train_grads, bounds = self._train_gradients(state, model)
+                    train_grads, bounds = self._compute_train_gradients(state, model)
                 rows = []
                 for batch in iter_batches(test, self.batch_size):
                     g = per_sample_gradients(self._test_spec, state,
-                                             to_device(batch, self._device)).detach()
-                    if bounds:
-                        rows.append(torch.cat([g @ train_grads[s:e].T for s, e in bounds],
-                                              dim=1))
-                    else:
-                        rows.append(g.new_zeros(len(g), 0))
-                block = torch.cat(rows) * rate
+                                             to_device(batch, self._device))
+                    blocks = [inner(g, train_grads[s:e]) for s, e in bounds] or [
+                        g.new_zeros(len(g), 0)]
+                    rows.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1))
+                block = (rows[0] if len(rows) == 1 else torch.cat(rows)) * rate
                 scores = block if scores is None else scores + block
         assert scores is not None  # at least one checkpoint (load_checkpoints raises otherwise)
         return scores.to("cpu")

@@ -50,7 +50,8 @@ def all_scores(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     }
     scores = {name: e.scores(train, test, model=model) for name, e in explainers.items()}
     # what this process computed itself: training rows (TracIn, NN) and test rows (SimplEx)
-    scores["local_rows"] = torch.tensor([explainers["tracin"].train_gradients_[0].shape[0],
+    block = explainers["tracin"].train_block_
+    scores["local_rows"] = torch.tensor([block[1] - block[0],
                                          len(explainers["nn"].train_representations_),
                                          len(explainers["simplex"].n_iter_)])
     return scores

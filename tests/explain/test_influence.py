@@ -136,7 +136,7 @@ def test_hessian_on_a_seeded_subset_and_uncached_training_gradients():
     explainer = InfluenceFunctions("cross_entropy", damping=1.0, hessian_samples=12, seed=3,
                                    cache_mb=0.0)
     scores = explainer.scores(train, test, model=model)
-    assert explainer.train_gradients_ is None
+    assert not explainer.gradients_cached_
     torch.testing.assert_close(scores, expected, rtol=1e-8, atol=1e-12)
 
 

@@ -68,9 +68,9 @@ def test_reconstruction_tracin_equals_a_python_loop(ae_checkpoints, batch_size):
 def test_cached_and_recomputed_training_gradients_agree(ae_checkpoints):
     model, ckpt, x = ae_checkpoints
     cached = TracIn(ckpt, params="encoder", batch_size=5).fit(x, model)
-    assert cached.train_gradients_ is not None and len(cached.train_gradients_) == 3
+    assert cached.gradients_cached_ and cached.train_block_ == (0, 23)
     fresh = TracIn(ckpt, params="encoder", batch_size=5, cache_mb=0.0).fit(x, model)
-    assert fresh.train_gradients_ is None
+    assert not fresh.gradients_cached_
     assert torch.equal(cached.explain(x[:4]), fresh.explain(x[:4]))
 
 
@@ -216,3 +216,59 @@ def test_matches_lfxai_tracin_on_the_same_checkpoints(ae_checkpoints, tmp_path):
     ours = TracIn(ckpt, params="encoder").scores(x, x[:7], model=model)
     relative = float((ours - theirs).abs().max() / theirs.abs().max())
     assert relative <= 1e-5
+
+
+def test_factored_linear_gradients_equal_flat_ones(ae_checkpoints):
+    """Linear layers keep per-sample gradients as (output gradient, input) factors; the same
+    numbers as vmap's flat gradients."""
+    from latentsurgeon.explain._gradients import (
+        GradientSpec,
+        SampleLoss,
+        current_state,
+        linear_layers,
+        per_sample_gradients,
+    )
+
+    model, ckpt, x = ae_checkpoints
+    names = [n for n, _ in model.named_parameters() if n.startswith("encoder")]
+    layers = linear_layers(model, names)
+    assert layers == [("encoder.1", True), ("encoder.3", True)]
+    loss = SampleLoss(model, "reconstruction")
+    state = current_state(model)
+    flat = per_sample_gradients(GradientSpec(loss, names), state, x[:6])
+    factored = per_sample_gradients(GradientSpec(loss, names, linear=layers), state, x[:6])
+    torch.testing.assert_close(factored.flat(), flat, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(factored.dot(factored), flat @ flat.T, rtol=1e-10, atol=1e-15)
+    assert TracIn(ckpt, params="encoder").fit(x, model)._train_spec.linear == layers
+    # a loss callable takes the flat path; the scores agree
+    flat_scores = TracIn(ckpt, lambda out, batch: F.mse_loss(out, batch), params="encoder"
+                         ).scores(x, x[:5], model=model)
+    torch.testing.assert_close(TracIn(ckpt, params="encoder").scores(x, x[:5], model=model),
+                               flat_scores, rtol=1e-10, atol=1e-15)
+
+
+class Shared(nn.Module):
+    """The same linear layer runs twice: factored gradients do not apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
+
+
+def test_a_layer_that_runs_twice_falls_back_to_flat_gradients():
+    torch.manual_seed(0)
+    model = Shared().double().eval()
+    x, y = tabular(12)
+    explainer = TracIn("current", "cross_entropy").fit((x, y), model)
+    assert explainer._train_spec.linear is None
+    expected = loop_gradients(model, list(model.parameters()), list(zip(x[:4], y[:4],
+                                                                        strict=True)),
+                              lambda m, s: F.cross_entropy(m(s[0][None]), s[1][None]))
+    train = loop_gradients(model, list(model.parameters()), list(zip(x, y, strict=True)),
+                           lambda m, s: F.cross_entropy(m(s[0][None]), s[1][None]))
+    torch.testing.assert_close(explainer.explain((x[:4], y[:4])), expected @ train.T,
+                               rtol=1e-10, atol=1e-14)
