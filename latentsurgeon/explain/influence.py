@@ -268,19 +268,26 @@ class InfluenceFunctions(ExampleExplainer):
         """``(H + damping I) v`` for each row ``v`` of ``vectors`` (float64 in and out)."""
         dtype = self._state[self._train_spec.names[0]].dtype
         chunk = max(1, min(len(vectors), 2**22 // max(self.n_params_, 1)))
-        out = torch.zeros_like(vectors)
+        moved = vectors.to(dtype)
+        out: torch.Tensor | None = None
         for batch in iter_batches(self._hessian_source, self.batch_size):
             hvp = hessian_vector_product(self._train_spec, self._state,
                                          to_device(batch, self._device))
-            out += torch.func.vmap(hvp, chunk_size=chunk)(vectors.to(dtype)).to(torch.float64)
-        return out / self._n_hessian + self.damping * vectors
+            part = torch.func.vmap(hvp, chunk_size=chunk)(moved).to(torch.float64)
+            out = part if out is None else out.add_(part)
+        assert out is not None  # fit refuses empty data
+        return out.div_(self._n_hessian).add_(vectors, alpha=self.damping)
 
     def _conjugate_gradient(self, rhs: torch.Tensor) -> torch.Tensor:
-        """Solve ``(H + damping I) x = b`` for every row ``b`` of ``rhs`` (batched CG)."""
+        """Solve ``(H + damping I) x = b`` for every row ``b`` of ``rhs`` (batched CG).
+
+        Rows that have converged keep their solution (their step sizes are zero); every row is
+        still multiplied by the system, which keeps the iteration free of indexing copies.
+        """
         x = torch.zeros_like(rhs)
         residual = rhs.clone()
         direction = residual.clone()
-        rs = (residual * residual).sum(dim=1)
+        rs = torch.einsum("ij,ij->i", residual, residual)
         target = self.cg_tol * rs.sqrt()
         active = rs.sqrt() > target
         done = 0
@@ -290,21 +297,22 @@ class InfluenceFunctions(ExampleExplainer):
             if not bool(active.any()):
                 break
             done += 1
-            applied = self._apply_system(direction[active])
-            curvature = (direction[active] * applied).sum(dim=1)
-            if bool((curvature <= 0).any()):
+            applied = self._apply_system(direction)
+            curvature = torch.einsum("ij,ij->i", direction, applied)
+            if bool((curvature[active] <= 0).any()):
                 raise LatentSurgeonError(
                     "Conjugate gradient met non-positive curvature: H + damping*I is not "
                     f"positive definite at damping={self.damping}. Raise damping (the model is "
                     "not at a minimum of the training loss, so its Hessian is indefinite).")
-            alpha = rs[active] / curvature
-            x[active] += alpha[:, None] * direction[active]
-            residual[active] -= alpha[:, None] * applied
-            new_rs = rs.clone()
-            new_rs[active] = (residual[active] * residual[active]).sum(dim=1)
-            beta = new_rs[active] / rs[active]
-            direction[active] = residual[active] + beta[:, None] * direction[active]
-            rs = new_rs
+            alpha = torch.where(active, rs / curvature.clamp_min(torch.finfo(rs.dtype).tiny),
+                                torch.zeros_like(rs))
+            x.addcmul_(alpha[:, None], direction)
+            residual.addcmul_(-alpha[:, None], applied)
+            new_rs = torch.einsum("ij,ij->i", residual, residual)
+            beta = torch.where(active, new_rs / rs.clamp_min(torch.finfo(rs.dtype).tiny),
+                               torch.zeros_like(rs))
+            direction.mul_(beta[:, None]).add_(residual)
+            rs = torch.where(active, new_rs, rs)
             active = active & (rs.sqrt() > target)
         if bool(active.any()):
             worst = float((rs.sqrt() / target.clamp_min(1e-300) * self.cg_tol)[active].max())

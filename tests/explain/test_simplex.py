@@ -93,7 +93,12 @@ def test_objective_is_lower_than_lfxais():
     from lfxai.explanations.examples import SimplEx as LfxaiSimplEx
 
     train, test = problem(5, n=30, m=6)
-    theirs = LfxaiSimplEx.compute_weights(test.float(), train.float()).double()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 1,000 tiny autograd steps: thread hand-offs would dominate
+    try:
+        theirs = LfxaiSimplEx.compute_weights(test.float(), train.float()).double()
+    finally:
+        torch.set_num_threads(threads)
     explainer = SimplEx()
     ours = explainer.scores(train, test)
     their_objective = ((theirs @ train - test) ** 2).sum(dim=1)
