@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ._explain_worker import all_scores, build
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _sharded_worker import all_scores, build  # noqa: E402
 
 
 def test_two_gloo_ranks_gather_the_single_process_matrices(tmp_path):
@@ -21,7 +21,7 @@ def test_two_gloo_ranks_gather_the_single_process_matrices(tmp_path):
     checkpoints = tmp_path / "ckpt"
     build(checkpoints)  # write the checkpoints once, before the ranks start
     out = tmp_path / "scores.pt"
-    procs = [subprocess.Popen([sys.executable, str(HERE / "_sharded_worker.py"), str(rank), "2",
+    procs = [subprocess.Popen([sys.executable, str(HERE / "_explain_worker.py"), str(rank), "2",
                                str(tmp_path / "init"), str(checkpoints), str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(2)]
