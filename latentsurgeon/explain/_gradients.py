@@ -1,0 +1,482 @@
+"""Per-sample loss gradients with ``torch.func``: the machinery TracIn and influence functions share.
+
+* :func:`parameter_names` - which parameters a gradient is taken with respect to.
+* :class:`SampleLoss` - the loss of one sample (reconstruction, cross-entropy with the label or
+  with the predicted class, or a user's loss of the output or of a layer's representation),
+  evaluated with :func:`torch.func.functional_call` so that any weights (a checkpoint's) can be
+  used without touching the model.
+* :func:`per_sample_gradients` - ``vmap(grad(loss))`` over a batch, flattened to ``(B, P)``,
+  optionally unit-normalised and randomly projected (:class:`CountSketch`).
+* :func:`load_checkpoints` - checkpoints written by ``models.training.train(checkpoint_dir=)``
+  or given in memory, as ``(state, lr)`` pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentsurgeon.activations.batching import batch_inputs
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    ShapeMismatchError,
+)
+from latentsurgeon.explain._forward import forward_to
+from latentsurgeon.hooks import resolve_layers
+from latentsurgeon.hooks.resolve import LayerSelector
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("reconstruction", "cross_entropy", "predicted")
+#: ``"reconstruction"``, ``"cross_entropy"``, ``"predicted"`` or ``loss(output, batch) -> scalar``.
+LossSpec = str | Callable[[torch.Tensor, Any], torch.Tensor]
+State = dict[str, torch.Tensor]
+
+
+def parameter_names(model: nn.Module, params: LayerSelector | None) -> list[str]:
+    """Names of the parameters gradients are taken with respect to.
+
+    ``None``: every parameter with ``requires_grad=True``. Otherwise a layer selector (names,
+    globs, ``re:`` regexes, classes; see :func:`~latentsurgeon.hooks.resolve_layers`): every
+    parameter of the selected modules and their submodules, in the model's order.
+    """
+    if params is None:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+    else:
+        prefixes = list(resolve_layers(model, params))
+        names = [n for n, _ in model.named_parameters()
+                 if any(p == "" or n == p or n.startswith(p + ".") for p in prefixes)]
+    if not names:
+        raise InvalidParameterError(
+            f"params={params!r} selects no parameter of {type(model).__name__}"
+            + (" (no parameter requires grad)" if params is None else "")
+            + "; name the layers whose parameters the gradients are taken with respect to.")
+    return names
+
+
+def check_loss(loss: Any, what: str = "loss") -> None:
+    if not (callable(loss) or loss in LOSSES):
+        raise InvalidParameterError(
+            f"{what} must be one of {', '.join(map(repr, LOSSES))} or a callable "
+            f"loss(output, batch) -> scalar; got {loss!r}.")
+
+
+class SampleLoss:
+    """The loss of one sample, as a function of parameters (for ``torch.func`` transforms).
+
+    Args:
+        model: the network (in eval mode while gradients are taken).
+        loss: ``"reconstruction"`` (mean squared error between the output and the input, as
+            ``train_autoencoder`` trains), ``"cross_entropy"`` (with the label, the second
+            element of a batch), ``"predicted"`` (cross-entropy with the predicted class), or
+            ``loss(output, batch) -> scalar`` where ``output`` is the output (or ``layer``'s
+            output) for a batch of one sample and ``batch`` that sample's batch (same structure
+            as the data's, first dimension 1).
+        layer: the loss is a function of this layer's output (the forward pass stops there);
+            None: of the model's output.
+        head: where the logits are in a structured output (cross-entropy losses).
+    """
+
+    def __init__(self, model: nn.Module, loss: LossSpec, layer: str | None = None,
+                 head: str | int | None = "logits") -> None:
+        check_loss(loss)
+        self.model, self.loss, self.layer, self.head = model, loss, layer, head
+
+    def output(self, state: Mapping[str, torch.Tensor], inputs: Any) -> torch.Tensor:
+        head = self.head if self.loss in ("cross_entropy", "predicted") else None
+        return forward_to(self.model, inputs, self.layer, state=state, head=head)
+
+    def value(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Loss of a batch of one sample (``batch`` with leading dimension 1): a scalar."""
+        if not callable(self.loss):
+            return self.values(state, batch).reshape(())
+        out = self.output(state, batch_inputs(batch))
+        value = self.loss(out, batch)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ShapeMismatchError(
+                "A loss callable must return a scalar tensor for a batch of one sample; got "
+                f"{type(value).__name__}"
+                + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else "") + ".")
+        return value.reshape(())
+
+    def values(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Per-sample losses ``(B,)`` of a batch (the named losses; samples are independent in
+        eval mode, so the gradient of their sum with respect to a sample's activations is that
+        sample's own)."""
+        if callable(self.loss):
+            raise LatentSurgeonError("A loss callable is evaluated one sample at a time.")
+        inputs = batch_inputs(batch)
+        out = self.output(state, inputs)
+        if self.loss == "reconstruction":
+            if not isinstance(inputs, torch.Tensor) or out.shape != inputs.shape:
+                raise ShapeMismatchError(
+                    "loss='reconstruction' needs an output shaped like the input; got "
+                    f"{tuple(out.shape)} for inputs {tuple(getattr(inputs, 'shape', ()))}. "
+                    "Use a classification loss or a callable for other models.")
+            return ((out - inputs) ** 2).reshape(out.shape[0], -1).mean(dim=1)
+        if out.dim() != 2:
+            raise ShapeMismatchError(
+                f"loss={self.loss!r} needs (N, n_classes) logits; the output has shape "
+                f"{tuple(out.shape)} (pass head= for structured outputs).")
+        if self.loss == "predicted":
+            target = out.detach().argmax(dim=1)
+        else:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise LatentSurgeonError(
+                    "loss='cross_entropy' needs labelled data: (inputs, labels) tuples, a split "
+                    "with .images and .labels, or a loader yielding (inputs, labels); use "
+                    "loss='predicted' for unlabelled data.")
+            target = batch[1].long().reshape(-1)
+        return F.cross_entropy(out, target, reduction="none")
+
+
+def _sample_tree(batch: Any) -> Any:
+    """A batch as a pytree of tensors ``torch.func.vmap`` can map over."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        bad = [k for k, v in batch.items() if not isinstance(v, torch.Tensor)]
+        tree: Any = dict(batch)
+    elif isinstance(batch, (tuple, list)):
+        bad = [i for i, v in enumerate(batch) if not isinstance(v, torch.Tensor)]
+        tree = tuple(batch)
+    else:
+        raise LatentSurgeonError(
+            f"Per-sample gradients need batches of tensors; got a {type(batch).__name__}.")
+    if bad:
+        raise LatentSurgeonError(
+            f"Per-sample gradients need batches of tensors only; entries {bad} are not tensors.")
+    return tree
+
+
+class CountSketch:
+    """A seeded sparse random projection ``R^P -> R^k`` (CountSketch): coordinate ``i`` is added,
+    with a random sign, to a random one of ``k`` buckets.
+
+    Inner products are preserved in expectation, ``E[<Sx, Sy>] = <x, y>``, with a standard
+    deviation of about ``sqrt((|x|^2 |y|^2 + <x, y>^2) / k)``. It costs one pass over the
+    gradient and stores two integers per parameter, so it scales to models whose dense Gaussian
+    projection matrix would not fit in memory.
+    """
+
+    def __init__(self, sizes: Sequence[int], dim: int, seed: int,
+                 device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(int(seed))
+        self.dim = int(dim)
+        self.buckets = [torch.randint(self.dim, (n,), generator=generator).to(device)
+                        for n in sizes]
+        self.signs = [(torch.randint(2, (n,), generator=generator) * 2 - 1).to(device)
+                      for n in sizes]
+
+    def __call__(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        first = parts[0]
+        out = torch.zeros(first.shape[0], self.dim, dtype=first.dtype, device=first.device)
+        for part, bucket, sign in zip(parts, self.buckets, self.signs, strict=True):
+            out.index_add_(1, bucket, part * sign.to(part.dtype))
+        return out
+
+
+@dataclass
+class GradientSpec:
+    """How per-sample gradients are taken: the loss, the parameters, their post-processing."""
+
+    sample_loss: SampleLoss
+    names: list[str]
+    normalize: bool = False
+    projector: CountSketch | None = None
+    #: ``[(module name, has bias)]`` when every parameter belongs to an ``nn.Linear``: gradients
+    #: are then kept factored (:class:`LinearFactors`); None: flat gradients through ``vmap``.
+    linear: list[tuple[str, bool]] | None = None
+
+    def function(self) -> Callable[[State, State, Any], torch.Tensor]:
+        """``f(params, rest, sample) -> loss`` of one sample without a batch dimension."""
+        sample_loss = self.sample_loss
+
+        def loss_one(params: State, rest: State, sample: Any) -> torch.Tensor:
+            batch = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), sample)
+            return sample_loss.value({**rest, **params}, batch)
+
+        return loss_one
+
+    def split(self, state: State) -> tuple[State, State]:
+        """``(differentiated parameters, everything else)`` of a full state."""
+        chosen = set(self.names)
+        params = {n: state[n] for n in self.names}
+        rest = {n: t for n, t in state.items() if n not in chosen}
+        return params, rest
+
+
+def per_sample_gradients(spec: GradientSpec, state: State, batch: Any
+                         ) -> torch.Tensor | LinearFactors:
+    """``(B, P)`` gradients of each sample's loss (``(B, k)`` when projected), one vmap call;
+    :class:`LinearFactors` when ``spec.linear`` is set.
+
+    With ``spec.normalize`` each row has unit Euclidean norm before projection (a zero gradient
+    stays zero).
+    """
+    if spec.linear is not None:
+        factors = linear_factors(spec, state, batch)
+        if spec.normalize:
+            norm = factors.squared_norms().sqrt()
+            factors = factors.scaled(1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny))
+        return factors
+    params, rest = spec.split(state)
+    grad_fn = torch.func.vmap(torch.func.grad(spec.function()), in_dims=(None, None, 0))
+    grads = grad_fn(params, rest, _sample_tree(batch))
+    parts = [grads[n].reshape(grads[n].shape[0], -1) for n in spec.names]
+    if spec.normalize:
+        norm = torch.sqrt(sum((p * p).sum(dim=1) for p in parts))  # type: ignore[arg-type]
+        scale = 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        parts = [p * scale[:, None] for p in parts]
+    if spec.projector is not None:
+        return spec.projector(parts)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def current_state(model: nn.Module) -> State:
+    """The model's parameters and buffers, detached (the weights ``functional_call`` uses)."""
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    state.update({n: b.detach() for n, b in model.named_buffers()})
+    return state
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+CheckpointSpec = Any  # "current" | path | directory | state dict | payload | list of these
+
+
+def _read(item: Any, index: int) -> tuple[Mapping[str, torch.Tensor], float | None]:
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        try:
+            item = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged or missing file
+            raise LatentSurgeonError(f"Cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(item, Mapping):
+        raise InvalidParameterError(
+            f"checkpoints[{index}] must be a path, a state dict or a checkpoint dict with "
+            f"'state_dict' (and 'lr'); got {type(item).__name__}.")
+    if "state_dict" in item:
+        lr = item.get("lr")
+        return item["state_dict"], None if lr is None else float(lr)
+    return item, None
+
+
+def checkpoint_items(checkpoints: CheckpointSpec) -> list[Any]:
+    """The checkpoints named by ``checkpoints`` (a directory gives its ``epoch_*.pt`` files)."""
+    if checkpoints is None:
+        raise LatentSurgeonError(
+            "No checkpoints were given: TracIn sums over the checkpoints saved during training "
+            "(pass checkpoints=<directory of train(checkpoint_dir=...)>, a list of files or "
+            "state dicts, or 'current' for the model's present weights).")
+    if isinstance(checkpoints, str) and checkpoints == "current":
+        return ["current"]
+    if isinstance(checkpoints, (str, Path)):
+        path = Path(checkpoints)
+        if path.is_dir():
+            items: list[Any] = sorted(path.glob("epoch_*.pt"))
+            if not items:
+                raise LatentSurgeonError(
+                    f"No checkpoints (epoch_*.pt) in {path}; train with "
+                    "train(..., checkpoint_dir=...) to record them.")
+            return items
+        return [path]
+    if isinstance(checkpoints, Mapping):
+        return [checkpoints]
+    items = list(checkpoints)
+    if not items:
+        raise LatentSurgeonError(
+            "checkpoints is empty: TracIn needs at least one checkpoint (lfxai silently returns "
+            "zeros here). Record them with train(..., checkpoint_dir=...) or pass 'current'.")
+    return items
+
+
+def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Module,
+                     device: torch.device) -> list[tuple[State, float]]:
+    """``[(full state on device, learning rate), ...]`` for every checkpoint.
+
+    ``lr`` (if given) replaces the learning rates the checkpoints record; a checkpoint without
+    one (a plain state dict) needs it.
+    """
+    expected = current_state(model)
+    out = []
+    for index, item in enumerate(checkpoint_items(checkpoints)):
+        if isinstance(item, str) and item == "current":
+            out.append((expected, 1.0 if lr is None else float(lr)))
+            continue
+        state, recorded = _read(item, index)
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if missing or unexpected:
+            raise LatentSurgeonError(
+                f"Checkpoint {index} does not fit {type(model).__name__}: missing "
+                f"{missing[:6]}{' ...' if len(missing) > 6 else ''}, unexpected "
+                f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}.")
+        rate = float(lr) if lr is not None else recorded
+        if rate is None:
+            raise LatentSurgeonError(
+                f"Checkpoint {index} records no learning rate; pass lr= (TracIn weights each "
+                "checkpoint by the learning rate in force after it).")
+        full = {n: state[n].detach().to(device=device, dtype=expected[n].dtype)
+                if expected[n].is_floating_point() else state[n].to(device)
+                for n in expected}
+        out.append((full, rate))
+    return out
+
+
+def gradient_matrix(spec: GradientSpec, state: State, data: Any, batch_size: int,
+                    device: torch.device, *, desc: str = "gradients",
+                    progress: bool = False) -> tuple[Any, list[tuple[int, int]]]:
+    """Per-sample gradients of every sample of ``data``: ``(N, P)`` (or ``(N, k)`` projected)
+    and the ``[start, end)`` rows of each batch, so products can be taken batch by batch
+    exactly as they were computed."""
+    from tqdm.auto import tqdm
+
+    from latentsurgeon.activations.batching import iter_batches, n_batches, to_device
+
+    parts: list[Any] = []
+    bounds = []
+    position = 0
+    for batch in tqdm(iter_batches(data, batch_size), total=n_batches(data, batch_size),
+                      desc=desc, unit="batch", leave=False, disable=None if progress else True):
+        grads = per_sample_gradients(spec, state, to_device(batch, device))
+        parts.append(grads)
+        bounds.append((position, position + len(grads)))
+        position += len(grads)
+    if parts and isinstance(parts[0], LinearFactors):
+        return LinearFactors.cat(parts), bounds
+    if not parts:
+        size = spec.projector.dim if spec.projector is not None else sum(
+            state[n].numel() for n in spec.names)
+        return torch.zeros(0, size, dtype=state[spec.names[0]].dtype, device=device), []
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), bounds
+
+
+# -- factored gradients of linear layers ------------------------------------------------------------
+class NotFactorable(LatentSurgeonError):
+    """The model does not allow factored gradients (a layer ran twice, or on >2-D inputs)."""
+
+
+@dataclass
+class LinearFactors:
+    """Per-sample gradients of ``nn.Linear`` layers kept as factors.
+
+    For sample ``i`` and layer ``l`` with input ``a = A_l[i]`` and output gradient
+    ``d = D_l[i]``, the weight gradient is the outer product ``d a^T`` and the bias gradient
+    ``d``. So ``<g_i, g_j> = sum_l <D_l[i], D_l[j]> (<A_l[i], A_l[j]> + bias_l)`` without ever
+    forming the ``P``-long gradients: ``O(in + out)`` memory per sample and layer instead of
+    ``O(in * out)``. Exact (the same numbers as the flat gradients, up to rounding).
+    """
+
+    inputs: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    bias: list[bool]
+
+    def __len__(self) -> int:
+        return int(self.grads[0].shape[0])
+
+    def squared_norms(self) -> torch.Tensor:
+        total = 0
+        for a, d, b in zip(self.inputs, self.grads, self.bias, strict=True):
+            total = total + (d * d).sum(dim=1) * ((a * a).sum(dim=1) + float(b))
+        return total  # type: ignore[return-value]
+
+    def scaled(self, scale: torch.Tensor) -> LinearFactors:
+        return LinearFactors(self.inputs, [d * scale[:, None] for d in self.grads], self.bias)
+
+    def __getitem__(self, rows: slice) -> LinearFactors:
+        return LinearFactors([a[rows] for a in self.inputs], [d[rows] for d in self.grads],
+                             self.bias)
+
+    def dot(self, other: LinearFactors) -> torch.Tensor:
+        """``(len(self), len(other))`` inner products of the per-sample gradients."""
+        total = 0
+        for a, d, oa, od, b in zip(self.inputs, self.grads, other.inputs, other.grads,
+                                   self.bias, strict=True):
+            inputs = a @ oa.T
+            if b:
+                inputs = inputs + 1.0
+            total = total + (d @ od.T) * inputs
+        return total  # type: ignore[return-value]
+
+    def flat(self) -> torch.Tensor:
+        """The flat ``(B, P)`` gradients (weight then bias per layer), for checks."""
+        parts = []
+        for a, d, b in zip(self.inputs, self.grads, self.bias, strict=True):
+            parts.append((d[:, :, None] * a[:, None, :]).reshape(len(d), -1))
+            if b:
+                parts.append(d)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def cat(parts: Sequence[LinearFactors]) -> LinearFactors:
+        if len(parts) == 1:
+            return parts[0]
+        n = len(parts[0].inputs)
+        return LinearFactors([torch.cat([p.inputs[i] for p in parts]) for i in range(n)],
+                             [torch.cat([p.grads[i] for p in parts]) for i in range(n)],
+                             parts[0].bias)
+
+
+def linear_layers(model: nn.Module, names: Sequence[str]) -> list[tuple[str, bool]] | None:
+    """``[(module name, bias chosen)]`` if the parameters ``names`` are the weights (and maybe
+    biases) of ``nn.Linear`` modules, in order; else None."""
+    modules = dict(model.named_modules())
+    layers: dict[str, set[str]] = {}
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        if not isinstance(modules.get(owner), nn.Linear) or attr not in ("weight", "bias"):
+            return None
+        layers.setdefault(owner, set()).add(attr)
+    if any("weight" not in attrs for attrs in layers.values()):
+        return None
+    return [(owner, "bias" in attrs) for owner, attrs in layers.items()]
+
+
+def linear_factors(spec: GradientSpec, state: State, batch: Any) -> LinearFactors:
+    """Factored per-sample gradients: one batched forward and one backward to the outputs of
+    the selected linear layers (samples are independent in eval mode)."""
+    assert spec.linear is not None
+    from latentsurgeon.hooks import HookGroup
+
+    names = [name for name, _ in spec.linear]
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        a = args[0] if args else None
+        if name in captured or not isinstance(a, torch.Tensor) or a.dim() != 2 \
+                or not isinstance(output, torch.Tensor):
+            raise NotFactorable(f"layer {name!r} runs twice or on inputs that are not (N, in)")
+        captured[name] = (a.detach().clone(), output)
+        versions[name] = output._version
+
+    versions: dict[str, int] = {}
+    params = {n: state[n].detach().requires_grad_(True) for n in spec.names}
+    with torch.enable_grad(), HookGroup() as group:
+        group.forward(spec.sample_loss.model, names, record)
+        losses = spec.sample_loss.values({**state, **params}, batch)
+    if set(captured) != set(names):
+        raise NotFactorable("a selected layer did not run before the loss")
+    if any(captured[n][1]._version != versions[n] for n in names):
+        raise NotFactorable("a selected layer's output was modified in place")
+    outputs = [captured[n][1] for n in names]
+    grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+    return LinearFactors([captured[n][0] for n in names],
+                         [torch.zeros_like(o) if g is None else g.detach()
+                          for g, o in zip(grads, outputs, strict=True)],
+                         [b for _, b in spec.linear])
+
+
+def inner(test: Any, train: Any) -> torch.Tensor:
+    """``(n_test, n_train)`` inner products of two gradient blocks (flat or factored)."""
+    if isinstance(test, LinearFactors):
+        return test.dot(train)
+    return test @ train.T

@@ -1,0 +1,125 @@
+"""Representations an example explainer compares: a layer's output per sample, as ``(N, D)``.
+
+They come from a model run over data (``model`` given), from an
+:class:`~latentsurgeon.activations.ActivationStore` (one of its layers), or are given directly
+(a tensor or array ``(N, ...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from latentsurgeon._validation import check_finite
+from latentsurgeon.activations.batching import (
+    analysis_device,
+    batch_inputs,
+    check_batch_size,
+    iter_batches,
+    n_batches,
+    to_device,
+)
+from latentsurgeon.activations.store import ActivationStore
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.explain._forward import check_layer, forward_to
+from latentsurgeon.hooks import preserve_model_state
+
+__all__ = ["representations", "store_layer"]
+
+logger = logging.getLogger(__name__)
+
+
+def store_layer(store: ActivationStore, layer: str | None) -> str:
+    """The store layer to read: ``layer``, or the store's only layer."""
+    if layer is not None:
+        if layer not in store.layers:
+            raise LatentSurgeonError(
+                f"The store at {store.path} holds no layer {layer!r}; it holds {store.layers}.")
+        return layer
+    if len(store.layers) != 1:
+        raise LatentSurgeonError(
+            f"The store at {store.path} holds {len(store.layers)} layers ({store.layers}); pass "
+            "layer=... to choose one.")
+    return store.layers[0]
+
+
+def block_representations(block: Any, model: nn.Module | None, layer: str | None, *,
+                          batch_size: int, device: str | torch.device | None,
+                          progress: bool) -> torch.Tensor:
+    """:func:`representations` of a rank's block (:class:`latentsurgeon.explain._base.Block`):
+    a store's rows ``[start, end)``, or the representations of the block's data."""
+    if isinstance(block.data, ActivationStore):
+        store = block.data
+        if model is not None:
+            store.check_model(model)
+        reps = store.tensor(store_layer(store, layer), slice(block.start, block.end))
+        return representations(reps)
+    return representations(block.data, model, layer, batch_size=batch_size, device=device,
+                           progress=progress)
+
+
+def representations(
+    data: Any,
+    model: nn.Module | None = None,
+    layer: str | None = None,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Per-sample representations ``(N, D)`` (each sample's representation flattened).
+
+    Args:
+        data: with ``model``: inputs (a tensor, a tuple ``(inputs, labels, ...)``, a split, a
+            Dataset or a DataLoader; see :func:`~latentsurgeon.activations.batching.iter_batches`).
+            Without ``model``: the representations themselves, a tensor or array ``(N, ...)``,
+            or an :class:`ActivationStore` (its layer ``layer``, or its only layer).
+        model: the network whose ``layer`` (or output, when ``layer`` is None) represents a
+            sample. Run in eval mode without gradients; the forward pass stops after ``layer``.
+        layer: one exact layer name (of the model, or of the store).
+        batch_size: samples per forward pass.
+        device: None or the model's device (an analysis never moves the model).
+        progress: a tqdm bar over batches.
+
+    Returns:
+        A CPU tensor ``(N, D)`` in the model's (or the data's) floating dtype.
+
+    Raises:
+        NonFiniteError: a representation holds NaN or Inf.
+    """
+    check_batch_size(batch_size)
+    if isinstance(data, ActivationStore):
+        if model is not None:
+            data.check_model(model)
+        reps = data.tensor(store_layer(data, layer))
+    elif model is None:
+        if not isinstance(data, (torch.Tensor, np.ndarray)):
+            raise LatentSurgeonError(
+                f"Without a model the data must be representations (a tensor, an array or an "
+                f"ActivationStore); got {type(data).__name__}. Pass model= to compute them.")
+        reps = torch.as_tensor(data)
+    else:
+        check_layer(model, layer)
+        dev = analysis_device(model, device)
+        parts = []
+        with preserve_model_state(model), torch.no_grad():
+            model.eval()
+            for batch in tqdm(iter_batches(data, batch_size), total=n_batches(data, batch_size),
+                              desc="representations", unit="batch", leave=False,
+                              disable=None if progress else True):
+                out = forward_to(model, to_device(batch_inputs(batch), dev), layer)
+                parts.append(out.detach().reshape(out.shape[0], -1).to("cpu", copy=True))
+        if not parts:
+            raise LatentSurgeonError("The data hold no samples.")
+        reps = torch.cat(parts)
+    if reps.dim() == 0:
+        raise ShapeMismatchError("Representations must be (N, ...); got a scalar.")
+    if not reps.is_floating_point():
+        reps = reps.float()
+    reps = reps.reshape(reps.shape[0], -1)
+    return check_finite(reps, "the representations")

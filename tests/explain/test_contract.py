@@ -1,0 +1,101 @@
+"""What every example explainer shares: the estimator contract, ranking helpers, no np.product."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.base import clone
+
+import latentsurgeon.explain as explain
+from latentsurgeon.errors import InvalidParameterError, NotFittedError, ShapeMismatchError
+from latentsurgeon.explain import (
+    InfluenceFunctions,
+    NearestNeighbours,
+    SimplEx,
+    TracIn,
+    flagged_share,
+    top_examples,
+    top_examples_by_method,
+)
+
+from .conftest import make_classifier, tabular
+
+PACKAGE = Path(explain.__file__).resolve().parent
+
+
+def explainers():
+    return [NearestNeighbours("cosine", "1"), SimplEx("1"),
+            TracIn("current", "cross_entropy", params="2"),
+            InfluenceFunctions("cross_entropy", damping=1.0)]
+
+
+@pytest.mark.parametrize("explainer", explainers(), ids=lambda e: type(e).__name__)
+def test_estimator_contract(explainer, tmp_path):
+    model = make_classifier()
+    train, test = tabular(14), tabular(5, seed=3)
+    params = explainer.get_params()
+    assert clone(explainer).get_params() == params
+    assert not explainer.is_fitted()
+    with pytest.raises(NotFittedError):
+        explainer.explain(test)
+    assert explainer.fit(train, model) is explainer
+    scores = explainer.explain(test)
+    assert scores.shape == (5, 14) and bool(torch.isfinite(scores).all())
+    torch.testing.assert_close(type(explainer)(**params).scores(train, test, model=model),
+                               scores, rtol=0, atol=0)
+    explainer.save(tmp_path / "e.pt")
+    loaded = type(explainer).load(tmp_path / "e.pt")
+    assert loaded.get_params().keys() == params.keys()
+    assert loaded.n_train_ == 14
+
+
+def test_set_params_is_validated_at_fit():
+    model = make_classifier()
+    explainer = NearestNeighbours().set_params(metric="cosine", batch_size=0)
+    with pytest.raises(InvalidParameterError, match="batch_size"):
+        explainer.fit(tabular(4), model)
+
+
+def test_top_examples_ranks_with_deterministic_ties():
+    scores = torch.tensor([[0.1, 0.5, 0.5, -1.0], [3.0, 2.0, 1.0, 0.0]])
+    assert top_examples(scores, 3).tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert top_examples(scores, 2, largest=False).tolist() == [[3, 0], [3, 2]]
+    with pytest.raises(InvalidParameterError, match="k"):
+        top_examples(scores, 5)
+    with pytest.raises(ShapeMismatchError):
+        top_examples(scores[0], 1)
+
+
+def test_flagged_share():
+    top = torch.tensor([[0, 1], [2, 2]])
+    assert flagged_share(top, torch.tensor([True, False, True])) == 0.75
+    with pytest.raises(ShapeMismatchError):
+        flagged_share(top, torch.tensor([True, False]))
+
+
+def test_top_examples_by_method_agrees_with_each_explainer():
+    model = make_classifier()
+    train, test = tabular(20), tabular(4, seed=3)
+    tops = top_examples_by_method(model, "0", train, test, k=3)
+    assert set(tops) == {"nearest_neighbours", "simplex", "tracin", "tracin_normalized"}
+    expected = {
+        "nearest_neighbours": NearestNeighbours("cosine", "0"),
+        "simplex": SimplEx("0"),
+        "tracin": TracIn("current", "cross_entropy", test_loss="predicted", params="0"),
+        "tracin_normalized": TracIn("current", "cross_entropy", test_loss="predicted",
+                                    params="0", normalize=True),
+    }
+    for name, explainer in expected.items():
+        assert torch.equal(tops[name], top_examples(explainer.scores(train, test, model=model),
+                                                    3)), name
+    with pytest.raises(InvalidParameterError, match="methods"):
+        top_examples_by_method(model, "0", train, test, methods=["lime"])
+
+
+def test_nothing_uses_np_product():
+    """lfxai's VAE code calls np.product, removed in NumPy 2."""
+    for path in PACKAGE.rglob("*.py"):
+        assert not re.search(r"\b(np|numpy)\.product\b", path.read_text()), path
