@@ -228,7 +228,7 @@ def test_demo_can_stop_after_reveal_and_still_writes_a_report(tmp_path, capsys):
     # the demo's weights feed the other commands
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert "features.0.weight" in state
-    assert "[4/4]" not in capsys.readouterr().out
+    assert "[4/5]" not in capsys.readouterr().out
 
 
 def test_demo_quick_run_writes_results(tmp_path, capsys):
