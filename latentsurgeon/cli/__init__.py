@@ -11,14 +11,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from latentsurgeon.cli import bench, correct, demo, extract, layers, probe, tcav
+from latentsurgeon.cli import bench, cbm, correct, demo, extract, layers, probe, tcav
 from latentsurgeon.cli._common import load_object
 from latentsurgeon.errors import LatentSurgeonError
 
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [layers, extract, probe, tcav, correct, demo, bench]
+COMMANDS = [layers, extract, probe, tcav, correct, cbm, demo, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
