@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon._validation import Interval, validate_params
+from latentsurgeon._validation import Interval, check_finite, validate_params
 from latentsurgeon.cbm.masks import Concepts, build_mask
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.hooks import (
@@ -121,6 +121,7 @@ class InterventionModule(nn.Module):
             raise ShapeMismatchError(
                 f"An intervention needs a layer output (N, K) with one column per concept; got "
                 f"shape {tuple(predictions.shape)}.")
+        check_finite(predictions, "the concept layer's output")
         context = dict(self.build_context(self, predictions, *args, **kwargs) or {}) \
             if self.build_context is not None else {}
         scores = self.policy(predictions, **context)

@@ -1,8 +1,15 @@
-"""Bundled, deterministic data: scikit-learn's digits at 16x16 with planted shortcuts.
+"""Bundled, deterministic data: scikit-learn's digits at 16x16 with planted shortcuts, and
+concept data sets (generated toy sets, the digits with pixel concepts).
 
 Nothing is downloaded: the digits ship with scikit-learn.
 """
 
+from latentsurgeon.data.concept_digits import (
+    DIGIT_CONCEPT_NAMES,
+    concept_digits,
+    count_holes,
+    digit_concepts,
+)
 from latentsurgeon.data.concept_sets import ConceptSets, watermark_concept_sets
 from latentsurgeon.data.decoy import (
     CORNERS,
@@ -17,19 +24,33 @@ from latentsurgeon.data.decoy import (
     swatch_gray,
 )
 from latentsurgeon.data.digits import load_digits16
+from latentsurgeon.data.toy_concepts import (
+    TOY_CONCEPT_SETS,
+    ConceptData,
+    ConceptSplit,
+    toy_concepts,
+)
 
 __all__ = [
     "CORNERS",
+    "ConceptData",
     "ConceptSets",
+    "ConceptSplit",
+    "DIGIT_CONCEPT_NAMES",
     "KINDS",
+    "TOY_CONCEPT_SETS",
     "DecoyDigits",
     "DecoySplit",
+    "concept_digits",
+    "count_holes",
     "decoy_digits",
     "default_watermark",
     "default_watermark_position",
+    "digit_concepts",
     "load_digits16",
     "paste_swatch",
     "paste_watermark",
     "swatch_gray",
+    "toy_concepts",
     "watermark_concept_sets",
 ]

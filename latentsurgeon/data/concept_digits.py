@@ -107,6 +107,12 @@ def digit_concepts(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([ink, (holes >= 1).unsqueeze(1), (holes >= 2).unsqueeze(1)], 1).float()
 
 
+@functools.lru_cache(maxsize=1)
+def _bundled() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images, labels = load_digits16()
+    return images, labels, digit_concepts(images)
+
+
 def concept_digits(*, seed: int = 0, n_test: int = 360) -> ConceptData:
     """The bundled digits as a concept data set: 16 x 16 images, 18 pixel concepts, 10 classes.
 
@@ -121,8 +127,7 @@ def concept_digits(*, seed: int = 0, n_test: int = 360) -> ConceptData:
     validate_params({"seed": seed, "n_test": n_test},
                     {"seed": Interval(int, 0, None), "n_test": Interval(int, 10, 1787)},
                     owner="concept_digits()")
-    images, labels = load_digits16()
-    concepts = digit_concepts(images)
+    images, labels, concepts = _bundled()  # indexing below copies: callers get fresh tensors
     train_idx, test_idx = stratified_split(labels, n_test, torch.Generator().manual_seed(seed))
     split = lambda idx: ConceptSplit(images[idx], labels[idx], concepts[idx])  # noqa: E731
     return ConceptData("digits", split(train_idx), split(test_idx), list(DIGIT_CONCEPT_NAMES),

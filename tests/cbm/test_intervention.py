@@ -170,8 +170,9 @@ def test_non_finite_predictions_are_an_error():
     layer = nn.Linear(4, 3)
     with torch.no_grad():
         layer.bias[0] = float("nan")
-    with pytest.raises(NonFiniteError):
-        InterventionModule(layer, DoIntervention(0.0), UncertaintyPolicy())(X)
+    for policy in (UncertaintyPolicy(), UniformPolicy()):
+        with pytest.raises(NonFiniteError, match="concept layer"):
+            InterventionModule(layer, DoIntervention(0.0), policy)(X)
 
 
 def test_bad_parameters():
