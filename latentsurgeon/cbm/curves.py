@@ -104,6 +104,27 @@ class InterventionCurves:
         half = stats.t.ppf(0.5 + self.confidence / 2, n - 1) * values.std(0, ddof=1) / math.sqrt(n)
         return mean - half, mean + half
 
+    def difference(self, policy: str, baseline: str = "random", fraction: float | None = None,
+                   which: str = "task") -> tuple[float, float, float]:
+        """``policy`` minus ``baseline``, paired run by run (same model, same data): the mean
+        difference and its t-interval ``(mean, low, high)``, at ``fraction`` of the concepts
+        (interpolated as in :meth:`at`) or, with ``fraction=None``, of the areas."""
+        a, b = self._values(policy, which), self._values(baseline, which)
+        if fraction is None:
+            per_run = np.trapezoid(a - b, self.fractions, axis=1)
+        else:
+            validate_params({"fraction": fraction}, {"fraction": Interval(float, 0, 1)},
+                            owner="InterventionCurves.difference()")
+            per_run = np.array([np.interp(fraction, self.fractions, row) for row in a - b])
+        mean = float(per_run.mean())
+        if len(per_run) < 2:
+            return mean, mean, mean
+        from scipy import stats
+
+        half = float(stats.t.ppf(0.5 + self.confidence / 2, len(per_run) - 1)
+                     * per_run.std(ddof=1) / math.sqrt(len(per_run)))
+        return mean, mean - half, mean + half
+
     def at(self, policy: str, fraction: float, which: str = "task") -> float:
         """Mean accuracy with ``fraction`` of the concepts intervened on, read off the curve
         (linear interpolation between counts: 25 % of 2 concepts is half way from 0 to 1)."""
@@ -118,7 +139,8 @@ class InterventionCurves:
 
     def summary(self) -> dict[str, Any]:
         """Per policy: accuracy without and with every concept intervened on, at 25 % and 50 %,
-        and the areas (JSON-serialisable)."""
+        the areas, and (when there is a random policy) the paired difference to it at 25 % and
+        50 % as ``[mean, low, high]`` (JSON-serialisable)."""
         out: dict[str, Any] = {"n_concepts": self.n_concepts, "n_runs": self.n_runs,
                                **self.meta, "policies": {}}
         for policy in self.policies:
@@ -127,6 +149,10 @@ class InterventionCurves:
                 "task_none": float(task[0]), "task_all": float(task[-1]),
                 "task_at_25": self.at(policy, 0.25), "task_at_50": self.at(policy, 0.5),
                 "task_auc": self.auc(policy), "concept_auc": self.auc(policy, "concept")}
+            if "random" in self.task and policy != "random":
+                for fraction, key in ((0.25, "vs_random_at_25"), (0.5, "vs_random_at_50")):
+                    out["policies"][policy][key] = list(self.difference(policy, "random",
+                                                                        fraction))
         return out
 
     def rows(self) -> list[dict[str, Any]]:
@@ -164,8 +190,8 @@ class InterventionCurves:
         from matplotlib.ticker import MaxNLocator
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for ax, which, label in ((axes[0], "task", "task accuracy"),
-                                 (axes[1], "concept", "concept accuracy")):
+        for ax, which, ylabel in ((axes[0], "task", "task accuracy"),
+                                  (axes[1], "concept", "concept accuracy")):
             for policy in self.policies:
                 mean = self.mean(policy, which)
                 low, high = self.interval(policy, which)
@@ -173,12 +199,12 @@ class InterventionCurves:
                                label=f"{policy} (AUC {self.auc(policy, which):.3f})")[0]
                 ax.fill_between(self.counts, low, high, color=line.get_color(), alpha=0.15)
             if which == "task":
-                for label, value in (references or {}).items():
+                for name, value in (references or {}).items():
                     ax.axhline(value, color="gray", linestyle="--", linewidth=1,
-                               label=f"{label} ({value:.3f})")
+                               label=f"{name} ({value:.3f})")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("concepts intervened on per sample")
-            ax.set_ylabel(label)
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         if title:

@@ -58,8 +58,9 @@ class ExperimentResult:
                 f"{policies.get('random', policies[best])['task_auc']:.3f})")
 
     def write(self, out: str | Path) -> dict[str, Path]:
-        """Write ``<stem>.csv``, ``.png``, ``.json`` and ``.html`` (a self-contained section)
-        into ``out``; returns their paths. ``stem`` is ``cbm_<dataset>_<model>``."""
+        """Write ``<stem>.csv`` (mean curves and intervals), ``.png``, ``.json`` (the summary and
+        every run's curve) and ``.html`` (a self-contained section) into ``out``; returns their
+        paths. ``stem`` is ``cbm_<dataset>_<model>``."""
         import matplotlib.pyplot as plt
 
         from latentsurgeon._io import atomic_write
@@ -77,7 +78,9 @@ class ExperimentResult:
         atomic_write(paths["png"], lambda handle: figure.savefig(handle, format="png", dpi=110,
                                                                    bbox_inches="tight"))
         plt.close(figure)
-        write_json_atomic(paths["json"], self.summary(), sort_keys=False)
+        runs = {"task_runs": {p: v.tolist() for p, v in self.curves.task.items()},
+                "concept_runs": {p: v.tolist() for p, v in self.curves.concept.items()}}
+        write_json_atomic(paths["json"], {**self.summary(), **runs}, sort_keys=False)
         report = HtmlReport("Concept interventions", self._title())
         self.curves.add_to_report(report, f"Intervention curves: {self._title()}",
                                   self._description(), references)

@@ -9,7 +9,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 from scipy.optimize import linprog
 
 from latentsurgeon.cbm import (

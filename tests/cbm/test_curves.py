@@ -135,3 +135,16 @@ def test_gradient_and_uncertainty_beat_random_over_five_seeds(name, noise):
 
 def test_gradient_and_uncertainty_beat_random_fast():
     _beat_random(_noisy_runs("xor", range(3), 0.1, n_train=600, n_test=1000))
+
+
+def test_paired_differences_to_random():
+    random = np.array([[0.5, 0.6, 1.0], [0.7, 0.75, 1.0], [0.6, 0.7, 1.0]])
+    smart = random + np.array([[0.0, 0.10, 0.0], [0.0, 0.12, 0.0], [0.0, 0.08, 0.0]])
+    curves = InterventionCurves([0, 1, 2], 2, {"random": random, "smart": smart},
+                                {"random": random, "smart": smart})
+    mean, low, high = curves.difference("smart", fraction=0.5)
+    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
+    assert mean == pytest.approx(0.10) and high - mean == pytest.approx(half)
+    assert curves.difference("smart", fraction=0.25)[0] == pytest.approx(0.05)
+    assert curves.difference("smart")[0] == pytest.approx(0.05)  # area: 0.10 * 1/2
+    assert curves.summary()["policies"]["smart"]["vs_random_at_50"][0] == pytest.approx(0.10)
