@@ -287,8 +287,9 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
             ConceptSplit`), or one such triple per model.
         layer: the concept layer (its output ``(N, K)`` is replaced).
         policies: names from :data:`POLICIES` (default: all four) or ``{name: policy}``.
-            ``"random"`` is a :class:`RandomPolicy` seeded with ``seed + run``; a given
-            ``RandomPolicy`` is reset before each run.
+            ``"random"`` is a :class:`RandomPolicy` seeded with ``seed + run``; a random policy
+            is reset before each count, so every sample keeps one random order and the concepts
+            replaced at ``k`` are among those replaced at ``k + 1``.
         build_context: for :class:`GradientPolicy`; default: each model's
             ``gradient_context()`` (the latentsurgeon concept models have one).
         layer_output: what the concept layer outputs: ``"logits"`` (the 0/1 ground truth is
@@ -339,7 +340,8 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
                     f"Policy {name!r} is a GradientPolicy but there is no build_context for "
                     f"{type(model).__name__}: pass build_context=task_gradients(...).")
             for k in counts:
-                if isinstance(policy, RandomPolicy) and k == 0:
+                if isinstance(policy, RandomPolicy):
+                    # the same random order of each sample at every k: nested interventions
                     policy.reset()
                 acc_task, acc_concept = _evaluate(
                     model, layer, layer_module, (x, y, c), policy, context, k, space,

@@ -17,6 +17,7 @@ from latentsurgeon.cbm import (
     GradientPolicy,
     GroundTruthIntervention,
     InterventionCurves,
+    RandomPolicy,
     UniformPolicy,
     intervention,
     intervention_curve,
@@ -53,6 +54,13 @@ def test_each_point_is_the_accuracy_of_that_intervention(xor_cbm, xor_small):
         logits = xor_cbm(split.inputs).concept_logits
     concept_acc = float(((logits > 0).float() == split.concepts).float().mean())
     assert curves.concept["random"][0, 0] == pytest.approx(concept_acc, abs=1e-6)
+    # the random policy keeps one order per sample for every count (seed + run, reset per k)
+    whole = intervention_curve(xor_cbm, split, policies=["random"], seed=7,
+                               batch_size=len(split.labels))
+    truth = GroundTruthIntervention(split.concepts, space="probs")
+    with intervention(xor_cbm, "concepts", truth, RandomPolicy(seed=7), k=1):
+        assert whole.task["random"][0, 1] == pytest.approx(
+            accuracy(xor_cbm, split, batch_size=len(split.labels)), abs=1e-6)
     # the model is left as it was
     assert hook_count(xor_cbm) == 0 and not xor_cbm.training
     # an independent CBM's head was trained on the true concepts: all-truth = its oracle
