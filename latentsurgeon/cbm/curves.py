@@ -224,8 +224,9 @@ class InterventionCurves:
                 for policy, s in self.summary()["policies"].items()]
         report.table(["policy", "no intervention", "25 % intervened", "50 % intervened",
                       "all intervened", "task AUC", "concept AUC"], rows)
-        report.figure(self.plot(references=references), f"Mean over {self.n_runs} run(s), {self.confidence:.0%} "
-                      "t-intervals shaded.", alt=f"intervention curves: {title}")
+        caption = f"Mean over {self.n_runs} run(s), {self.confidence:.0%} t-intervals shaded."
+        report.figure(self.plot(references=references), caption,
+                      alt=f"intervention curves: {title}")
         return report
 
 
@@ -314,8 +315,12 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
     runs = [models] if isinstance(models, nn.Module) else list(models)
     if not runs:
         raise InvalidParameterError("intervention_curve() needs at least one model.")
-    if isinstance(data, (tuple, list)) and len(data) == len(runs) and all(
-            isinstance(d, (tuple, list)) for d in data):
+    if isinstance(data, (tuple, list)) and data and all(isinstance(d, (tuple, list))
+                                                        for d in data):
+        if len(data) != len(runs):
+            raise InvalidParameterError(
+                f"intervention_curve(): {len(data)} data sets for {len(runs)} models; give one "
+                "(inputs, labels, concepts) triple for all, or one per model.")
         sets = [_as_triple(d, f"data[{i}]") for i, d in enumerate(data)]
     else:
         sets = [_as_triple(data, "data")] * len(runs)

@@ -120,24 +120,24 @@ class _ConceptModelBase(nn.Module, Estimator):
         raise NotImplementedError
 
     def _init_layers(self) -> None:
-        """Build the layers; with an int ``seed`` their initial weights are a function of it
-        (torch's global RNG is left as it was)."""
+        """Build the layers and give them the initialisation ``fit`` starts from: a function of
+        ``seed`` (torch's global RNG is left as it was), or fresh with ``seed=None``."""
         self._validate_params()
+        with torch.random.fork_rng(devices=[]):
+            self._build()  # these draws are discarded: _reinitialise sets every weight
+        self._reinitialise()
+
+    def _reinitialise(self) -> None:
+        """Reset every layer to the seeded initialisation (fresh draws with ``seed=None``)."""
+        layers = [m for m in self.modules() if m is not self and hasattr(m, "reset_parameters")]
         if self.seed is None:
-            self._build()
+            for layer in layers:
+                layer.reset_parameters()
             return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
-            self._build()
-
-    def _reinitialise(self) -> None:
-        """Reset every layer to the seeded initialisation ``fit`` starts from."""
-        with torch.random.fork_rng(devices=[]):
-            if self.seed is not None:
-                torch.manual_seed(int(self.seed))
-            for module in self.modules():
-                if module is not self and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+            for layer in layers:
+                layer.reset_parameters()
 
     # -- data ------------------------------------------------------------------------------------
     def _check_data(self, inputs: Any, labels: Any, concepts: Any, *, need_concepts: bool

@@ -114,6 +114,8 @@ def test_bad_calls(xor_cbm, xor_small):
         intervention_curve(xor_cbm, (x, y, torch.cat([c, c], 1)), policies=["uniform"])
     with pytest.raises(InvalidParameterError, match="inputs, labels, concepts"):
         intervention_curve(xor_cbm, xor_small.test[:2])
+    with pytest.raises(InvalidParameterError, match="2 data sets for 3 models"):
+        intervention_curve([xor_cbm] * 3, [xor_small.test] * 2)
 
 
 def _noisy_runs(name, seeds, noise, **sizes):

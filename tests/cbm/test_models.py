@@ -91,6 +91,14 @@ def test_training_is_seeded_restarts_and_leaves_the_global_rng(trig):
     assert torch.equal(weights(a), weights(b)) and not torch.equal(weights(a), weights(c))
     a.fit(trig.train)  # a second fit starts from the seeded initialisation again
     assert torch.equal(weights(a), weights(b))
+    # the unfitted model holds that initialisation; seed=None draws a fresh one every time
+    unfitted = ConceptEmbeddingModel(7, 3, 2, seed=3, **FAST)
+    a.set_params(epochs=1)._reinitialise()
+    assert torch.equal(weights(unfitted), weights(a))
+    fresh = ConceptEmbeddingModel(7, 3, 2, seed=None, **FAST)
+    first = weights(fresh).clone()
+    fresh._reinitialise()
+    assert not torch.equal(first, weights(fresh))
 
 
 def test_every_scheme_trains_through_the_one_loop(trig, monkeypatch):
