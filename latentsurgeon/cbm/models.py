@@ -31,7 +31,7 @@ from torch import nn
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._io import torch_save_atomic
 from latentsurgeon._validation import Interval, Options, check_finite
-from latentsurgeon.activations.batching import to_tensor
+from latentsurgeon.activations.batching import model_device, to_tensor
 from latentsurgeon.cbm.policies import task_gradients
 from latentsurgeon.errors import (
     InvalidParameterError,
@@ -119,13 +119,31 @@ class _ConceptModelBase(nn.Module, Estimator):
     def _build(self) -> None:
         raise NotImplementedError
 
+    #: Parameters that shape the layers (``set_params`` of one of them rebuilds them at ``fit``).
+    _ARCHITECTURE = ("n_features", "n_concepts", "n_classes", "head", "hidden", "head_hidden",
+                     "embedding_size")
+
+    def _architecture(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._ARCHITECTURE if hasattr(self, k)}
+
     def _init_layers(self) -> None:
         """Build the layers and give them the initialisation ``fit`` starts from: a function of
         ``seed`` (torch's global RNG is left as it was), or fresh with ``seed=None``."""
         self._validate_params()
         with torch.random.fork_rng(devices=[]):
             self._build()  # these draws are discarded: _reinitialise sets every weight
+        self._built_for = self._architecture()
         self._reinitialise()
+
+    def _start(self) -> None:
+        """What ``fit`` starts from: the seeded initialisation, of rebuilt layers (on the
+        model's device) if ``set_params`` changed the architecture since they were built."""
+        if self._architecture() != self._built_for:
+            device = model_device(self)
+            self._init_layers()
+            self.to(device)
+        else:
+            self._reinitialise()
 
     def _reinitialise(self) -> None:
         """Reset every layer to the seeded initialisation (fresh draws with ``seed=None``)."""
@@ -325,7 +343,7 @@ class ConceptBottleneckModel(_ConceptModelBase):
         self._validate_params()
         x, y, c = self._check_data(inputs, labels, concepts, need_concepts=True)
         assert c is not None
-        self._reinitialise()
+        self._start()
         history: dict[str, Any] = {}
         if self.scheme == "joint":
             weight = float(self.concept_weight)
@@ -453,7 +471,7 @@ class ConceptEmbeddingModel(_ConceptModelBase):
         self._validate_params()
         x, y, c = self._check_data(inputs, labels, concepts, need_concepts=True)
         assert c is not None
-        self._reinitialise()
+        self._start()
         weight, rate = float(self.concept_weight), float(self.rand_int)
 
         def joint(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -531,6 +549,6 @@ class BlackBoxModel(_ConceptModelBase):
             return {"loss": F.cross_entropy(logits, yb),
                     "acc": (logits.detach().argmax(1) == yb).float().mean()}
 
-        self._reinitialise()
+        self._start()
         self.history_ = {"task": self._train((x, y), task, desc="black box").to_dict()}
         return self

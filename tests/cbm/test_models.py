@@ -60,6 +60,9 @@ def test_estimator_contract(trig, tmp_path):
     params = model.get_params()
     assert params["scheme"] == "sequential" and params["hidden"] == (16,)
     assert model.set_params(lr=0.01) is model and model.lr == 0.01
+    # an architecture parameter set after construction takes effect at fit
+    wider = ConceptBottleneckModel(7, 3, 2, **FAST).set_params(hidden=(8, 4)).fit(trig.train)
+    assert [m.out_features for m in wider.encoder if hasattr(m, "out_features")] == [8, 4]
     copy = clone(model)
     assert copy.get_params() == model.get_params()
     # the same seed builds the same initial weights
