@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from latentsurgeon import __version__
 from latentsurgeon.cli import (
     bench,
+    cbm,
     correct,
     demo,
     explain,
@@ -30,7 +31,7 @@ from latentsurgeon.errors import LatentSurgeonError
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [demo, layers, train, extract, probe, tcav, explain, correct, verify, bench]
+COMMANDS = [demo, layers, train, extract, probe, tcav, explain, correct, verify, cbm, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
