@@ -127,6 +127,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
     from latentsurgeon.report import figures
     from latentsurgeon.report.html import HtmlReport
 
+    layer = _layer(args, required=True)
     data = load_data(args.data, args.seed)
     model = analysed_model(args, data)
     train = split_of(data, "train", what="explain examples")
@@ -134,7 +135,6 @@ def cmd_examples(args: argparse.Namespace) -> int:
     test = _inputs(test_split, args.n)
     if args.test_indices:
         test = _inputs(load_object(args.test_indices, "--test-inputs"), None)
-    layer = _layer(args, required=True)
     train_data = (train.images, train.labels) if args.loss == "cross_entropy" else train.images
     scores = _example_explainer(args, layer).scores(train_data, test, model=model)
     top = top_examples(scores, args.top, largest=args.method != "influence")
