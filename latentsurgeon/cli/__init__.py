@@ -34,8 +34,16 @@ __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 COMMANDS = [demo, layers, train, extract, probe, tcav, explain, correct, verify, cbm, bench]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming what to fix, exit code 2 (argparse
+    prints the whole usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latentsurgeon",
         description="Reveal, explain, correct and verify what a PyTorch model learned.")
     parser.add_argument("--version", action="version", version=f"latentsurgeon {__version__}")
