@@ -146,12 +146,15 @@ def test_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch, w
         raise OSError("disk full")
 
     monkeypatch.setattr(training.torch, "save", broken_save)
-    model = DigitCNN()
+    model = DigitCNN().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     data = (watermark.train.images[:64], watermark.train.labels[:64])
     with pytest.raises(OSError, match="disk full"):
         train_classifier(model, data, epochs=1, progress=False, checkpoint_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+    # A failed call leaves the model as it found it: mode and weights.
     assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_watermark_shortcut_costs_ten_points(watermark):
