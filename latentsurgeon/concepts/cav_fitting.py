@@ -57,6 +57,7 @@ _EPS = 1e-8  # added to the standard deviation, as the scikit-learn path always 
 #: Newton is used while the smaller side of a problem (rows or dimensions) is at most this; its
 #: cost grows with that side squared (Gram or Hessian) and cubed (the solve).
 NEWTON_MAX_SIDE = 2048
+_SOLVE_BYTES = 512 * 2**20  # memory of one batched solve
 
 
 @dataclass
@@ -112,6 +113,18 @@ def _balanced(y: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
     return torch.where(use, torch.where(y == 1, n / (2 * n1), n / (2 * n0)), 0.0).double()
 
 
+def _standardise_(X: torch.Tensor, scratch: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise ``X`` by its own rows, in place: ``(X - mu) / (sd + 1e-8)`` with the
+    population ``sd``; returns ``(mu, sd + 1e-8)``. ``scratch``: a buffer of ``X``'s shape."""
+    mu = X.mean(0)
+    X.sub_(mu)
+    squares = torch.mul(X, X, out=scratch) if scratch is not None else X * X
+    sd = squares.mean(0).sqrt_().add_(_EPS)
+    X.div_(sd)
+    return mu, sd
+
+
 class _Rows:
     """Gathers each problem's rows into one reused buffer (a fresh 10-100 MB tensor per problem
     would cost page faults comparable to the arithmetic)."""
@@ -126,23 +139,20 @@ class _Rows:
         return torch.index_select(self.rows, 0, p.index, out=self.buffer[:len(p.index)])
 
     def standardise_(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardise ``X`` (a gathered problem) by its own rows, in place; ``(mu, sd)``."""
+        """:func:`_standardise_` of a gathered problem, with a reused scratch buffer."""
         if self.scratch is None:
             self.scratch = torch.empty_like(self.buffer)
-        mu = X.mean(0)
-        X.sub_(mu)
-        squares = torch.mul(X, X, out=self.scratch[:len(X)])
-        sd = squares.mean(0).sqrt_().add_(_EPS)
-        X.div_(sd)
-        return mu, sd
+        return _standardise_(X, self.scratch[:len(X)])
 
 
 class _NewtonFilters:
-    """Logistic or ridge filters of every problem and split: one batched Newton solve.
+    """Logistic or ridge filters of every problem and split: batched Newton solves.
 
     Each problem's rows are standardised by all of them; its two fits (all rows, training part)
     share that data, the second with zero weight on the held-out rows. With more dimensions than
     rows the solve works on the Gram matrices (dual), else on the standardised rows (primal).
+    Problems are solved together, in as few batches as ``_SOLVE_BYTES`` allows (problems are
+    independent: the batching changes nothing but the memory).
     """
 
     def __init__(self, rows: torch.Tensor, problems: Sequence[Problem], kind: str,
@@ -150,31 +160,36 @@ class _NewtonFilters:
         n_max = max(len(p.index) for p in problems)
         dim = rows.shape[1]
         self.dual = dim >= n_max
-        B = len(problems)
-        data = torch.zeros(2 * B, n_max, n_max if self.dual else dim, dtype=torch.float64)
-        y = torch.ones(2 * B, n_max, dtype=torch.float64)
-        c = torch.zeros(2 * B, n_max, dtype=torch.float64)
+        width = n_max if self.dual else dim
+        # the data, the Newton system and temporaries: ~4 (n_max x width) matrices per fit
+        per_problem = 2 * 4 * 8 * n_max * max(width, n_max + 1)
+        chunk = max(1, _SOLVE_BYTES // per_problem)
         scale = C if kind == "logistic" else C / 2.0  # ridge: sum s (y - f)^2 + ||w||^2 / C
-        self.stats = []
         gather = _Rows(rows, problems)
-        for i, p in enumerate(problems):
-            n = len(p.index)
-            Z = gather(p)
-            mu, sd = gather.standardise_(Z)
-            if self.dual:
-                torch.mm(Z, Z.T, out=data[2 * i, :n, :n])
-            else:
-                data[2 * i, :n] = Z
-            data[2 * i + 1] = data[2 * i]
-            for j, use in enumerate((torch.ones(n, dtype=torch.bool), p.train)):
-                y[2 * i + j, :n] = 2.0 * p.labels.double() - 1.0
-                c[2 * i + j, :n] = scale * _balanced(p.labels, use)
-            self.stats.append((mu, sd))
-        loss = _NEWTON_LOSS[kind]
-        if self.dual:
-            self.solution, _ = newton_dual(data, y, c, loss=loss)
-        else:
-            self.solution, _ = newton_primal(data, y, c, loss=loss)
+        self.stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        solutions = []
+        for start in range(0, len(problems), chunk):
+            part = problems[start:start + chunk]
+            B = len(part)
+            data = torch.zeros(2 * B, n_max, width, dtype=torch.float64)
+            y = torch.ones(2 * B, n_max, dtype=torch.float64)
+            c = torch.zeros(2 * B, n_max, dtype=torch.float64)
+            for i, p in enumerate(part):
+                n = len(p.index)
+                Z = gather(p)
+                self.stats.append(gather.standardise_(Z))
+                if self.dual:
+                    torch.mm(Z, Z.T, out=data[2 * i, :n, :n])
+                else:
+                    data[2 * i, :n] = Z
+                data[2 * i + 1] = data[2 * i]
+                for j, use in enumerate((torch.ones(n, dtype=torch.bool), p.train)):
+                    y[2 * i + j, :n] = 2.0 * p.labels.double() - 1.0
+                    c[2 * i + j, :n] = scale * _balanced(p.labels, use)
+            solve = newton_dual if self.dual else newton_primal
+            solutions.append(solve(data, y, c, loss=_NEWTON_LOSS[kind])[0])
+            del data
+        self.solution = torch.cat(solutions)
 
     def filters(self, i: int, X: torch.Tensor) -> torch.Tensor:
         """``(2, D)`` filters (all rows, training part) of problem ``i`` in activation
@@ -233,7 +248,7 @@ def _sklearn_filters(X: torch.Tensor, p: Problem, kind: str, C: Any,
                      seed: int | None) -> torch.Tensor:
     """``(2, D)`` filters (all rows, training part) of one problem, by scikit-learn."""
     Z = X.clone()
-    _, sd = _Rows.standardise_(_Rows(Z, [p]), Z)
+    _, sd = _standardise_(Z)
     Z, y, train = Z.numpy(), p.labels.numpy(), p.train.numpy()
     with _one_blas_thread(Z):
         full = _sklearn_filter(Z, y, kind, C, seed)

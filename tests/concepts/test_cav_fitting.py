@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
-from latentsurgeon.concepts import CAV
+from latentsurgeon.concepts import CAV, cav_fitting
 from latentsurgeon.concepts.cav_fitting import Problem, fit_directions, held_out_split
 from latentsurgeon.concepts.newton import newton_dual, newton_primal
 
@@ -97,7 +97,10 @@ class TestAgainstScikitLearn:
 
 
 class TestBatching:
-    def test_many_problems_of_different_sizes_equal_one_by_one(self):
+    @pytest.mark.parametrize("memory", ["one batch", "one problem per batch"])
+    def test_many_problems_of_different_sizes_equal_one_by_one(self, memory, monkeypatch):
+        if memory != "one batch":
+            monkeypatch.setattr(cav_fitting, "_SOLVE_BYTES", 1)
         rng = np.random.default_rng(0)
         rows = torch.from_numpy(rng.normal(size=(300, 150)))
         rows[:60, :10] += 1.0
