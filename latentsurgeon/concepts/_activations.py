@@ -19,6 +19,17 @@ from latentsurgeon.activations.pooling import pool
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
 
+def finite(value: Any, what: str) -> Any:
+    """:func:`~latentsurgeon._validation.check_finite` with a fast path: a tensor whose sum is
+    finite holds no NaN or Inf (both propagate through a sum), so the elementwise check (a
+    boolean copy of the tensor) runs only when the sum is not finite, to raise or to clear an
+    overflow of large finite values."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        if bool(torch.isfinite(value.sum())):
+            return value
+    return check_finite(value, what)
+
+
 def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: str,
                        batch_size: int, device: torch.device, bar: Any = None, *,
                        what: str = "inputs") -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -51,7 +62,7 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
     with capture(model, layer, copy=True) as cap, torch.no_grad():
         model.eval()  # capture restores the mode on exit
         for batch in iter_batches(data, batch_size):
-            inputs = check_finite(batch_inputs(batch), what)
+            inputs = finite(batch_inputs(batch), what)
             model(to_device(inputs, device))
             acts = cap[layer]
             if pooling == "none" and acts.dim() > 2:
@@ -60,7 +71,7 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
                     f"for activations of shape {tuple(acts.shape)}.")
             shape = tuple(acts.shape[1:])
             vectors = pool(acts.double(), pooling).reshape(len(acts), -1).cpu()
-            parts.append(check_finite(vectors, f"activations of {what} at layer {layer!r}"))
+            parts.append(finite(vectors, f"activations of {what} at layer {layer!r}"))
             if bar is not None:
                 bar.update(1)
     if not parts or not sum(len(p) for p in parts):

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import (
     DataLike,
     analysis_device,
@@ -38,6 +37,7 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.activations.pooling import check_pooling
+from latentsurgeon.concepts._activations import finite
 from latentsurgeon.concepts.cav import CAV
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import (
@@ -184,7 +184,7 @@ def gradients_and_target(
         model.eval()
         for batch in iter_batches(inputs, batch_size):
             deltas.clear()
-            x = check_finite(batch_inputs(batch), "class inputs")
+            x = finite(batch_inputs(batch), "class inputs")
             output = model(to_device(x, device))
             if not checked:
                 target = check_target(target, n_outputs(output, head))
@@ -198,8 +198,8 @@ def gradients_and_target(
             if grad is None:
                 raise LatentSurgeonError(
                     f"The model's output does not depend on layer {layer!r}'s output.")
-            grads.append(check_finite(grad.detach().to("cpu", torch.float64),
-                                      f"gradients at layer {layer!r}"))
+            grads.append(finite(grad.detach().to("cpu", torch.float64),
+                                f"gradients at layer {layer!r}"))
             if bar is not None:
                 bar.update(1)
     if not grads or not sum(len(g) for g in grads):
