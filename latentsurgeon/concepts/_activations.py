@@ -32,7 +32,8 @@ def finite(value: Any, what: str) -> Any:
 
 def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: str,
                        batch_size: int, device: torch.device, bar: Any = None, *,
-                       what: str = "inputs") -> tuple[torch.Tensor, tuple[int, ...]]:
+                       what: str = "inputs", out: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Pooled activations of ``layer`` for every sample of ``data``, in order.
 
     The model runs in eval mode without gradients; its mode and hooks are restored afterwards.
@@ -48,10 +49,12 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
         batch_size, device: of the forward passes (``device`` is the model's).
         bar: a tqdm bar advanced once per batch.
         what: names the data in error messages.
+        out: an ``(N, D)`` float64 CPU tensor to write into (no intermediate copies of the
+            activations); it must have a row per sample.
 
     Returns:
-        ``(acts, shape)``: ``(N, D)`` float64 on the CPU and the per-sample shape of the layer's
-        output before pooling.
+        ``(acts, shape)``: ``(N, D)`` float64 on the CPU (``out`` when given) and the
+        per-sample shape of the layer's output before pooling.
 
     Raises:
         NonFiniteError: NaN or Inf in the inputs or the activations.
@@ -59,6 +62,7 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
     """
     parts: list[torch.Tensor] = []
     shape: tuple[int, ...] = ()
+    start = 0
     with capture(model, layer, copy=True) as cap, torch.no_grad():
         model.eval()  # capture restores the mode on exit
         for batch in iter_batches(data, batch_size):
@@ -70,10 +74,21 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
                     "A CAV needs one vector per sample: use pooling='flatten', 'max' or 'mean' "
                     f"for activations of shape {tuple(acts.shape)}.")
             shape = tuple(acts.shape[1:])
-            vectors = pool(acts.double(), pooling).reshape(len(acts), -1).cpu()
-            parts.append(finite(vectors, f"activations of {what} at layer {layer!r}"))
+            vectors = finite(pool(acts, pooling).reshape(len(acts), -1),
+                             f"activations of {what} at layer {layer!r}")
+            if out is None:
+                parts.append(vectors.to("cpu", torch.float64))
+            elif start + len(vectors) > len(out):
+                raise LatentSurgeonError(f"The {what} yielded more samples than counted.")
+            else:
+                out[start:start + len(vectors)].copy_(vectors)
+            start += len(vectors)
             if bar is not None:
                 bar.update(1)
-    if not parts or not sum(len(p) for p in parts):
+    if start == 0:
         raise LatentSurgeonError(f"The {what} are empty: no samples to compute activations of.")
+    if out is not None:
+        if start != len(out):
+            raise LatentSurgeonError(f"The {what} yielded {start} samples, {len(out)} counted.")
+        return out, shape
     return torch.cat(parts), shape

@@ -99,7 +99,8 @@ class _Newton:
 
 
 def newton_dual(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: str = "logistic",
-                max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+                max_iter: int = 100, start: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve a batch of problems given their Gram matrices.
 
     Args:
@@ -108,14 +109,18 @@ def newton_dual(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: str 
         y: ``(B, n)`` labels in {-1, +1}.
         c: ``(B, n)`` row weights (0 = row not used).
         loss: ``"logistic"`` or ``"squared"``.
+        start: ``(a, b)`` to start from (e.g. the solution of a similar problem); default 0.
 
     Returns:
         ``(a, b)``: ``(B, n)`` dual coefficients (``coef = Z^T a``) and ``(B,)`` intercepts.
     """
     B, n, _ = K.shape
     newton = _Newton(loss, y, c, max_iter)
-    a = torch.zeros(B, n, dtype=K.dtype, device=K.device)
-    b = torch.zeros(B, dtype=K.dtype, device=K.device)
+    if start is None:
+        a = torch.zeros(B, n, dtype=K.dtype, device=K.device)
+        b = torch.zeros(B, dtype=K.dtype, device=K.device)
+    else:
+        a, b = start[0].clone(), start[1].clone()
     eye = torch.eye(n, dtype=K.dtype, device=K.device)
     system = torch.zeros(B, n + 1, n + 1, dtype=K.dtype, device=K.device)
     system[:, n, :n] = 1.0
@@ -151,20 +156,24 @@ def newton_dual(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: str 
 
 
 def newton_primal(Z: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: str = "logistic",
-                  max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+                  max_iter: int = 100, start: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve a batch of problems given their data.
 
     Args:
         Z: ``(B, n, d)`` standardised rows (float64); padding rows are zero with weight 0.
-        y, c, loss: as :func:`newton_dual`.
+        y, c, loss, start: as :func:`newton_dual` (``start = (coef, b)``).
 
     Returns:
         ``(coef, b)``: ``(B, d)`` and ``(B,)``.
     """
     B, n, d = Z.shape
     newton = _Newton(loss, y, c, max_iter)
-    w = torch.zeros(B, d, dtype=Z.dtype, device=Z.device)
-    b = torch.zeros(B, dtype=Z.dtype, device=Z.device)
+    if start is None:
+        w = torch.zeros(B, d, dtype=Z.dtype, device=Z.device)
+        b = torch.zeros(B, dtype=Z.dtype, device=Z.device)
+    else:
+        w, b = start[0].clone(), start[1].clone()
     eye = torch.eye(d, dtype=Z.dtype, device=Z.device)
     ones = torch.ones(B, n, 1, dtype=Z.dtype, device=Z.device)
     Z1 = torch.cat([Z, ones], dim=2)                                       # (B, n, d + 1)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.activations.batching import n_batches
+from latentsurgeon.activations.batching import count_samples, n_batches
 from latentsurgeon.concepts._activations import _layer_activations
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
@@ -93,12 +93,22 @@ class RandomSets:
             return sum(n_batches(s, batch_size) or 0 for s in self.sets)
         return math.ceil(len(self.drawn) / batch_size)
 
+    def n_inputs(self) -> int | None:
+        """How many random inputs go through the model (None when a set's size is unknown)."""
+        if not self.explicit:
+            return len(self.drawn)
+        sizes = [count_samples(s) for s in self.sets]
+        return None if any(n is None for n in sizes) else sum(sizes)
+
     def activations(self, model: nn.Module, layer: str, pooling: str, *, batch_size: int,
-                    device: torch.device, bar: Any = None) -> RandomActivations:
-        """Pooled activations of every random input used, computed once each."""
+                    device: torch.device, bar: Any = None,
+                    out: torch.Tensor | None = None) -> RandomActivations:
+        """Pooled activations of every random input used, computed once each (written into
+        ``out``, ``(n_inputs(), D)``, when given)."""
         if not self.explicit:
             rows, shape = _layer_activations(model, layer, self.random[self.drawn], pooling,
-                                             batch_size, device, bar, what="random inputs")
+                                             batch_size, device, bar, what="random inputs",
+                                             out=out)
 
             def locate(idx: torch.Tensor) -> torch.Tensor:
                 return torch.searchsorted(self.drawn, idx)
@@ -107,12 +117,15 @@ class RandomSets:
                                      [locate(i) for i in self.positives], shape)
         parts, offsets, shapes = [], [0], set()
         for j, s in enumerate(self.sets):
+            size = count_samples(s) if out is not None else None
+            target = out[offsets[-1]:offsets[-1] + size] if size is not None else None
             acts, shape = _layer_activations(model, layer, s, pooling, batch_size, device, bar,
-                                             what=f"random set {j}")
+                                             what=f"random set {j}", out=target)
             parts.append(acts)
             offsets.append(offsets[-1] + len(acts))
             shapes.add(shape)
         if len(shapes) != 1:
             raise ShapeMismatchError(f"The random sets give activations of shapes {shapes}.")
         ranges = [torch.arange(offsets[j], offsets[j + 1]) for j in range(len(self.sets))]
-        return RandomActivations(torch.cat(parts), ranges[1:], ranges[:-1], shapes.pop())
+        rows = out if out is not None else torch.cat(parts)
+        return RandomActivations(rows, ranges[1:], ranges[:-1], shapes.pop())

@@ -268,8 +268,8 @@ def tcav(
             model, layer, inputs, target, pooling=pooling, head=head, batch_size=batch_size,
             device=device, bar=bar)
         concept_cavs, null_cavs = _fit_cavs(model, layer, concept, given, null_given, sets,
-                                            params, shape, dtype, n_runs, seed, batch_size,
-                                            device, bar)
+                                            params, shape, grads.shape[1], dtype, n_runs,
+                                            seed, batch_size, device, bar)
         bar.update(1)
     finally:
         bar.close()
@@ -279,16 +279,24 @@ def tcav(
 
 def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | None,
               null_given: list[CAV] | None, sets: RandomSets | None, params: dict[str, Any],
-              shape: tuple[int, ...], dtype: torch.dtype, n_runs: int, seed: int,
+              shape: tuple[int, ...], dim: int, dtype: torch.dtype, n_runs: int, seed: int,
               batch_size: int, device: torch.device, bar: Any) -> tuple[list[CAV], list[CAV]]:
     """The concept and null CAVs: given ones as they are; the others fitted together (their
     vectors in float64 for a float64 layer, else float32)."""
     pooling = params["pooling"]
+    # One (concept + random inputs, D) matrix, written in place by the activation passes when
+    # the sizes are known (else assembled from the passes' results).
+    n_concept = count_samples(concept) if given is None else 0
+    n_random = sets.n_inputs() if sets is not None else 0
+    rows = None
+    if n_concept is not None and n_random is not None:
+        rows = torch.empty(n_concept + n_random, dim, dtype=torch.float64)
     blocks: list[torch.Tensor] = []
     concept_rows = None
     if given is None:
-        acts, concept_shape = _layer_activations(model, layer, concept, pooling, batch_size,
-                                                 device, bar, what="concept inputs")
+        acts, concept_shape = _layer_activations(
+            model, layer, concept, pooling, batch_size, device, bar, what="concept inputs",
+            out=rows[:n_concept] if rows is not None else None)
         if concept_shape != shape:
             raise ShapeMismatchError(f"Concept inputs give activations of shape {concept_shape}, "
                                      f"the class inputs {shape}.")
@@ -297,12 +305,14 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
     randoms = None
     if sets is not None:
         randoms = sets.activations(model, layer, pooling, batch_size=batch_size, device=device,
-                                   bar=bar)
+                                   bar=bar, out=rows[n_concept:] if rows is not None else None)
         if randoms.shape != shape:
             raise ShapeMismatchError(f"Random inputs give activations of shape {randoms.shape}, "
                                      f"the class inputs {shape}.")
         blocks.append(randoms.rows)
     offset = len(blocks[0]) if concept_rows is not None else 0
+    if rows is None and blocks:
+        rows = torch.cat(blocks)
 
     problems: list[Problem] = []
     seeds: list[int] = []
@@ -318,7 +328,6 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
             seeds.append(seed + 10_000 + i)
     fitted = []
     if problems:
-        rows = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
         found = fit_directions(rows, problems, method=params["method"],
                                filter_method=params.get("filter_method", "logistic"),
                                C=params.get("C", 1.0), seeds=seeds)

@@ -134,3 +134,20 @@ class TestBatching:
         cav = CAV("logistic", C=1e4).fit(torch.from_numpy(X), torch.from_numpy(y))
         assert torch.isfinite(cav.direction_).all()
         assert cav.scores_["accuracy"] > 0.5
+
+
+def test_roc_auc_equals_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from latentsurgeon.concepts.cav_fitting import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(4, 60))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        scores = np.round(rng.normal(size=n), 1)  # rounded: many ties
+        expected = roc_auc_score(y, scores)
+        assert roc_auc(torch.from_numpy(scores), torch.from_numpy(y)) == pytest.approx(
+            expected, abs=1e-12)
+    assert np.isnan(roc_auc(torch.zeros(3), torch.ones(3)))

@@ -233,6 +233,27 @@ class TestTCAV:
         with pytest.raises(InvalidParameterError, match="needs 7 random sets"):
             tcav(model, "3", inputs, 2, concept, sets, n_runs=6, progress=False)
 
+    def test_loaders_and_unsized_data_give_the_same_result(self, setup):
+        model, inputs, concept, random = setup
+        sets = [random[i * 50:(i + 1) * 50] for i in range(4)]
+
+        class Stream(torch.utils.data.IterableDataset):  # no length: sizes are not known ahead
+            def __init__(self, x: torch.Tensor) -> None:
+                self.x = x
+
+            def __iter__(self):
+                return iter(self.x)
+
+        def loader(x: torch.Tensor, sized: bool) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(x if sized else Stream(x), batch_size=16)
+
+        base = tcav(model, "3", inputs, 2, concept, sets, method="logistic", progress=False)
+        for sized in (True, False):
+            res = tcav(model, "3", loader(inputs, sized), 2, loader(concept, sized),
+                       [loader(s, sized) for s in sets], method="logistic", progress=False)
+            np.testing.assert_array_equal(res.sign_count, base.sign_count)
+            torch.testing.assert_close(res.derivatives, base.derivatives, rtol=0, atol=1e-12)
+
     def test_bonferroni(self, result):
         p = result.p_value
         assert result.significant_at(significance=0.05, n_tests=1) == (p < 0.05)
