@@ -1,23 +1,30 @@
-"""TCAV: latentsurgeon's ``tcav`` against captum's ``TCAV`` on the same work.
+"""TCAV: latentsurgeon's ``tcav`` against captum's ``TCAV``.
 
-Same model (a DigitCNN trained 5 epochs on the watermarked decoy digits), layer ``features``,
-class-0 test images as the class inputs, watermarked class-0 training images as the concept and
-11 random sets of 100 clean training images: 10 concept-vs-random CAVs and 10 random-vs-random
-CAVs (``S_{i-1}`` vs ``S_i``, our null design) on both sides. To make the work identical, captum
-gets a ``Classifier`` that fits our logistic CAV on the activations captum hands it, so both
-sides fit the same 20 CAVs with the same solver; what differs is the pipeline around them
-(captum writes every activation set to disk and reads it back, and a fresh ``save_path`` per
-call keeps it from reusing CAVs cached by the previous call).
+Two cases, both 10 concept runs and 10 random-vs-random null runs (``S_{i-1}`` vs ``S_i``, our
+null design) over 11 random sets of 100 inputs, on both sides the same layer, sets and inputs:
 
-Agreement: absolute difference of the mean concept sign-count scores.
+* ``tcav_resnet_vs_captum_default``: a CIFAR-sized ResNet (3x32x32 inputs, random weights, the
+  ResNet-20 layout: a 16-channel stem and three stages of three basic blocks with 16, 32, 64
+  channels; defined here, no torchvision) at ``layer1``, the first stage's output
+  (16x32x32 = 16,384 dimensions, flattened). captum runs as a user would run it: its default
+  classifier (an SGD linear model on a 67% split per CAV), activations cached on disk in a fresh
+  ``save_path``. Ours: its default logistic CAVs (fitted on all samples plus a training split for
+  the held-out score, all 20 in one batched solve). Agreement: the absolute difference of the
+  two mean concept sign counts (different classifiers: not 0 by construction).
+* ``tcav_vs_captum``: a DigitCNN trained 5 epochs on the watermarked decoy digits at
+  ``features``; captum gets a ``Classifier`` that fits our logistic CAV on the activations it
+  hands it, so both sides fit the same 20 CAVs and the difference is the pipeline around them.
+  Agreement: absolute difference of the mean concept sign counts (0 expected).
 """
 
 from __future__ import annotations
 
 import tempfile
+import warnings
 
 import numpy as np
 import torch
+from torch import nn
 
 from bench.runner import Case
 from latentsurgeon.concepts import CAV, tcav
@@ -26,16 +33,113 @@ from latentsurgeon.data import decoy_digits
 N_SETS = 11  # random sets: 10 runs
 
 
-def _setup():
-    from latentsurgeon.models import DigitCNN, train_classifier
+# -- the CIFAR-sized ResNet ------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1 convolution when the shape
+    changes); torchvision's in-place style (``out += shortcut``, ``ReLU(inplace=True)``)."""
 
-    data = decoy_digits("watermark", seed=0)
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return self.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20 layout for ``(N, 3, 32, 32)`` inputs and 10 classes."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        cin, stages = widths[0], []
+        for i, width in enumerate(widths):
+            stage = []
+            for j in range(blocks):
+                stage.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _resnet_sets() -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     torch.manual_seed(0)
-    model = DigitCNN()
-    train_classifier(model, data.train, epochs=5, seed=0, progress=False)
-    return data, model.eval()
+    model = CifarResNet().eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(100, 3, 32, 32, generator=g)
+    concept = torch.rand(100, 3, 32, 32, generator=g)
+    concept[:, :, 4:12, 4:12] = 1.0  # a bright 8x8 square: the concept
+    sets = [torch.rand(100, 3, 32, 32, generator=g) for _ in range(N_SETS)]
+    return model, inputs, concept, sets
 
 
+def _captum_experiments(concept: torch.Tensor, sets: list[torch.Tensor]) -> list[list]:
+    from captum.concept import Concept
+
+    def loader(x: torch.Tensor) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(x, batch_size=64)
+
+    c = Concept(0, "concept", loader(concept))
+    randoms = [Concept(i + 1, f"random{i}", loader(s)) for i, s in enumerate(sets)]
+    experiments = []
+    for i in range(1, N_SETS):
+        experiments += [[c, randoms[i]], [randoms[i - 1], randoms[i]]]
+    return experiments
+
+
+def _captum_sign_counts(scores: dict, layer: str) -> np.ndarray:
+    # keys are "<id>-<id>" of each experimental set (captum may reorder the dict)
+    return np.array([float(scores[f"0-{i + 1}"][layer]["sign_count"][0])
+                     for i in range(1, N_SETS)])
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(abs(np.mean(a) - np.mean(b)))
+
+
+def resnet_case() -> Case:
+    from captum.concept import TCAV
+
+    model, inputs, concept, sets = _resnet_sets()
+    target = 3
+
+    def ours() -> np.ndarray:
+        return tcav(model, "layer1", inputs, target, concept, sets, progress=False).sign_count
+
+    def peer() -> np.ndarray:
+        experiments = _captum_experiments(concept, sets)
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the default classifier warns about memory
+            scores = TCAV(model, ["layer1"], save_path=tmp).interpret(inputs, experiments,
+                                                                      target=target)
+        return _captum_sign_counts(scores, "layer1")
+
+    return Case("tcav_resnet_vs_captum_default", ours, peer, "captum.concept.TCAV (defaults)",
+                "CIFAR-sized ResNet (ResNet-20 layout, random weights) @ layer1 (16x32x32 = "
+                "16,384 dims, flattened), 100 class inputs, concept 100 images, 11 random sets "
+                "of 100: 10 concept + 10 null CAVs; ours logistic, captum its default SGD "
+                "classifier", ">= 3", _mean_difference)
+
+
+# -- the decoy-digits case with identical CAV fits --------------------------------------------------
 def _captum_classifier():
     from captum.concept._utils.classifier import Classifier
 
@@ -65,10 +169,16 @@ def _captum_classifier():
     return OurCAV()
 
 
-def cases() -> list[Case]:
-    # One thread: on a shared 2-core machine two BLAS threads make every timing noisy.
-    torch.set_num_threads(1)
-    data, model = _setup()
+def digits_case() -> Case:
+    from captum.concept import TCAV
+
+    from latentsurgeon.models import DigitCNN, train_classifier
+
+    data = decoy_digits("watermark", seed=0)
+    torch.manual_seed(0)
+    model = DigitCNN()
+    train_classifier(model, data.train, epochs=5, seed=0, progress=False)
+    model.eval()
     train = data.train
     concept = train.images[(train.labels == 0) & train.artifact]
     inputs = data.test.images[data.test.labels == 0]
@@ -77,34 +187,23 @@ def cases() -> list[Case]:
     sets = [clean[order[i * 100:(i + 1) * 100]] for i in range(N_SETS)]
 
     def ours() -> np.ndarray:
-        res = tcav(model, "features", inputs, 0, concept, sets, method="logistic",
-                   pooling="flatten", progress=False)
-        return res.sign_count
+        return tcav(model, "features", inputs, 0, concept, sets, method="logistic",
+                    pooling="flatten", progress=False).sign_count
 
     def peer() -> np.ndarray:
-        from captum.concept import TCAV, Concept
-
-        def loader(x: torch.Tensor) -> torch.utils.data.DataLoader:
-            return torch.utils.data.DataLoader(x, batch_size=64)
-
-        c = Concept(0, "watermark", loader(concept))
-        randoms = [Concept(i + 1, f"random{i}", loader(s)) for i, s in enumerate(sets)]
-        experiments = []
-        for i in range(1, N_SETS):
-            experiments += [[c, randoms[i]], [randoms[i - 1], randoms[i]]]
+        experiments = _captum_experiments(concept, sets)
         with tempfile.TemporaryDirectory() as tmp:
             scores = TCAV(model, ["features"], classifier=_captum_classifier(),
                           save_path=tmp).interpret(inputs, experiments, target=0)
-        # keys are "<id>-<id>" of each experimental set (captum may reorder the dict)
-        return np.array([float(scores[f"0-{i + 1}"]["features"]["sign_count"][0])
-                         for i in range(1, N_SETS)])
+        return _captum_sign_counts(scores, "features")
 
-    def agreement(a: np.ndarray, b: np.ndarray) -> float:
-        return float(abs(np.mean(a) - np.mean(b)))
+    return Case("tcav_vs_captum", ours, peer, "captum.concept.TCAV",
+                "DigitCNN @ features (flatten), 49 class inputs, concept 116 images, 11 random "
+                "sets of 100: 10 concept + 10 null logistic CAVs on both sides (captum fits our "
+                "CAV)", ">= 1", _mean_difference)
 
-    return [
-        Case("tcav_vs_captum", ours, peer, "captum.concept.TCAV",
-             "DigitCNN @ features (flatten), 49 class inputs, concept 116 images, 11 random "
-             "sets of 100: 10 concept + 10 null logistic CAVs on both sides",
-             ">= 1", agreement),
-    ]
+
+def cases() -> list[Case]:
+    # One thread: on a shared 2-core machine two BLAS threads make every timing noisy.
+    torch.set_num_threads(1)
+    return [resnet_case(), digits_case()]

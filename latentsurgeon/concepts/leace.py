@@ -11,21 +11,24 @@ Two ways to see a layer's activations as samples (``pooling=``):
 
 * ``"flatten"``: one sample per input, ``(N, C, H, W) -> (N, C*H*W)``; the eraser is a
   ``D x D`` map on the flattened vector and :meth:`LeaceEraser.transform` reshapes back.
-* ``"none"``: *channel-wise* erasure. Every position of every input is a sample in channel space:
+* ``"channel"``: *channel-wise* erasure. Every position of every input is a sample in channel space:
   ``(N, C, H, W) -> (N*H*W, C)`` (``channel_dim`` names the channel axis; ``-1`` for
   ``(N, T, D)`` token activations). The eraser is ``C x C``, shared by every position, so it also
   applies to inputs of another spatial size. It guarantees that no linear read-out of a *single
   position's* channel vector finds the concept; a classifier over the flattened map may still.
 
-For 2-D activations ``(N, D)`` both modes are the same.
+For 2-D activations ``(N, D)`` both modes are the same. ``pooling="none"`` is the deprecated
+spelling of ``"channel"`` (elsewhere in the library ``"none"`` means "as is"; a ``FutureWarning``
+says so when ``fit`` runs).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,14 +37,15 @@ from concept_erasure import LeaceFitter
 from torch import nn
 
 from latentsurgeon._estimator import Estimator
+from latentsurgeon._validation import Interval, Options, check_finite
 from latentsurgeon.activations.store import ActivationStore
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
 
 logger = logging.getLogger("latentsurgeon")
 
-_POOLINGS = ("flatten", "none")
+_POOLINGS = ("flatten", "channel")
 _METHODS = ("leace", "orth")
 
 
@@ -55,13 +59,13 @@ class LeaceEraser(Estimator):
     """Erase a concept linearly from a layer's activations (LEACE, via ``concept-erasure``).
 
     Args:
-        pooling: ``"flatten"`` (one sample per input) or ``"none"`` (channel-wise: one sample
-            per position; see the module doc).
+        pooling: ``"flatten"`` (one sample per input) or ``"channel"`` (channel-wise: one
+            sample per position; see the module doc). ``"none"``: deprecated for ``"channel"``.
         method: ``"leace"`` (the least-squares optimal eraser) or ``"orth"`` (orthogonal
             projection out of the cross-covariance directions: also erases linearly, but moves
             the activations more when the concept correlates with high-variance nuisance).
         channel_dim: the channel axis of the per-input activation *including* the batch axis
-            (``1`` for ``(N, C, H, W)``, ``-1`` for ``(N, T, D)``); used by ``pooling="none"``.
+            (``1`` for ``(N, C, H, W)``, ``-1`` for ``(N, T, D)``); used by ``pooling="channel"``.
         affine: subtract the mean before projecting so the mean activation is unchanged.
         shrinkage: shrink the covariance estimate (recommended when samples are few).
         svd_tol: singular values of the whitened cross-covariance below this are dropped.
@@ -77,7 +81,22 @@ class LeaceEraser(Estimator):
         n_features_: ``D``, the size of the vectors erased (``C`` for channel-wise erasure).
         classes_: the label values (class labels) or ``[]`` for a given concept matrix.
         n_samples_: number of rows (samples or positions) the statistics came from.
+
+    Raises (in ``fit``):
+        InvalidParameterError: a parameter outside what it accepts.
+        NonFiniteError: NaN or Inf in the activations or the concept labels.
     """
+
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "pooling": Options(_POOLINGS, deprecated=["none"]),
+        "method": Options(_METHODS),
+        "channel_dim": int,
+        "affine": bool,
+        "shrinkage": bool,
+        "svd_tol": Interval(float, 0, None, closed="left"),
+        "constrain_cov_trace": bool,
+        "batch_size": Interval(int, 1, None),
+    }
 
     def __init__(
         self,
@@ -101,15 +120,21 @@ class LeaceEraser(Estimator):
         self.batch_size = batch_size
 
     # -- shapes ----------------------------------------------------------------------------------
+    @property
+    def _channelwise(self) -> bool:
+        return self.pooling in ("channel", "none")
+
     def _validate(self) -> None:
-        if self.pooling not in _POOLINGS:
-            raise LatentSurgeonError(
-                f"LeaceEraser supports pooling {_POOLINGS}, got {self.pooling!r}: an eraser must "
-                "map activations back to their shape, which 'max'/'mean' pooling cannot.")
-        if self.method not in _METHODS:
-            raise LatentSurgeonError(f"Unknown erasure method {self.method!r}; expected {_METHODS}.")
-        if self.batch_size < 1:
-            raise LatentSurgeonError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.pooling in ("max", "mean"):
+            raise InvalidParameterError(
+                f"LeaceEraser: pooling must be one of 'flatten', 'channel'; got {self.pooling!r}: "
+                "an eraser must map activations back to their shape, which 'max'/'mean' pooling "
+                "cannot.")
+        self._validate_params()
+        if self.pooling == "none":
+            warnings.warn("LeaceEraser: pooling='none' (channel-wise erasure) is deprecated; use "
+                          "pooling='channel' ('none' means 'as is' everywhere else).",
+                          FutureWarning, stacklevel=3)
 
     def _channel_axis(self, ndim: int) -> int:
         axis = self.channel_dim if self.channel_dim >= 0 else ndim + self.channel_dim
@@ -123,13 +148,13 @@ class LeaceEraser(Estimator):
         if acts.dim() < 2:
             raise ShapeMismatchError(
                 f"Activations need a batch axis and features: got shape {tuple(acts.shape)}.")
-        if self.pooling == "flatten" or acts.dim() == 2:
+        if not self._channelwise or acts.dim() == 2:
             return acts.reshape(len(acts), -1)
         axis = self._channel_axis(acts.dim())
         return acts.movedim(axis, -1).reshape(-1, acts.shape[axis])
 
     def _unrows(self, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "flatten" or like.dim() == 2:
+        if not self._channelwise or like.dim() == 2:
             return rows.reshape(like.shape)
         axis = self._channel_axis(like.dim())
         moved = like.movedim(axis, -1).shape
@@ -137,7 +162,7 @@ class LeaceEraser(Estimator):
 
     def _row_labels(self, z: torch.Tensor, acts_shape: tuple[int, ...]) -> torch.Tensor:
         """Concept matrix per sample ``(N, k)`` -> per row ``(M, k)`` (positions repeat it)."""
-        if self.pooling == "flatten" or len(acts_shape) == 2:
+        if not self._channelwise or len(acts_shape) == 2:
             return z
         axis = self._channel_axis(len(acts_shape))
         positions = int(np.prod([s for i, s in enumerate(acts_shape) if i not in (0, axis)]))
@@ -149,13 +174,13 @@ class LeaceEraser(Estimator):
 
         ``(N,)`` class labels: one indicator column for two classes, one-hot for more.
         ``(N, k)`` floats: used as given (several or continuous concepts).
-        ``(N, *positions)`` with ``pooling="none"``: a label per position (e.g. a concept mask).
+        ``(N, *positions)`` with ``pooling="channel"``: a label per position (e.g. a concept mask).
         """
         if labels.shape[:1] != (n,):
             raise ShapeMismatchError(
                 f"labels has {labels.shape[0] if labels.ndim else 0} entries but activations "
                 f"has {n} samples.")
-        if labels.ndim == 1 or (labels.ndim > 1 and self.pooling == "none"
+        if labels.ndim == 1 or (labels.ndim > 1 and self._channelwise
                                 and len(acts_shape) > 2 and labels.ndim == len(acts_shape) - 1):
             per_row = labels.ndim > 1
             if per_row:
@@ -189,7 +214,7 @@ class LeaceEraser(Estimator):
             activations: ``(N, ...)`` tensor/array, or an :class:`ActivationStore` (read in
                 batches of ``batch_size``, so it may be larger than memory; pass ``layer``).
             labels: ``(N,)`` concept labels (binary or several classes), an ``(N, k)`` float
-                concept matrix, or, with ``pooling="none"``, ``(N, *positions)`` labels per
+                concept matrix, or, with ``pooling="channel"``, ``(N, *positions)`` labels per
                 position.
             sample_mask: ``(N,)`` bool, fit only on these samples.
             layer: the store layer to read when ``activations`` is a store.
@@ -198,7 +223,7 @@ class LeaceEraser(Estimator):
             self
         """
         self._validate()
-        y = _labels_array(labels)
+        y = check_finite(_labels_array(labels), "labels")
         keep = None
         if sample_mask is not None:
             keep = _labels_array(sample_mask).reshape(-1).astype(bool)
@@ -208,7 +233,7 @@ class LeaceEraser(Estimator):
             y = y[keep]
         batches, shape, n = self._batches(activations, layer, keep)
         z, classes, per_row = self._concept_matrix(y, n, (n, *shape))
-        d = int(np.prod(shape)) if self.pooling == "flatten" or len(shape) == 1 \
+        d = int(np.prod(shape)) if not self._channelwise or len(shape) == 1 \
             else shape[self._channel_axis(len(shape) + 1) - 1]
         fitter = LeaceFitter(d, z.shape[1], method=self.method, affine=self.affine,
                              constrain_cov_trace=self.constrain_cov_trace, shrinkage=self.shrinkage,
@@ -216,7 +241,7 @@ class LeaceEraser(Estimator):
         rows_seen = 0
         start = 0
         for acts in batches:
-            rows = self._rows(acts.double())
+            rows = self._rows(check_finite(acts, "activations").double())
             if per_row:
                 zb = z[rows_seen:rows_seen + len(rows)]
             else:
@@ -299,13 +324,13 @@ class LeaceEraser(Estimator):
 
     def _check_shape(self, acts: torch.Tensor) -> None:
         shape = list(acts.shape[1:])
-        if self.pooling == "flatten" or len(self.input_shape_) == 1:
+        if not self._channelwise or len(self.input_shape_) == 1:
             ok = shape == list(self.input_shape_)
         else:
             axis = self._channel_axis(acts.dim())
             ok = acts.dim() == len(self.input_shape_) + 1 and acts.shape[axis] == self.n_features_
         if not ok:
-            expected = (f"per-sample shape {tuple(self.input_shape_)}" if self.pooling == "flatten"
+            expected = (f"per-sample shape {tuple(self.input_shape_)}" if not self._channelwise
                         else f"{self.n_features_} channels on axis {self.channel_dim}")
             raise ShapeMismatchError(
                 f"The eraser was fitted on activations with {expected}; got {tuple(acts.shape)}.")
@@ -359,11 +384,13 @@ class LeaceEraser(Estimator):
         return HookGroup().forward(model, list(found), erase)
 
     @contextmanager
-    def applied(self, model: nn.Module, layer: LayerSelector) -> Iterator[HookGroup]:
-        """``with eraser.applied(model, "features"): model(x)`` runs with the concept erased at
-        ``layer``; the hook is removed on exit, also after an exception."""
+    def applied(self, model: nn.Module, layer: LayerSelector) -> Iterator[nn.Module]:
+        """``with eraser.applied(model, "features") as erased: erased(x)`` runs the model with
+        the concept erased at ``layer``; yields the model (as every ``applied`` does; use
+        :meth:`attach` for the hook handle). The hook is removed on exit, also after an
+        exception."""
         group = self.attach(model, layer)
         try:
-            yield group
+            yield model
         finally:
             group.remove()

@@ -28,7 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from latentsurgeon.activations.batching import DataLike, as_loader, batch_inputs, model_device
+from latentsurgeon._validation import Callable as CallableConstraint
+from latentsurgeon._validation import Interval, Options, check_finite, validate_params
+from latentsurgeon.activations.batching import (
+    DataLike,
+    as_loader,
+    batch_inputs,
+    check_batch_size,
+    model_device,
+)
+from latentsurgeon.activations.pooling import POOLINGS
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, resolve_layers
@@ -39,6 +48,15 @@ logger = logging.getLogger("latentsurgeon")
 __all__ = ["ProbeReport", "default_probe", "probe_layers"]
 
 TASKS = ("classification", "regression")
+
+_CONSTRAINTS = {
+    "task": Options(TASKS),
+    "probe_factory": [None, CallableConstraint()],
+    "pooling": [Options(POOLINGS), dict],
+    "test_size": Interval(float, 0, 1, closed="neither"),
+    "seed": [None, Interval(int, 0, None)],
+    "progress": bool,
+}
 
 
 def default_probe(task: str) -> Any:
@@ -198,6 +216,7 @@ def _execution_order(model: nn.Module, names: list[str], data: Any,
 
 def _targets(targets: Any, n: int, task: str) -> np.ndarray:
     y = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    check_finite(y, "targets")
     if len(y) != n:
         raise ShapeMismatchError(f"targets has {len(y)} entries but the data {n} samples.")
     if task == "classification":
@@ -230,7 +249,7 @@ def probe_layers(
     probe_factory: Callable[[str], Any] | None = None,
     pooling: str | Mapping[str, str] = "mean",
     test_size: float = 0.25,
-    seed: int = 0,
+    seed: int | None = 0,
     store_path: str | Path | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -253,7 +272,7 @@ def probe_layers(
         pooling: how conv activations become vectors (``"mean"``, ``"max"``, ``"flatten"``), or
             a dict per layer; used at extraction.
         test_size: share of samples held out (stratified for classification when possible).
-        seed: seeds the split.
+        seed: seeds the split (None: fresh randomness).
         store_path: keep the extracted activations in this store directory (a complete store
             from the same model and data there is reused); default a temporary directory that
             is deleted afterwards.
@@ -262,11 +281,15 @@ def probe_layers(
 
     Returns:
         A :class:`ProbeReport`.
+
+    Raises:
+        InvalidParameterError: a parameter outside what it accepts (named in the message).
+        NonFiniteError: NaN or Inf in the targets or the activations.
     """
-    if task not in TASKS:
-        raise LatentSurgeonError(f"Unknown task {task!r}; expected one of {TASKS}.")
-    if not 0.0 < test_size < 1.0:
-        raise LatentSurgeonError(f"test_size must lie in (0, 1), got {test_size}.")
+    validate_params({"task": task, "probe_factory": probe_factory, "pooling": pooling,
+                     "test_size": test_size, "seed": seed, "progress": progress},
+                    _CONSTRAINTS, owner="probe_layers()")
+    check_batch_size(batch_size)
     if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
         raise LatentSurgeonError(
             "probe_layers needs the data in a fixed order to align it with targets; pass a "
@@ -313,7 +336,9 @@ def probe_layers(
         probes: dict[str, Any] = {}
         for name in tqdm(names, desc="probing layers", unit="layer", disable=not progress,
                          leave=False):
-            X = store.tensor(name).reshape(store.n_samples, -1).float().numpy()
+            X = store.tensor(name).reshape(store.n_samples, -1)
+            X = check_finite(X if X.dtype == torch.float64 else X.float(),
+                             f"activations of layer {name!r}").numpy()
             probe = probe_factory(name) if probe_factory is not None else default_probe(task)
             probe.fit(X[tr], y[tr])
             scores = _score(task, probe, X[tr], y[tr], X[te], y[te])

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
+from sklearn.linear_model import Lasso
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import LinearSVC
 from torch import nn
 
 from latentsurgeon.activations import ActivationStore
 from latentsurgeon.concepts import CAV
-from latentsurgeon.errors import LatentSurgeonError, NotFittedError, ShapeMismatchError
+from latentsurgeon.concepts.cav_fitting import GRID
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    NonFiniteError,
+    NotFittedError,
+    ShapeMismatchError,
+)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -42,14 +55,14 @@ def data():
 
 class TestPlantedDirection:
     @pytest.mark.parametrize("method", ["pattern", "signal", "mass_mean"])
-    def test_pattern_and_mass_mean_recover_the_planted_direction(self, data, method):
+    def test_patterns_and_mass_mean_recover_the_planted_direction(self, data, method):
         x, y, u = data
         cav = CAV(method).fit(x, y)
         assert cav.cosine(u.float()) >= 0.95
         # ... though as a classifier the pattern is worse than a filter: it keeps the distractor.
         assert cav.scores_["accuracy"] < CAV("logistic").fit(x, y).scores_["accuracy"]
 
-    @pytest.mark.parametrize("method", ["svm", "logistic", "ridge"])
+    @pytest.mark.parametrize("method", ["svm", "logistic", "ridge", "lasso"])
     def test_filters_cancel_the_distractor_and_miss_the_direction(self, data, method):
         # A filter must be tilted away from the distractor to cancel it, so it does not point
         # along the signal: it separates the classes (accuracy) but is not the concept direction.
@@ -229,9 +242,9 @@ class TestErrors:
 
     def test_unknown_method_and_pooling(self):
         x, y = torch.randn(20, 3), torch.arange(20) % 2
-        with pytest.raises(LatentSurgeonError, match="Unknown CAV method 'pca'"):
+        with pytest.raises(InvalidParameterError, match="CAV: method must be one of .*'pca'"):
             CAV("pca").fit(x, y)
-        with pytest.raises(ValueError, match="Unknown pooling"):
+        with pytest.raises(InvalidParameterError, match="pooling must be one of"):
             CAV(pooling="sum").fit(x, y)
 
     def test_identical_groups(self):
@@ -244,3 +257,115 @@ class TestErrors:
             CAV().project(torch.randn(3, 3))
         with pytest.raises(NotFittedError):
             CAV().save("unused.pt")
+
+
+class TestEstimatorContract:
+    def test_clone_and_params(self):
+        x, y, _ = planted_with_distractor(n=200)
+        cav = CAV("pattern", "mean", filter_method="ridge", C=[0.1, 1.0], test_size=0.3, seed=4)
+        copy = clone(cav)
+        assert copy is not cav and copy.get_params() == cav.get_params()
+        cav.fit(x, y)
+        fresh = clone(cav)
+        assert not fresh.is_fitted()
+        assert clone(cav.set_params(C="grid")).C == "grid"
+
+    @pytest.mark.parametrize("params, name", [
+        ({"C": -1.0}, "C"), ({"C": 0}, "C"), ({"C": []}, "C"), ({"C": [1.0, -2.0]}, "C"),
+        ({"C": math.inf}, "C"), ({"C": "auto"}, "C"), ({"test_size": 1.0}, "test_size"),
+        ({"seed": -3}, "seed"), ({"filter_method": "pattern"}, "filter_method"),
+        ({"method": "lda"}, "method"), ({"pooling": "sum"}, "pooling"),
+    ])
+    def test_invalid_parameters_raise_at_fit(self, params, name):
+        x, y = torch.randn(40, 3), torch.arange(40) % 2
+        cav = CAV(**params)  # the constructor stores, fit checks
+        with pytest.raises(InvalidParameterError, match=f"CAV: {name} must be"):
+            cav.fit(x, y)
+        with pytest.raises(InvalidParameterError, match=f"CAV: {name} must be"):
+            cav.fit_paired(x, x + 1)
+
+
+class TestLabelsAndNonFinite:
+    def test_soft_labels_are_refused(self):
+        # The old code truncated 0.6 to 0 silently.
+        x = torch.randn(40, 3)
+        y = (torch.arange(40) % 2).float()
+        y[5] = 0.6
+        with pytest.raises(InvalidParameterError, match="0/1 .*soft labels"):
+            CAV().fit(x, y)
+        with pytest.raises(InvalidParameterError, match="labels"):
+            CAV().fit(x, torch.full((40,), 2))
+
+    def test_bool_and_float_01_labels_are_accepted(self):
+        x, y, u = planted_with_distractor(n=400)
+        a = CAV("mass_mean").fit(x, y.bool())
+        b = CAV("mass_mean").fit(x, y.double().numpy())
+        torch.testing.assert_close(a.direction_, b.direction_)
+
+    def test_nan_activations_are_a_non_finite_error(self):
+        # The old code said the groups were "indistinguishable".
+        x, y = torch.randn(40, 3), torch.arange(40) % 2
+        x[7, 1] = math.nan
+        for method in ("mass_mean", "logistic", "svm"):
+            with pytest.raises(NonFiniteError, match="activations"):
+                CAV(method).fit(x, y)
+        with pytest.raises(NonFiniteError):
+            CAV().fit_paired(x, torch.randn(40, 3))
+        # a NaN outside the fitted samples does not matter
+        keep = torch.ones(40, dtype=torch.bool)
+        keep[7] = False
+        assert CAV().fit(x, y, sample_mask=keep).is_fitted()
+
+
+def _standardised(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    X = x.double().numpy()
+    sd = X.std(0) + 1e-8
+    return (X - X.mean(0)) / sd, sd
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+class TestDetoxaiMethods:
+    def test_signal_is_the_label_covariance_pattern(self, data):
+        x, y, _ = data
+        X, yy = x.double().numpy(), y.double().numpy()
+        # detoxai: covariance of the activations with the label over the label's variance
+        cov = ((X - X.mean(0)) * (yy - yy.mean())[:, None]).sum(0) / (len(yy) - 1)
+        expected = cov / (((yy - yy.mean()) ** 2).sum() / (len(yy) - 1))
+        cav = CAV("signal").fit(x, y)
+        np.testing.assert_allclose(cav.direction_.double().numpy(),
+                                   expected / np.linalg.norm(expected), rtol=0, atol=1e-7)
+        # ... not the Haufe pattern of the logistic filter, which the old "signal" was
+        assert CAV("pattern").fit(x, y).cosine(cav) < 0.9999
+
+    def test_lasso_is_scikit_learns_lasso_on_standardised_activations(self):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(300, 40, generator=g, dtype=torch.float64)
+        y = (torch.arange(300) % 3 == 0).long()  # unbalanced: sample weights matter
+        x[y == 1, :3] += 1.5
+        cav = CAV("lasso", C=0.05).fit(x, y)
+        Z, sd = _standardised(x)
+        yy = y.numpy()
+        w = np.where(yy == 1, 300 / (2 * yy.sum()), 300 / (2 * (300 - yy.sum())))
+        ref = Lasso(alpha=1 / (0.05 * 300), max_iter=100_000, tol=1e-10).fit(
+            Z, 2.0 * yy - 1, sample_weight=w).coef_ / sd
+        assert _cos(cav.direction_.double().numpy(), ref) >= 0.9999
+        direction = cav.direction_.abs()
+        assert int((direction > 1e-6).sum()) < 40  # sparse ...
+        assert set(direction.topk(3).indices.tolist()) == {0, 1, 2}  # ... on the planted dims
+
+    def test_svm_grid_search_as_detoxai(self):
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(160, 12, generator=g, dtype=torch.float64)
+        y = (torch.arange(160) % 4 == 0).long()
+        x[y == 1, 0] += 1.0
+        cav = CAV("svm", C="grid", seed=0).fit(x, y)
+        Z, sd = _standardised(x)
+        yy = y.numpy()
+        w = (1.0 / np.bincount(yy))[yy]
+        search = GridSearchCV(LinearSVC(random_state=0, max_iter=5000), {"C": list(GRID)}, cv=5)
+        ref = search.fit(Z, yy, sample_weight=w / w.max()).best_estimator_.coef_[0] / sd
+        assert GRID[0] == 1e-5 and GRID[-1] == 1e4 and len(GRID) == 10
+        assert _cos(cav.direction_.double().numpy(), ref) >= 0.9999

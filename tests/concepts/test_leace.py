@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from latentsurgeon.activations import ActivationStore, capture
 from latentsurgeon.concepts import LeaceEraser
-from latentsurgeon.errors import LatentSurgeonError, NotFittedError, ShapeMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    NonFiniteError,
+    NotFittedError,
+    ShapeMismatchError,
+)
 from latentsurgeon.hooks import hook_count
 
 
@@ -102,7 +111,7 @@ class TestShapes:
 
     def test_channel_wise_erasure(self):
         acts, y, _ = conv_concept()
-        eraser = LeaceEraser("none", channel_dim=1).fit(acts, y)
+        eraser = LeaceEraser("channel", channel_dim=1).fit(acts, y)
         assert eraser.n_features_ == 6
         assert eraser.n_samples_ == 300 * 25  # every position is a sample
         out = eraser.transform(acts)
@@ -121,7 +130,7 @@ class TestShapes:
         g = torch.Generator().manual_seed(2)
         y = (torch.arange(200) % 2).long()
         tokens = torch.randn(200, 7, 4, generator=g) + y[:, None, None] * torch.tensor([2.0, 0, 0, 1])
-        eraser = LeaceEraser("none", channel_dim=-1).fit(tokens, y)
+        eraser = LeaceEraser("channel", channel_dim=-1).fit(tokens, y)
         assert eraser.n_features_ == 4
         assert eraser.transform(tokens).shape == tokens.shape
 
@@ -130,7 +139,7 @@ class TestShapes:
         acts = torch.randn(100, 3, 4, 4, generator=g)
         mask = torch.rand(100, 4, 4, generator=g) < 0.3
         acts = acts + mask[:, None].float() * torch.tensor([3.0, -1.0, 0.0])[None, :, None, None]
-        eraser = LeaceEraser("none").fit(acts, mask)
+        eraser = LeaceEraser("channel").fit(acts, mask)
         labels = mask.reshape(-1).long()
         majority = max(float(labels.float().mean()), 1 - float(labels.float().mean()))
         before = acts.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -153,7 +162,7 @@ def small_cnn() -> nn.Module:
 
 
 class TestHooks:
-    @pytest.mark.parametrize("pooling", ["flatten", "none"])
+    @pytest.mark.parametrize("pooling", ["flatten", "channel"])
     def test_hook_equals_transform(self, pooling):
         model = small_cnn()
         g = torch.Generator().manual_seed(5)
@@ -164,8 +173,10 @@ class TestHooks:
             model(images)
         raw = cap["2"]
         eraser = LeaceEraser(pooling).fit(raw, y)
-        with torch.no_grad(), eraser.applied(model, "2"), capture(model, "2") as cap2:
-            out = model(images)
+        with torch.no_grad(), eraser.applied(model, "2") as erased, \
+                capture(model, "2") as cap2:
+            assert erased is model  # applied yields the model; attach returns the hook handle
+            out = erased(images)
         torch.testing.assert_close(cap2["2"], eraser.transform(raw), atol=1e-5, rtol=1e-5)
         with torch.no_grad():
             expected = model[3:](eraser.transform(raw))
@@ -217,8 +228,8 @@ class TestStoreAndPersistence:
         y = (torch.arange(150) % 2).long()
         images[y == 1, :, :2, :2] += 1.0
         store = ActivationStore.extract(model, images, "2", tmp_path / "s", progress=False)
-        streamed = LeaceEraser("none", batch_size=32).fit(store, y)
-        in_memory = LeaceEraser("none").fit(store.tensor("2"), y)
+        streamed = LeaceEraser("channel", batch_size=32).fit(store, y)
+        in_memory = LeaceEraser("channel").fit(store.tensor("2"), y)
         torch.testing.assert_close(streamed.proj_left_ @ streamed.proj_right_,
                                    in_memory.proj_left_ @ in_memory.proj_right_,
                                    atol=1e-8, rtol=1e-6)
@@ -226,7 +237,7 @@ class TestStoreAndPersistence:
 
     def test_save_load_round_trip(self, tmp_path):
         acts, y, _ = conv_concept()
-        eraser = LeaceEraser("none", method="orth", svd_tol=0.05).fit(acts, y)
+        eraser = LeaceEraser("channel", method="orth", svd_tol=0.05).fit(acts, y)
         eraser.save(tmp_path / "e.pt")
         again = LeaceEraser.load(tmp_path / "e.pt")
         assert again.get_params() == eraser.get_params()
@@ -235,12 +246,27 @@ class TestStoreAndPersistence:
 
 class TestErrors:
     def test_pooling_that_cannot_be_inverted(self):
-        with pytest.raises(LatentSurgeonError, match="cannot"):
+        with pytest.raises(InvalidParameterError, match="pooling must be .*cannot"):
             LeaceEraser("max").fit(torch.randn(10, 3), torch.arange(10) % 2)
 
-    def test_unknown_method(self):
-        with pytest.raises(LatentSurgeonError, match="Unknown erasure method"):
-            LeaceEraser(method="lda").fit(torch.randn(10, 3), torch.arange(10) % 2)
+    @pytest.mark.parametrize("params, name", [
+        ({"method": "lda"}, "method"), ({"pooling": "as is"}, "pooling"),
+        ({"batch_size": 0}, "batch_size"), ({"svd_tol": -0.1}, "svd_tol"),
+        ({"affine": "yes"}, "affine"), ({"channel_dim": 1.5}, "channel_dim"),
+    ])
+    def test_invalid_parameters(self, params, name):
+        with pytest.raises(InvalidParameterError, match=f"LeaceEraser: {name} must be"):
+            LeaceEraser(**params).fit(torch.randn(10, 3), torch.arange(10) % 2)
+
+    def test_non_finite_activations_and_labels(self):
+        x = torch.randn(20, 3)
+        x[4, 0] = math.inf
+        with pytest.raises(NonFiniteError, match="activations"):
+            LeaceEraser().fit(x, torch.arange(20) % 2)
+        z = torch.rand(20, 2, dtype=torch.float64)
+        z[3, 1] = math.nan
+        with pytest.raises(NonFiniteError, match="labels"):
+            LeaceEraser().fit(torch.randn(20, 3), z)
 
     def test_one_class(self):
         with pytest.raises(LatentSurgeonError, match="two label values"):
@@ -253,3 +279,20 @@ class TestErrors:
     def test_not_fitted(self):
         with pytest.raises(NotFittedError):
             LeaceEraser().transform(torch.randn(3, 3))
+
+
+class TestVocabulary:
+    def test_none_is_the_deprecated_spelling_of_channel(self):
+        acts, y, _ = conv_concept()
+        with pytest.warns(FutureWarning, match="pooling='channel'"):
+            old = LeaceEraser("none").fit(acts, y)
+        new = LeaceEraser("channel").fit(acts, y)
+        assert old.n_features_ == new.n_features_ == 6
+        torch.testing.assert_close(old.transform(acts), new.transform(acts))
+
+    def test_clone(self):
+        eraser = LeaceEraser("channel", method="orth", channel_dim=-1, svd_tol=0.05)
+        copy = clone(eraser)
+        assert copy.get_params() == eraser.get_params() and copy is not eraser
+        eraser.fit(torch.randn(30, 4, 3), torch.arange(30) % 2)
+        assert not clone(eraser).is_fitted()

@@ -10,7 +10,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentsurgeon.activations import ActivationStore
 from latentsurgeon.concepts import ProbeReport, probe_layers
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from latentsurgeon.hooks import hook_count
 
 
@@ -138,8 +143,14 @@ def test_errors(data):
     shuffled = DataLoader(TensorDataset(x), batch_size=100, shuffle=True)
     with pytest.raises(LatentSurgeonError, match="fixed order"):
         probe_layers(model, shuffled, sign, "1", progress=False)
-    with pytest.raises(LatentSurgeonError, match="Unknown task"):
+    with pytest.raises(InvalidParameterError, match="task must be one of"):
         probe_layers(model, x, sign, "1", task="ranking", progress=False)
+    with pytest.raises(InvalidParameterError, match="test_size must be"):
+        probe_layers(model, x, sign, "1", test_size=0.0, progress=False)
+    with pytest.raises(InvalidParameterError, match="pooling must be"):
+        probe_layers(model, x, sign, "1", pooling="sum", progress=False)
+    with pytest.raises(InvalidParameterError, match="batch_size must be"):
+        probe_layers(model, x, sign, "1", batch_size=0, progress=False)
     with pytest.raises(ShapeMismatchError, match="targets has 10"):
         probe_layers(model, x, sign[:10], "1", progress=False)
     with pytest.raises(LatentSurgeonError, match="two classes"):
@@ -156,3 +167,16 @@ def test_layers_are_reported_in_execution_order():
     y = (x[:, 0] > 0).long()
     report = probe_layers(model, x, y, ["0", "0.0", "1"], progress=False)
     assert report.layers == ["0.0", "0", "1"]
+
+
+def test_non_finite_inputs_and_targets(data, tmp_path):
+    x, sign, product = data
+    model = product_model()
+    broken = x.clone()
+    broken[10, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="layer"):
+        probe_layers(model, broken, sign, "1", progress=False)
+    bad_targets = product.clone()
+    bad_targets[3] = float("inf")
+    with pytest.raises(NonFiniteError, match="targets"):
+        probe_layers(model, x, bad_targets, "1", task="regression", progress=False)

@@ -1,0 +1,94 @@
+"""The one activation pass of the concepts package: example sets -> pooled vectors at a layer.
+
+Every forward-only read of a layer's activations in :mod:`latentsurgeon.concepts` (TCAV's concept
+and random sets) goes through :func:`_layer_activations`, so that how the forward pass runs
+(e.g. stopping it once the layer has produced its output) is decided in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentsurgeon._validation import check_finite
+from latentsurgeon.activations import capture
+from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches, to_device
+from latentsurgeon.activations.pooling import pool
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+
+
+def finite(value: Any, what: str) -> Any:
+    """:func:`~latentsurgeon._validation.check_finite` with a fast path: a tensor whose sum is
+    finite holds no NaN or Inf (both propagate through a sum), so the elementwise check (a
+    boolean copy of the tensor) runs only when the sum is not finite, to raise or to clear an
+    overflow of large finite values."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        if bool(torch.isfinite(value.sum())):
+            return value
+    return check_finite(value, what)
+
+
+def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: str,
+                       batch_size: int, device: torch.device, bar: Any = None, *,
+                       what: str = "inputs", out: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pooled activations of ``layer`` for every sample of ``data``, in order.
+
+    The model runs in eval mode without gradients; its mode and hooks are restored afterwards.
+    The layer's output is copied as it is produced, so a later in-place operation of the model
+    cannot change what is read.
+
+    Args:
+        model, layer: the network and one layer name.
+        data: the samples (anything :func:`~latentsurgeon.activations.batching.iter_batches`
+            reads; the model input is a batch's first element).
+        pooling: ``"flatten"``, ``"max"``, ``"mean"`` or ``"none"`` (then the layer must give
+            one vector per sample).
+        batch_size, device: of the forward passes (``device`` is the model's).
+        bar: a tqdm bar advanced once per batch.
+        what: names the data in error messages.
+        out: an ``(N, D)`` float64 CPU tensor to write into (no intermediate copies of the
+            activations); it must have a row per sample.
+
+    Returns:
+        ``(acts, shape)``: ``(N, D)`` float64 on the CPU (``out`` when given) and the
+        per-sample shape of the layer's output before pooling.
+
+    Raises:
+        NonFiniteError: NaN or Inf in the inputs or the activations.
+        LatentSurgeonError: ``data`` holds no samples.
+    """
+    parts: list[torch.Tensor] = []
+    shape: tuple[int, ...] = ()
+    start = 0
+    with capture(model, layer, copy=True) as cap, torch.no_grad():
+        model.eval()  # capture restores the mode on exit
+        for batch in iter_batches(data, batch_size):
+            inputs = finite(batch_inputs(batch), what)
+            model(to_device(inputs, device))
+            acts = cap[layer]
+            if pooling == "none" and acts.dim() > 2:
+                raise ShapeMismatchError(
+                    "A CAV needs one vector per sample: use pooling='flatten', 'max' or 'mean' "
+                    f"for activations of shape {tuple(acts.shape)}.")
+            shape = tuple(acts.shape[1:])
+            vectors = finite(pool(acts, pooling).reshape(len(acts), -1),
+                             f"activations of {what} at layer {layer!r}")
+            if out is None:
+                parts.append(vectors.to("cpu", torch.float64))
+            elif start + len(vectors) > len(out):
+                raise LatentSurgeonError(f"The {what} yielded more samples than counted.")
+            else:
+                out[start:start + len(vectors)].copy_(vectors)
+            start += len(vectors)
+            if bar is not None:
+                bar.update(1)
+    if start == 0:
+        raise LatentSurgeonError(f"The {what} are empty: no samples to compute activations of.")
+    if out is not None:
+        if start != len(out):
+            raise LatentSurgeonError(f"The {what} yielded {start} samples, {len(out)} counted.")
+        return out, shape
+    return torch.cat(parts), shape
