@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from latentsurgeon._validation import check_finite
-from latentsurgeon.activations import capture
-from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches, to_device
+from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches
 from latentsurgeon.activations.pooling import pool
+from latentsurgeon.activations.read import LayerReader
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
 
@@ -36,9 +36,10 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
                        ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Pooled activations of ``layer`` for every sample of ``data``, in order.
 
-    The model runs in eval mode without gradients; its mode and hooks are restored afterwards.
-    The layer's output is copied as it is produced, so a later in-place operation of the model
-    cannot change what is read.
+    The model runs in eval mode without gradients, and each forward pass stops once ``layer`` has
+    produced its output (:class:`~latentsurgeon.activations.read.LayerReader`: the values are
+    those of a whole pass; a later in-place operation of the model cannot change them); its mode
+    and hooks are restored afterwards.
 
     Args:
         model, layer: the network and one layer name.
@@ -63,12 +64,11 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
     parts: list[torch.Tensor] = []
     shape: tuple[int, ...] = ()
     start = 0
-    with capture(model, layer, copy=True) as cap, torch.no_grad():
-        model.eval()  # capture restores the mode on exit
+    # The reader stops the pass once the layer has produced its output and keeps that output
+    # safe from later in-place ops; pooling happens here, after the shape check.
+    with LayerReader(model, [layer], device=device) as reader:
         for batch in iter_batches(data, batch_size):
-            inputs = finite(batch_inputs(batch), what)
-            model(to_device(inputs, device))
-            acts = cap[layer]
+            acts = reader.read(finite(batch_inputs(batch), what))[layer]
             if pooling == "none" and acts.dim() > 2:
                 raise ShapeMismatchError(
                     "A CAV needs one vector per sample: use pooling='flatten', 'max' or 'mean' "

@@ -42,6 +42,7 @@ from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
+from latentsurgeon.hooks.stop import ForwardStopper
 
 logger = logging.getLogger("latentsurgeon")
 
@@ -194,7 +195,8 @@ def _select_store_layers(store: ActivationStore, layers: Any, model: nn.Module |
 def _execution_order(model: nn.Module, names: list[str], data: Any,
                      device: str | torch.device | None) -> list[str]:
     """``names`` in the order their outputs are produced (a container such as ``features``
-    finishes after its children), found by one forward pass on one sample."""
+    finishes after its children), found by one forward pass on one sample (stopped after the
+    last of them)."""
     try:
         inputs = batch_inputs(next(iter(as_loader(data, 1))))
     except (StopIteration, TypeError):
@@ -202,15 +204,20 @@ def _execution_order(model: nn.Module, names: list[str], data: Any,
     if not isinstance(inputs, torch.Tensor):
         return names  # dict inputs etc.: keep the module order
     seen: list[str] = []
+    # The store's extraction just learned how often these layers run per pass, so this pass
+    # also ends with the last of them.
+    stopper = ForwardStopper(model, names)
 
     def record(name: str, module: nn.Module, args: tuple, output: Any) -> None:
         if name not in seen:
             seen.append(name)
+        if stopper.count(name):
+            stopper.stop()
 
     with preserve_model_state(model), HookGroup() as group, torch.no_grad():
         model.eval()
         group.forward(model, names, record)
-        model(inputs[:1].to(model_device(model) if device is None else device))
+        stopper.run(model, inputs[:1].to(model_device(model) if device is None else device))
     return seen + [n for n in names if n not in seen]
 
 

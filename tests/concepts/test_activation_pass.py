@@ -63,3 +63,40 @@ def test_finite_fast_path_and_its_fallback():
             finite(x, "x")
     ints = torch.arange(3)
     assert finite(ints, "x") is ints
+
+
+class Counter(nn.Module):
+    """Identity that counts its calls: shows whether the forward pass got past the layer read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_stops_the_forward_pass_after_the_layer(tiny_cnn, images):
+    model = tiny_cnn()
+    x = images(12, 1)
+    whole, _ = _layer_activations(model, "3", x, "flatten", 12, CPU)
+    model[4] = nn.Sequential(Counter(), model[4])
+    counter = model[4][0]
+    # The first pass above ran whole to learn how often layer 3 runs; every later one stops.
+    acts, _ = _layer_activations(model, "3", x, "flatten", 4, CPU)
+    assert counter.calls == 0
+    torch.testing.assert_close(acts, whole, rtol=0, atol=0)
+
+
+def test_probe_layers_orders_layers_without_a_whole_pass(tiny_cnn, images):
+    from latentsurgeon.concepts import probe_layers
+
+    model = tiny_cnn()
+    x = images(40, 1)
+    labels = torch.arange(40) % 2
+    model[4] = nn.Sequential(Counter(), model[4])
+    counter = model[4][0]
+    table = probe_layers(model, x, labels, ["1", "3"], batch_size=10, progress=False)
+    assert counter.calls == 1  # only the extraction's first (learning) pass ran past layer 3
+    assert table.layers == ["1", "3"]
