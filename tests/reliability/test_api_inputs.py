@@ -19,6 +19,7 @@ from latentsurgeon.cbm import (
     build_mask,
     intervention,
 )
+from latentsurgeon.concepts import CAV, LeaceEraser, probe_layers, tcav
 from latentsurgeon.correct import (
     AClarc,
     ExplanationRegularization,
@@ -277,6 +278,41 @@ def cases(store) -> list[Case]:
              ["featurs", "did you mean"], mm),
         Case("top examples beyond the training set", lambda: top_examples(torch.rand(3, 4), 7),
              InvalidParameterError, ["k", "4", "7"]),
+        # -- concepts -----------------------------------------------------------------------------
+        Case("tcav of a class the model does not have", lambda: tcav(
+            m, "features", X, 12, X, X, n_runs=2, set_size=4, progress=False),
+             InvalidParameterError, ["target=12", "10 outputs"], mm),
+        Case("tcav of NaN concept inputs", lambda: tcav(
+            m, "features", X, 0, _nan(X), X, n_runs=2, set_size=4, progress=False),
+             NonFiniteError, ["concept inputs", "nan", "samples 1"], mm),
+        Case("tcav with a significance above 1", lambda: tcav(
+            m, "features", X, 0, X, X, n_runs=2, set_size=4, significance=1.5, progress=False),
+             InvalidParameterError, ["significance", "(0, 1)", "1.5"], mm),
+        Case("tcav with sets too small to hold out", lambda: tcav(
+            m, "features", X, 0, X[:2], X, n_runs=2, set_size=2, progress=False),
+             InvalidParameterError, ["test_size", "2 concept", "2 negative"], mm),
+        Case("tcav at a misspelt layer", lambda: tcav(
+            m, "featurs", X, 0, X, X, n_runs=2, set_size=4, progress=False),
+             LayerNotFoundError, ["featurs", "did you mean"], mm),
+        Case("a CAV of an unknown method", lambda: CAV(method="svm2").fit(
+            torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError,
+             ["method", "logistic", "svm2"]),
+        Case("a CAV from soft labels", lambda: CAV().fit(torch.rand(10, 4), torch.rand(10)),
+             InvalidParameterError, ["labels", "0/1", "soft labels"]),
+        Case("a CAV with a negative C", lambda: CAV(C=-1.0).fit(
+            torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError, ["C must", "-1.0"]),
+        Case("LEACE with a label per sample missing", lambda: LeaceEraser().fit(
+            torch.rand(10, 4), torch.arange(9) % 2), ShapeMismatchError,
+             ["labels", "9 entries", "10 samples"]),
+        Case("LEACE of NaN activations", lambda: LeaceEraser().fit(
+            torch.rand(10, 4).index_fill(0, torch.tensor([1]), float("nan")), torch.arange(10) % 2),
+             NonFiniteError, ["activations", "nan", "samples 1"]),
+        Case("LEACE with an unknown pooling", lambda: LeaceEraser(pooling="median").fit(
+            torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError,
+             ["pooling", "channel", "median"]),
+        Case("probes with a target missing", lambda: probe_layers(
+            m, X, torch.arange(7) % 2, "features", progress=False), ShapeMismatchError,
+             ["targets", "7 entries", "8 samples"], mm),
         # -- cbm ----------------------------------------------------------------------------------
         Case("a CBM with an unknown scheme", lambda: ConceptBottleneckModel(
             4, 2, 2, scheme="greedy").fit(torch.rand(10, 4), torch.randint(0, 2, (10,)),
