@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentsurgeon._io import write_json_atomic
+from latentsurgeon._io import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -88,31 +89,54 @@ def write_result(result: dict[str, Any]) -> Path:
     return write_json_atomic(path, result, durable=False)
 
 
+NOTES = ROOT / "NOTES.md"
+
+
+def goal_met(result: dict[str, Any]) -> str:
+    """``yes``/``no`` for a goal that starts with ``>= number`` (a ratio goal), else ``-``."""
+    match = re.match(r"\s*>=\s*([0-9.]+)", str(result.get("goal", "")))
+    if not match:
+        return "-"
+    return "yes" if result["ratio"] >= float(match.group(1)) else "**no**"
+
+
+def _agreement_text(agreement: Any) -> str:
+    if isinstance(agreement, float):
+        return f"{agreement:.3g}"
+    if isinstance(agreement, dict):
+        return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in agreement.items())
+    return "" if agreement is None else str(agreement)
+
+
 def write_table() -> Path:
+    """Regenerate ``docs/benchmarks.md`` from ``bench/results/*.json`` and ``bench/NOTES.md``."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     lines = [
         "# Benchmarks",
         "",
         "Measured side by side in one process run (`python -m bench NAME`), alternating ours and the",
-        "peer; medians over the repeats. `ratio = peer_s / ours_s`: above 1, latentsurgeon is faster;",
-        "for overhead benchmarks whose peer is the bare model, it is our relative throughput.",
-        "This file is regenerated from `bench/results/*.json`.",
+        "peer run by run; medians over the repeats. `ratio = peer_s / ours_s`: above 1,",
+        "latentsurgeon is faster; for overhead benchmarks whose peer is the bare model, it is our",
+        "relative throughput. `met` compares the ratio with a `>= x` goal. This file is regenerated",
+        "from `bench/results/*.json` and `bench/NOTES.md` (`python -m bench all --write`).",
         "",
-        "| benchmark | peer | ours (s) | peer (s) | ratio | goal | agreement |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| benchmark | peer | ours (s) | peer (s) | ratio | goal | met | agreement |",
+        "|---|---|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
-        agreement = r.get("agreement")
-        if isinstance(agreement, float):
-            agreement = f"{agreement:.3g}"
         lines.append(f"| {r['name']} | {r['peer']} | {r['ours_s']:.4f} | {r['peer_s']:.4f} | "
-                     f"{r['ratio']:.2f} | {r.get('goal', '')} | {agreement} |")
+                     f"{r['ratio']:.2f} | {r.get('goal', '')} | {goal_met(r)} | "
+                     f"{_agreement_text(r.get('agreement'))} |")
     lines.append("")
     for r in rows:
         if r.get("description"):
-            lines.append(f"- **{r['name']}**: {r['description']} ({r.get('machine', '')})")
+            lines.append(f"- **{r['name']}**: {r['description']} ({r.get('machine', '')}, "
+                         f"{r.get('repeats', '?')} repeats)")
+    if NOTES.exists():
+        lines += ["", NOTES.read_text().rstrip()]
     TABLE.parent.mkdir(parents=True, exist_ok=True)
-    TABLE.write_text("\n".join(lines) + "\n")
+    write_text_atomic(TABLE, "\n".join(lines) + "\n")
     return TABLE
 
 

@@ -28,16 +28,32 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from latentsurgeon.errors import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOSSES", "newton_dual", "newton_primal"]
+__all__ = ["LOSSES", "newton_dual", "newton_primal", "solve_batched"]
 
 LOSSES = ("logistic", "squared")
 _STEPS = 2.0 ** -torch.arange(0, 40, dtype=torch.float64)  # backtracking step sizes
+
+
+def solve_batched(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``A[p] x[p] = b[p]`` for every problem: ``A`` ``(B, m, m)``, ``b`` ``(B, m)``.
+
+    On the CPU the systems go to NumPy's LAPACK. PyTorch's batched CPU solve runs one MKL
+    factorisation per problem on its own thread pool, and MKL then opens nested OpenMP teams: with
+    two or more threads that returned wrong pivots (pytorch/pytorch#142815, still in 2.13: "MKL
+    ERROR: Parameter 6 was incorrect on entry to SLASWP" for a batch of 151-square identities) or
+    spun forever on a loaded machine. Other devices use ``torch.linalg.solve``.
+    """
+    if A.device.type != "cpu":
+        return torch.linalg.solve(A, b)
+    x = np.linalg.solve(A.detach().numpy(), b.detach().numpy()[:, :, None])[:, :, 0]
+    return torch.from_numpy(x).to(A.dtype)
 
 
 def _loss(loss: str, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -133,7 +149,7 @@ def newton_dual(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: str 
         system[:, :n, :n] = W[:, :, None] * K + eye
         system[:, :n, n] = W
         rhs = torch.cat([-(g + a), -a.sum(1, keepdim=True)], dim=1)
-        step = torch.linalg.solve(system, rhs)
+        step = solve_batched(system, rhs)
         da, db = step[:, :n], step[:, n]
         Kda = torch.bmm(K, da[:, :, None])[:, :, 0]
         # gradient of J: (K (g + a), sum g); its product with the step
@@ -186,7 +202,7 @@ def newton_primal(Z: torch.Tensor, y: torch.Tensor, c: torch.Tensor, *, loss: st
         hessian[:, :d, :d] += eye
         grad = torch.bmm(Z1.transpose(1, 2), g[:, :, None])[:, :, 0]
         grad[:, :d] += w
-        step = -torch.linalg.solve(hessian, grad)
+        step = -solve_batched(hessian, grad)
         if not torch.isfinite(step).all():
             raise NonFiniteError("The CAV solver produced NaN or Inf (the activations are too "
                                  "large or ill-conditioned for float64).")
