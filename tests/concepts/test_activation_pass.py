@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,3 +101,38 @@ def test_probe_layers_orders_layers_without_a_whole_pass(tiny_cnn, images):
     table = probe_layers(model, x, labels, ["1", "3"], batch_size=10, progress=False)
     assert counter.calls == 1  # only the extraction's first (learning) pass ran past layer 3
     assert table.layers == ["1", "3"]
+
+
+@pytest.fixture
+def whole_passes(monkeypatch):
+    """Every reader runs the whole model (early exit off everywhere)."""
+    from latentsurgeon.hooks.stop import ForwardStopper
+
+    original = ForwardStopper.__init__
+
+    def never_stop(self, model, names, *, enabled=True):
+        original(self, model, names, enabled=False)
+
+    return lambda: monkeypatch.setattr(ForwardStopper, "__init__", never_stop)
+
+
+def test_early_exit_changes_nothing_but_the_time(setup, whole_passes):
+    from latentsurgeon.concepts import probe_layers, tcav
+
+    model, inputs, concept, pool_ = setup
+    labels = torch.arange(len(pool_)) % 2
+    kwargs = {"n_runs": 4, "set_size": 30, "seed": 0, "progress": False}
+    stopped = tcav(model, "3", inputs, 0, concept, pool_, **kwargs)
+    probes = probe_layers(model, pool_, labels, ["1", "3"], progress=False)
+    whole_passes()
+    whole = tcav(model, "3", inputs, 0, concept, pool_, **kwargs)
+    whole_probes = probe_layers(model, pool_, labels, ["1", "3"], progress=False)
+    for name in ("sign_count", "magnitude", "random_sign_count", "cav_accuracy"):
+        assert np.array_equal(getattr(stopped, name), getattr(whole, name)), name
+    assert stopped.p_value == whole.p_value
+    assert torch.equal(stopped.derivatives, whole.derivatives)
+    for a, b in zip(stopped.concept_cavs + stopped.random_cavs,
+                    whole.concept_cavs + whole.random_cavs, strict=True):
+        assert torch.equal(a.direction_, b.direction_)
+    assert probes.rows == whole_probes.rows
+    assert hook_count(model) == 0
