@@ -16,6 +16,7 @@ from latentsurgeon.cli import (
     bench,
     correct,
     demo,
+    explain_experiment,
     extract,
     layers,
     probe,
@@ -29,7 +30,7 @@ from latentsurgeon.errors import LatentSurgeonError
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [demo, layers, train, extract, probe, tcav, correct, verify, bench]
+COMMANDS = [demo, layers, train, extract, probe, tcav, correct, verify, explain_experiment, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
