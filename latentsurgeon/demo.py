@@ -1,9 +1,11 @@
 """The end-to-end demo on the bundled watermark decoy digits (``latentsurgeon demo``).
 
-reveal -> correct -> verify: train the reference CNN on digits where a watermark was planted on
-most images of one class, show that it learned the shortcut, find the watermark inside the network
-(CAVs per layer, TCAV with a significance test), remove it with every correction method, measure
-what each one achieved, and write ``report.html`` and ``results.json``.
+reveal -> explain -> correct -> verify: train the reference CNN on digits where a watermark was
+planted on most images of one class, show that it learned the shortcut, find the watermark inside
+the network (CAVs per layer, TCAV with a significance test), show which training examples and
+which pixels its wrong decisions rely on (example and label-free feature importance), remove it
+with every correction method, measure what each one achieved (accuracy, artifact relevance, and
+the same reliance view again), and write ``report.html`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class DemoConfig:
     conv_layers: list[str] = field(default_factory=lambda: ["features.0", "features.3"])
     block_layer: str = "features"  # where the corrections act: the conv block's output
     tcav_runs: int = 10
+    explain_layer: str = "classifier.1"  # the representation explained: the first hidden layer
+    top_k: int = 10
 
 
 def _quiet(_: str) -> None:
@@ -117,6 +121,68 @@ def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) 
     return {"layers": per_layer, "cav_fits": comparison}
 
 
+# -- explain -------------------------------------------------------------------------------------
+#: The example-importance methods of the explain stage, in the order the report shows them.
+EXPLAIN_METHODS = ("nearest_neighbours", "simplex", "tracin", "tracin_normalized")
+
+
+def misled_inputs(model: nn.Module, data: DecoyDigits) -> torch.Tensor:
+    """Indices of the poisoned test images of other classes that ``model`` calls the shortcut
+    class: the decisions the watermark made."""
+    from latentsurgeon.metrics import predict
+
+    k = int(data.shortcut_class)
+    pred = predict(model, data.poisoned.images)
+    return torch.nonzero((data.poisoned.labels != k) & (pred == k)).flatten()
+
+
+def reliance(model: nn.Module, data: DecoyDigits, picked: torch.Tensor,
+             config: DemoConfig) -> dict[str, Any]:
+    """What ``model``'s representation of the ``picked`` poisoned test images relies on.
+
+    Example importance: for each method, the share of watermarked training images among the
+    top-``k`` training examples of every picked image (the base rate is their share of the
+    training set). Feature importance: the share of the label-free integrated-gradients
+    attribution of the representation that lies inside the watermark (the base rate is the
+    watermark's share of the image area).
+    """
+    from captum.attr import IntegratedGradients
+
+    from latentsurgeon.explain import flagged_share, label_free_attribution, top_examples_by_method
+
+    images = data.poisoned.images[picked]
+    top = top_examples_by_method(model, config.explain_layer, data.train, images,
+                                 k=config.top_k, methods=EXPLAIN_METHODS)
+    shares = {m: flagged_share(top[m], data.train.artifact) for m in EXPLAIN_METHODS}
+    attribution = label_free_attribution(model, images, IntegratedGradients,
+                                         layer=config.explain_layer, progress=False)
+    magnitude = attribution.abs().flatten(1)
+    masks = data.poisoned.masks[picked].float().flatten(1)
+    inside = ((magnitude * masks).sum(1) / magnitude.sum(1).clamp_min(1e-30)).mean()
+    return {"shares": shares, "feature_share": float(inside), "top": top,
+            "attribution": attribution}
+
+
+def explain(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo
+            ) -> dict[str, Any]:
+    """Which training examples and which pixels the shortcut decisions rely on."""
+    picked = misled_inputs(model, data)
+    base_rate = float(data.train.artifact.float().mean())
+    mask_area = float(data.poisoned.masks[0].float().mean())
+    found = reliance(model, data, picked, config)
+    echo(f"  {len(picked)} poisoned test images of other classes are called class "
+         f"{data.shortcut_class}; representation: {config.explain_layer}")
+    echo(f"  watermarked training images among each one's top {config.top_k} "
+         f"(base rate {base_rate:.1%}):")
+    for method in EXPLAIN_METHODS:
+        share = found["shares"][method]
+        echo(f"    {method:<20} {share:6.1%}  ({share / base_rate:4.1f}x the base rate)")
+    echo(f"  label-free feature importance inside the watermark: {found['feature_share']:.1%} "
+         f"of the attribution on {mask_area:.1%} of the pixels "
+         f"({found['feature_share'] / mask_area:.1f}x)")
+    return {"picked": picked, "base_rate": base_rate, "mask_area": mask_area, **found}
+
+
 # -- correct & verify --------------------------------------------------------------------------
 def _relevance(model: nn.Module, data: DecoyDigits) -> float:
     """Share of the shortcut class's input x gradient evidence that lies in the watermark, on
@@ -129,8 +195,10 @@ def _relevance(model: nn.Module, data: DecoyDigits) -> float:
 
 
 def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
-                       echo: Echo) -> tuple[dict[str, Any], dict[str, nn.Module]]:
-    """Run every correction with the demo's default settings; measure each."""
+                       echo: Echo, picked: torch.Tensor | None = None
+                       ) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Run every correction with the demo's default settings; measure each (and, given the
+    ``picked`` poisoned images of the explain stage, what each corrected model relies on)."""
     from latentsurgeon.correct import (
         AClarc,
         ExplanationRegularization,
@@ -178,12 +246,25 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
         poisoned = evaluate_accuracy(corrected, data.poisoned)
         results[name] = {"clean_acc": clean, "poisoned_acc": poisoned,
                          "artifact_relevance": _relevance(corrected, data), "seconds": seconds}
+        if picked is not None and len(picked):
+            found = reliance(corrected, data, picked, config)
+            results[name]["reliance"] = {"shares": found["shares"],
+                                         "feature_share": found["feature_share"]}
         models[name] = corrected
     base = results["none"]
     for name, row in results.items():
         row["gap_closed"] = gap_closed(base, row)
         echo(f"  {name:<10} {row['clean_acc']:7.2%} {row['poisoned_acc']:9.2%} "
              f"{row['gap_closed']:11.0%} {row['artifact_relevance']:19.3f} {row['seconds']:8.1f}")
+    if picked is not None and len(picked):
+        echo(f"  what the same {len(picked)} misled images rely on after each correction "
+             f"(watermarked share of the top {config.top_k}; feature share inside the watermark):")
+        echo("  " + f"{'method':<10} " + " ".join(f"{m:>18}" for m in EXPLAIN_METHODS)
+             + f" {'features':>9}")
+        for name, row in results.items():
+            shares = row["reliance"]["shares"]
+            echo(f"  {name:<10} " + " ".join(f"{shares[m]:18.1%}" for m in EXPLAIN_METHODS)
+                 + f" {row['reliance']['feature_share']:9.1%}")
     return results, models
 
 
@@ -228,7 +309,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
         results["meta"]["timings"][stage] = round(now - stage_start, 2)
         stage_start = now
 
-    echo(f"[1/4] Training the reference CNN on the watermark decoy digits (seed {config.seed})")
+    echo(f"[1/5] Training the reference CNN on the watermark decoy digits (seed {config.seed})")
     model, data = train_decoy_model(config.seed, config.epochs, config.progress)
     torch_save_atomic(model.state_dict(), out / "model.pt")
     results["model"] = str(out / "model.pt")
@@ -243,7 +324,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
          f"all of class {data.shortcut_class})")
 
     lap("train")
-    echo("[2/4] Extracting the activations of every conv layer into a store")
+    echo("[2/5] Extracting the activations of every conv layer into a store")
     store = ActivationStore.extract(model, data.train.images, config.conv_layers,
                                     out / "activations", pooling="max", overwrite=True,
                                     progress=config.progress)
@@ -254,7 +335,7 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
     if config.stop_after == "store":
         return _finish(out, results, echo, started, data, {"none": model})
 
-    echo(f"[3/4] Reveal: where does the network encode the watermark? (shortcut class "
+    echo(f"[3/5] Reveal: where does the network encode the watermark? (shortcut class "
          f"{data.shortcut_class})")
     revealed = reveal(model, data, config, echo)
     results["reveal"] = {
@@ -265,22 +346,34 @@ def run_demo(config: DemoConfig, echo: Echo = _quiet) -> dict[str, Any]:
     lap("reveal")
     if config.stop_after == "reveal":
         return _finish(out, results, echo, started, data, {"none": model})
+
+    echo("[4/5] Explain: what do the shortcut decisions rely on? (training examples and pixels)")
+    explained = explain(model, data, config, echo)
+    results["explain"] = {
+        "layer": config.explain_layer, "k": config.top_k, "n_misled": len(explained["picked"]),
+        "base_rate": explained["base_rate"], "mask_area": explained["mask_area"],
+        "shares": explained["shares"], "feature_share": explained["feature_share"],
+    }
+    lap("explain")
+    if config.stop_after == "explain":
+        return _finish(out, results, echo, started, data, {"none": model}, explained)
     # stop_after == "all"
 
-    echo("[4/4] Correct and verify (every method, default settings)")
-    methods, models = correct_and_verify(model, data, config, echo)
+    echo("[5/5] Correct and verify (every method, default settings)")
+    methods, models = correct_and_verify(model, data, config, echo, explained["picked"])
     results["methods"] = methods
     lap("correct_and_verify")
-    return _finish(out, results, echo, started, data, models)
+    return _finish(out, results, echo, started, data, models, explained)
 
 
 def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float, data: DecoyDigits,
-            models: dict[str, nn.Module]) -> dict[str, Any]:
+            models: dict[str, nn.Module], explained: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     from latentsurgeon.report.demo_report import write_demo_report
 
     results["report"] = str(out / "report.html")
     results["seconds_total"] = round(time.perf_counter() - started, 2)
-    write_demo_report(out / "report.html", data, models, results)
+    write_demo_report(out / "report.html", data, models, results, explained)
     write_json_atomic(out / "results.json", results, sort_keys=False)
     echo(f"Report: {results['report']}")
     echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s); "

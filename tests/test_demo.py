@@ -1,4 +1,5 @@
-"""The full demo at its default settings: reveal -> correct -> verify, results.json, report.html.
+"""The full demo at its default settings: reveal -> explain -> correct -> verify, results.json,
+report.html.
 
 One run (about 2-4 minutes on 2 cores) is shared by every test here. These are the quality goals
 the demo promises, checked on exactly the settings `make demo` uses.
@@ -70,7 +71,38 @@ def test_trained_corrections_close_half_the_gap_at_three_points(demo, method):
     assert none["clean_acc"] - row["clean_acc"] <= 0.03
 
 
-@pytest.mark.parametrize("method", ["rr-clarc", "rrr"])
+@pytest.mark.parametrize("method", ["nearest_neighbours", "simplex", "tracin_normalized"])
+def test_explain_finds_the_watermarked_examples_behind_the_shortcut(demo, method):
+    _, results, printed = demo
+    explained = results["explain"]
+    assert explained["n_misled"] >= 20 and "[4/5] Explain" in printed
+    assert explained["shares"][method] >= 3 * explained["base_rate"]
+
+
+def test_raw_tracin_is_dominated_by_large_gradients_normalised_is_not(demo):
+    shares = demo[1]["explain"]["shares"]
+    assert shares["tracin"] < 2 * demo[1]["explain"]["base_rate"] < shares["tracin_normalized"]
+
+
+def test_label_free_feature_importance_concentrates_on_the_watermark(demo):
+    explained = demo[1]["explain"]
+    assert explained["feature_share"] >= 3 * explained["mask_area"]
+
+
+@pytest.mark.parametrize("method", ["p-clarc", "a-clarc", "rr-clarc", "rrr"])
+def test_after_each_correction_the_reliance_is_gone(demo, method):
+    """The explain view on the same misled images: nearest neighbours and normalised TracIn
+    fall to twice the base rate or less, and the feature share inside the watermark falls."""
+    results = demo[1]
+    base_rate = results["explain"]["base_rate"]
+    before = results["methods"]["none"]["reliance"]
+    after = results["methods"][method]["reliance"]
+    for name in ("nearest_neighbours", "tracin_normalized"):
+        assert after["shares"][name] <= 2 * base_rate < before["shares"][name], name
+    assert after["feature_share"] < before["feature_share"]
+
+
+@pytest.mark.parametrize("method", ["p-clarc", "rr-clarc", "rrr"])
 def test_gradient_corrections_halve_artifact_relevance(demo, method):
     _, results, _ = demo
     before = results["methods"]["none"]["artifact_relevance"]
@@ -83,6 +115,8 @@ def test_report_is_self_contained(demo):
     assert "http://" not in text and "https://" not in text
     assert text.count("data:image/png;base64,") >= 5
     assert 'id="methods"' in text and 'id="cav-quality"' in text
+    assert 'id="explain-examples"' in text and 'id="reliance-after"' in text
+    assert 'id="run-info"' in text
 
 
 def test_report_renders_in_headless_chromium(demo):

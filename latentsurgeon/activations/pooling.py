@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError
 
 POOLINGS = ("max", "mean", "flatten", "none")
 
 
-class PoolingError(LatentSurgeonError, ValueError):
+class PoolingError(InvalidParameterError):
     """An unknown pooling mode."""
 
 

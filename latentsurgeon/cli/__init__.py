@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from latentsurgeon import __version__
 from latentsurgeon.cli import (
     bench,
+    cbm,
     correct,
     demo,
+    explain,
     explain_experiment,
     extract,
     layers,
@@ -30,11 +32,20 @@ from latentsurgeon.errors import LatentSurgeonError
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [demo, layers, train, extract, probe, tcav, correct, verify, explain_experiment, bench]
+COMMANDS = [demo, layers, train, extract, probe, tcav, explain, explain_experiment, correct, verify,
+            cbm, bench]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming what to fix, exit code 2 (argparse
+    prints the whole usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latentsurgeon",
         description="Reveal, explain, correct and verify what a PyTorch model learned.")
     parser.add_argument("--version", action="version", version=f"latentsurgeon {__version__}")

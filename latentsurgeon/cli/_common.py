@@ -155,9 +155,15 @@ def split_of(data: Any, name: str, *, what: str) -> Any:
             keys = ("images", "labels", "artifact")
             return SimpleNamespace(**dict(zip(keys, data, strict=False)))
         return data
+    if isinstance(data, torch.Tensor):
+        has = f"is one tensor of shape {tuple(data.shape)}"
+    elif hasattr(data, "__dict__"):
+        has = f"has {sorted(k for k in vars(data) if not k.startswith('_'))}"
+    else:
+        has = f"is a {type(data).__name__}"
     raise LatentSurgeonError(
-        f"{what} needs a {name!r} split in --data; the data has "
-        f"{sorted(k for k in vars(data) if not k.startswith('_')) if hasattr(data, '__dict__') else type(data).__name__}.")
+        f"{what} needs a {name!r} split in --data; the data {has}. Return a dict or object with "
+        f"train/test/poisoned splits from your --data function.")
 
 
 def need(split: Any, field: str, what: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -18,6 +18,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from bench.__main__ import main as bench_main
+    from bench.runner import available
+
+    if args.name and args.name != "all" and args.name not in available():
+        raise InvalidParameterError(f"no benchmark {args.name!r}; available: "
+                                    f"{', '.join(available())} (or 'all').")
 
     argv = ["--list"] if args.list or not args.name else [args.name]
     argv += ["--repeats", str(args.repeats)] + (["--write"] if args.write else [])

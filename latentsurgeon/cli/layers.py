@@ -47,7 +47,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     example = torch.zeros(args.input_shape)
     try:
         rows = layer_table(model, example)
-    except RuntimeError as exc:
+    except (RuntimeError, ShapeMismatchError) as exc:
         raise ShapeMismatchError(
             f"--input-shape {','.join(map(str, args.input_shape))} does not fit the model: "
             f"{str(exc).splitlines()[0]}") from exc

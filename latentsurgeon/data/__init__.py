@@ -1,9 +1,16 @@
 """Bundled, deterministic data: scikit-learn's digits at 16x16 with planted shortcuts, and
-generated heartbeat-like time series.
+concept data sets (generated toy sets, the digits with pixel concepts), a tabular set with a planted
+spurious feature and generated heartbeat-like time series.
 
 Nothing is downloaded: the digits ship with scikit-learn, the time series are generated.
 """
 
+from latentsurgeon.data.concept_digits import (
+    DIGIT_CONCEPT_NAMES,
+    concept_digits,
+    count_holes,
+    digit_concepts,
+)
 from latentsurgeon.data.concept_sets import ConceptSets, watermark_concept_sets
 from latentsurgeon.data.decoy import (
     CORNERS,
@@ -25,24 +32,38 @@ from latentsurgeon.data.timeseries import (
     beat_templates,
     beats,
 )
+from latentsurgeon.data.toy_concepts import (
+    TOY_CONCEPT_SETS,
+    ConceptData,
+    ConceptSplit,
+    toy_concepts,
+)
 
 __all__ = [
     "BEAT_CLASSES",
     "CORNERS",
+    "ConceptData",
     "ConceptSets",
+    "ConceptSplit",
+    "DIGIT_CONCEPT_NAMES",
     "KINDS",
+    "TOY_CONCEPT_SETS",
     "DecoyDigits",
     "DecoySplit",
     "ECG5000_PROPORTIONS",
     "beat_templates",
     "beats",
+    "concept_digits",
+    "count_holes",
     "decoy_digits",
     "default_watermark",
     "default_watermark_position",
+    "digit_concepts",
     "load_digits16",
     "paste_swatch",
     "paste_watermark",
     "spurious_tabular",
     "swatch_gray",
+    "toy_concepts",
     "watermark_concept_sets",
 ]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import count_samples
 from latentsurgeon.activations.capture import capture
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
 from latentsurgeon.hooks.resolve import LayerSelector, resolve_layers
 from latentsurgeon.intervene._common import (
@@ -303,7 +303,7 @@ def patch(
         LatentSurgeonError: a selected layer did not run, or ran more than once per forward.
     """
     if direction not in DIRECTIONS:
-        raise LatentSurgeonError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+        raise InvalidParameterError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
     names = list(resolve_layers(model, layers))
     fn = patch_fn or replace
     if direction == "clean_to_corrupted":

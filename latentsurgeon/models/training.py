@@ -239,7 +239,8 @@ def train(
             samples of a batch do not interact (per-sample gradients stay per sample).
         restore_mode: restore every module's ``training`` flag after the call (corrections,
             whose only job is to change weights); False leaves the model in eval mode (the
-            reference recipes, whose job is a trained model ready to evaluate).
+            reference recipes, whose job is a trained model ready to evaluate). A call that
+            fails always restores the flags (and the weights).
         progress: tqdm bar over epochs (hidden off a TTY).
         desc: the bar's label and the log's name.
         checkpoint_dir: if given, after every epoch ``k`` (from 1) write ``epoch_{k:03d}.pt``
@@ -274,6 +275,7 @@ def train(
     moved = dev != home
     if moved:
         model.to(dev)
+    finished = False
     try:
         with preserve_model_state(model), _restore_weights_on_error(model), \
                 _seeded(seed, dev) as generator:
@@ -334,10 +336,11 @@ def train(
                     torch_save_atomic(payload, path)
                     history.checkpoints.append(path)
             bar.close()
+        finished = True
     finally:
         if moved:
             model.to(home)
-        if restore_mode:
+        if restore_mode or not finished:  # a failed call leaves the model as it found it
             for module, flag in training_flags:
                 module.training = flag
         else:

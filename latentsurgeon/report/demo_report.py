@@ -25,9 +25,70 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor,
                                                target=targets).detach()
 
 
+METHOD_LABELS = {"nearest_neighbours": "nearest neighbours (cosine)", "simplex": "SimplEx",
+                 "tracin": "TracIn (raw gradients)",
+                 "tracin_normalized": "TracIn (unit-normalised gradients)"}
+
+
+def _explain_section(report: HtmlReport, data: Any, results: Mapping[str, Any],
+                     explained: Mapping[str, Any] | None) -> None:
+    info = results["explain"]
+    k = data.shortcut_class
+    report.heading("3. Explain: what the shortcut decisions rely on")
+    report.paragraph(
+        f"{info['n_misled']} poisoned test images of other classes are called class {k}. For "
+        f"each, the {info['k']} training examples its representation (layer "
+        f"{info['layer']}) relies on most, by four methods; the table gives the share of "
+        f"watermarked class-{k} training images among them. They are "
+        f"{info['base_rate']:.1%} of the training set, so a share well above that means the "
+        "decision leans on the watermark's examples.")
+    report.table(["method", "watermarked share of the top examples", "times the base rate"],
+                 [[METHOD_LABELS.get(m, m), v, v / info["base_rate"]]
+                  for m, v in info["shares"].items()], table_id="explain-examples")
+    report.paragraph(
+        "Raw TracIn (the dot product of loss gradients) ranks the training examples with the "
+        "largest gradients first: the few examples the model still gets wrong dominate every "
+        "test example's list, whatever it looks like, so its share falls to about the base rate. "
+        "With unit-normalised gradients (their cosine) the direction of the gradient decides, "
+        "and the watermarked examples that push the same way come first.", note=True)
+    report.paragraph(
+        f"Label-free feature importance (integrated gradients of the representation, "
+        f"g(x~) = <f(x~), f(x)>): {info['feature_share']:.1%} of the attribution lies inside the "
+        f"watermark, which covers {info['mask_area']:.1%} of the image "
+        f"({info['feature_share'] / info['mask_area']:.1f}x its area).")
+    if explained is None:
+        return
+    picked = explained["picked"]
+    train = data.train
+    show = picked[:2]
+    images, titles, masks = [], [], []
+    n_top = 7
+    for row, index in enumerate(show):
+        for method in info["shares"]:
+            top = explained["top"][method][row, :n_top]
+            images += [data.poisoned.images[index], *train.images[top]]
+            masks += [data.poisoned.masks[index], *train.masks[top]]
+            titles += [f"test, y={int(data.poisoned.labels[index])}"] + [
+                f"{'wm ' if bool(train.artifact[t]) else ''}y={int(train.labels[t])}" for t in top]
+    report.figure(figures.image_grid(torch.stack(images), titles, masks=torch.stack(masks),
+                                     ncols=n_top + 1),
+                  "For two misled test images (first column), their top training examples by "
+                  f"each method, in the order {', '.join(METHOD_LABELS[m] for m in info['shares'])}"
+                  " (rows); 'wm' and a red outline mark watermarked training images.",
+                  alt="top training examples")
+    first = picked[:8]
+    report.figure(figures.attribution_rows(
+        data.poisoned.images[first], {"label-free IG": explained["attribution"][:len(first)]},
+        masks=data.poisoned.masks[first]),
+        "Label-free integrated gradients of the representation on misled test images "
+        "(watermark outlined).", alt="label-free feature importance")
+
+
 def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Module],
-                      results: Mapping[str, Any]) -> Path:
-    """Write the demo's ``report.html``; returns its path."""
+                      results: Mapping[str, Any],
+                      explained: Mapping[str, Any] | None = None) -> Path:
+    """Write the demo's ``report.html``; returns its path. ``explained`` (the explain stage's
+    rankings and attributions) adds the example grids and heatmaps to its section."""
     k = data.shortcut_class
     unc = results["uncorrected"]
     report = HtmlReport(
@@ -86,10 +147,13 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                      [[r["fit"], r["cosine_with_paired"], r["cosine_with_class_direction"]]
                       for r in reveal["cav_fits"]], table_id="cav-fits")
 
+    if "explain" in results:
+        _explain_section(report, data, results, explained)
+
     if "methods" in results:
         methods = results["methods"]
         names = list(methods)
-        report.heading("3. Correct and verify")
+        report.heading("4. Correct and verify")
         report.paragraph(
             "Each method starts from the uncorrected model. gap closed = share of the clean vs "
             "poisoned accuracy gap that the correction wins back (poisoned accuracy regained); "
@@ -124,6 +188,18 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                       "classes (watermark outlined): what pushes them towards the shortcut class, "
                       "before (none) and after each correction.",
                       alt="attribution heatmaps")
+        with_reliance = [n for n in names if "reliance" in methods[n]]
+        if with_reliance:
+            shares = list(methods[with_reliance[0]]["reliance"]["shares"])
+            report.paragraph(
+                "The explain view again, after each correction, on the same misled test images: "
+                "the share of watermarked training images among their top examples, and of the "
+                "label-free attribution inside the watermark.")
+            report.table(
+                ["method", *[METHOD_LABELS.get(m, m) for m in shares], "feature share"],
+                [[n, *[methods[n]["reliance"]["shares"][m] for m in shares],
+                  methods[n]["reliance"]["feature_share"]] for n in with_reliance],
+                table_id="reliance-after")
     meta = results.get("meta", {})
     if meta:
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in meta.get("timings", {}).items())

@@ -228,7 +228,7 @@ def test_demo_can_stop_after_reveal_and_still_writes_a_report(tmp_path, capsys):
     # the demo's weights feed the other commands
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert "features.0.weight" in state
-    assert "[4/4]" not in capsys.readouterr().out
+    assert "[4/5]" not in capsys.readouterr().out
 
 
 def test_demo_quick_run_writes_results(tmp_path, capsys):
@@ -264,3 +264,34 @@ def test_bench_lists_and_writes_tracked_files_only_when_asked(tmp_path, monkeypa
     assert not (tmp_path / "results").exists() and not (tmp_path / "benchmarks.md").exists()
     assert main(["bench", "fake_case", "--repeats", "2", "--write"]) == 0
     assert (tmp_path / "results" / "fake.json").exists() and (tmp_path / "benchmarks.md").exists()
+
+
+def test_explain_examples_writes_scores_a_grid_and_a_page(weights, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "examples"
+    assert main(["explain", "examples", "--weights", weights, "--split", "poisoned", "--n", "12",
+                 "--top", "5", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    scores = np.load(out / "scores.npy")
+    top = np.load(out / "top.npy")
+    assert scores.shape == (12, 1300) and top.shape == (12, 5)
+    assert (np.argsort(-scores, axis=1, kind="stable")[:, :5] == top).all()
+    assert (out / "top_examples.png").stat().st_size > 1000 and (out / "report.html").exists()
+    assert "base rate 8.9%" in printed
+
+
+def test_explain_features_writes_attributions_shaped_like_the_inputs(weights, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "features"
+    assert main(["explain", "features", "--weights", weights, "--split", "poisoned", "--n", "6",
+                 "--method", "saliency", "--quiet", "--out", str(out)]) == 0
+    assert np.load(out / "attributions.npy").shape == (6, 1, 16, 16)
+    assert "inside the artifact masks" in capsys.readouterr().out
+
+
+def test_explain_with_a_user_model_needs_a_layer(user_module, capsys):
+    assert main(["explain", "examples", "--model", "usermod_cli:make_model", "--data",
+                 "usermod_cli:make_data", "--quiet"]) == 2
+    assert "--layer is needed" in capsys.readouterr().err

@@ -1,0 +1,227 @@
+"""Intervention strategies: the values written into a concept layer's output where it is replaced.
+
+A strategy is called with the layer's predictions ``(N, K)`` (and the context of the
+:class:`~latentsurgeon.cbm.InterventionModule`) and returns the replacement values, shaped like
+the predictions, **in the layer's output space**. A concept layer that outputs logits (a sigmoid
+follows it) needs logits: a raw 0 there means probability 0.5, not "absent".
+
+``space="output"`` (the default, as pytorch_concepts does) takes the values as given: they must
+already be in the layer's output space. ``space="probs"`` says the values are probabilities and
+converts them to the layer's logits, ``logit(clamp(p, eps, 1 - eps))``, so 0 and 1 become large
+but finite logits (``eps=1e-6``: about -13.8 and 13.8).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from latentsurgeon._validation import Interval, Options, Seed, check_finite, validate_params
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
+
+__all__ = [
+    "DistributionIntervention",
+    "DoIntervention",
+    "GroundTruthIntervention",
+    "InterventionStrategy",
+    "SPACES",
+    "to_output_space",
+]
+
+#: What the values given to a strategy are: the layer's output as is, or probabilities.
+SPACES = ("output", "probs")
+
+_COMMON = {"space": Options(SPACES), "eps": Interval(float, 0, 0.5, closed="neither")}
+
+
+def to_output_space(values: torch.Tensor, space: str, eps: float = 1e-6) -> torch.Tensor:
+    """``values`` unchanged (``space="output"``) or probabilities turned into logits
+    (``space="probs"``: ``logit(clamp(p, eps, 1 - eps))``, always finite).
+
+    Raises:
+        NonFiniteError: NaN or Inf values.
+        InvalidParameterError: probabilities outside ``[0, 1]``.
+    """
+    check_finite(values, "the intervention values")
+    if space == "output":
+        return values
+    dtype = values.dtype if values.is_floating_point() else torch.float32
+    if bool(((values < 0) | (values > 1)).any()):
+        bad = values[(values < 0) | (values > 1)][0].item()
+        raise InvalidParameterError(
+            f"space='probs' needs probabilities in [0, 1]; got the value {bad:g}. Pass values in "
+            "the layer's output space with space='output'.")
+    # float64: in float32, 1 - 1e-6 rounds and the two ends would not be symmetric
+    return values.double().clamp(eps, 1 - eps).logit().to(dtype)
+
+
+def _fit(values: torch.Tensor, predictions: torch.Tensor, what: str, *,
+         per_sample: bool) -> torch.Tensor:
+    """``values`` on the predictions' device and dtype, broadcast to their shape."""
+    values = values.to(device=predictions.device, dtype=predictions.dtype)
+    if per_sample and tuple(values.shape) != tuple(predictions.shape):
+        raise ShapeMismatchError(
+            f"{what} must have the shape of the layer's output for this batch, "
+            f"{tuple(predictions.shape)}; got {tuple(values.shape)}. Set the values of each "
+            "batch before its forward pass.")
+    try:
+        return values.expand_as(predictions)
+    except RuntimeError:
+        raise ShapeMismatchError(
+            f"{what} of shape {tuple(values.shape)} do not broadcast to the layer's output "
+            f"{tuple(predictions.shape)}; give a scalar, one value per concept "
+            f"({tuple(predictions.shape[1:])}) or one row per sample.") from None
+
+
+class InterventionStrategy:
+    """Base class: ``strategy(predictions, **context) -> values`` shaped like ``predictions``,
+    in the layer's output space. Subclasses implement :meth:`values`."""
+
+    _parameter_constraints: dict[str, Any] = dict(_COMMON)
+
+    def __init__(self, *, space: str = "output", eps: float = 1e-6) -> None:
+        self.space = space
+        self.eps = eps
+
+    def _validate(self) -> None:
+        validate_params(vars(self), self._parameter_constraints, owner=type(self).__name__)
+
+    def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        return to_output_space(self.values(predictions, **context), self.space, self.eps)
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        args = ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {tuple(value.shape)}>"
+    return repr(value)
+
+
+class GroundTruthIntervention(InterventionStrategy):
+    """Replace concepts with their true values (Koh et al.'s test-time intervention).
+
+    Args:
+        ground_truth: ``(N, K)`` true concepts of the batch about to be run; set
+            ``strategy.ground_truth`` anew before each batch. With a concept layer that outputs
+            logits, give 0/1 labels with ``space="probs"`` (or logits with ``space="output"``).
+        space: ``"output"`` (values as given) or ``"probs"`` (probabilities to logits).
+        eps: clamp of ``space="probs"``.
+
+    Raises (when called):
+        LatentSurgeonError: no ground truth was set.
+        ShapeMismatchError: ground truth of another shape than the batch's concepts.
+    """
+
+    def __init__(self, ground_truth: torch.Tensor | None = None, *, space: str = "output",
+                 eps: float = 1e-6) -> None:
+        super().__init__(space=space, eps=eps)
+        self.ground_truth = ground_truth
+        self._validate()
+
+    def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        if self.ground_truth is None:
+            raise InvalidParameterError(
+                "GroundTruthIntervention has no ground truth: set strategy.ground_truth to the "
+                "batch's (N, K) concepts before the forward pass.")
+        truth = torch.as_tensor(self.ground_truth)
+        return _fit(truth, predictions, "the ground truth", per_sample=True)
+
+
+class DoIntervention(InterventionStrategy):
+    """Set concepts to constants: ``do(C = value)``.
+
+    Args:
+        constants: a number, one value per concept ``(K,)``, ``(1, K)`` or a full ``(N, K)``
+            tensor; broadcast to the layer's output (pytorch_concepts' name and shapes).
+        space: ``"output"`` (values as given) or ``"probs"`` (probabilities to logits).
+        eps: clamp of ``space="probs"``.
+    """
+
+    def __init__(self, constants: float | torch.Tensor, *, space: str = "output",
+                 eps: float = 1e-6) -> None:
+        super().__init__(space=space, eps=eps)
+        self.constants = constants
+        if not isinstance(constants, (numbers.Real, torch.Tensor)) or isinstance(constants, bool):
+            raise InvalidParameterError(
+                "DoIntervention: constants must be a number or a tensor; got "
+                f"{type(constants).__name__}.")
+        self._validate()
+
+    def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        constants = torch.as_tensor(self.constants, dtype=predictions.dtype)
+        return _fit(constants, predictions, "DoIntervention's constants", per_sample=False)
+
+
+class DistributionIntervention(InterventionStrategy):
+    """Replace concepts with samples of a distribution (e.g. the concepts' marginals).
+
+    Args:
+        distribution: a ``torch.distributions.Distribution`` whose samples are the new values:
+            batch shape ``()`` (one distribution for every concept), ``(K,)`` (one per concept)
+            or ``(N, K)``.
+        space: ``"output"`` (samples as given) or ``"probs"`` (probabilities to logits; e.g.
+            ``Bernoulli(probs=rates)`` samples 0/1).
+        eps: clamp of ``space="probs"``.
+        seed: None draws from torch's global RNG; an int or a ``torch.Generator`` makes the
+            stream of samples reproducible (each call draws the next samples; torch's global
+            RNG state is left as it was). :meth:`reset` restarts the stream.
+    """
+
+    _parameter_constraints = {**_COMMON, "seed": Seed()}
+
+    def __init__(self, distribution: torch.distributions.Distribution, *, space: str = "output",
+                 eps: float = 1e-6, seed: int | torch.Generator | None = None) -> None:
+        super().__init__(space=space, eps=eps)
+        self.distribution = distribution
+        self.seed = seed
+        if not isinstance(distribution, torch.distributions.Distribution):
+            raise InvalidParameterError(
+                "DistributionIntervention: distribution must be a torch.distributions."
+                f"Distribution; got {type(distribution).__name__}.")
+        self._validate()
+        self._generator: torch.Generator | None = None
+
+    def reset(self) -> None:
+        """Restart the seeded stream of samples."""
+        self._generator = None
+
+    def _draw_seed(self) -> int:
+        if isinstance(self.seed, torch.Generator):
+            generator = self.seed
+        else:
+            if self._generator is None:
+                self._generator = torch.Generator().manual_seed(int(self.seed))
+            generator = self._generator
+        return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+
+    def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        n, k = predictions.shape[0], predictions.shape[1:]
+        dist_shape = tuple(self.distribution.batch_shape + self.distribution.event_shape)
+        if dist_shape == ():
+            shape = (n, *k)
+        elif dist_shape == tuple(k):
+            shape = (n,)
+        elif dist_shape == tuple(predictions.shape):
+            shape = ()
+        else:
+            raise ShapeMismatchError(
+                f"DistributionIntervention: a distribution of shape {dist_shape} cannot give "
+                f"values for a layer output of shape {tuple(predictions.shape)}; use shape (), "
+                f"{tuple(k)} or {tuple(predictions.shape)}.")
+        if self.seed is None:
+            sample = self.distribution.sample(torch.Size(shape))
+        else:
+            cuda = [predictions.device.index or 0] if predictions.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self._draw_seed())
+                sample = self.distribution.sample(torch.Size(shape))
+        return _fit(sample, predictions, "the samples", per_sample=False)

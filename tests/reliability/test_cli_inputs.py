@@ -1,0 +1,140 @@
+"""The bad-input corpus of the command line: every command, given a bad flag, exits with code 2 and
+one line on stderr that names the flag (or what to fix), and leaves existing files alone."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from latentsurgeon.activations import ActivationStore
+from latentsurgeon.cli import main
+from latentsurgeon.models import DigitCNN
+
+from ._harness import tree_digest
+
+USER = textwrap.dedent(
+    """
+    import torch
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+
+    def inputs_only():
+        return torch.rand(12, 1, 8, 8)
+
+    def unlabelled_splits():
+        return {"train": {"images": torch.rand(12, 1, 8, 8)}}
+
+    def crashes():
+        raise RuntimeError("the user's function failed")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-inputs")
+    (root / "cliuser.py").write_text(USER)
+    torch.manual_seed(0)
+    torch.save(DigitCNN().state_dict(), root / "cnn.pt")
+    (root / "not-a-checkpoint.pt").write_text("hello")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), root / "linear.pt")
+    ActivationStore.extract(DigitCNN(), torch.rand(16, 1, 16, 16), ["features.0"], root / "store",
+                            pooling="max", progress=False)
+    return root
+
+
+CASES = [
+    # (name, argv, what stderr must mention)
+    ("unknown command", ["nonsense"], ["invalid choice", "nonsense"]),
+    ("demo with a negative seed", ["demo", "--seed", "-1", "--quiet", "--out", "d"],
+     ["seed", "-1"]),
+    ("layers with a bad shape", ["layers", "--input-shape", "0,1"], ["--input-shape", "0,1"]),
+    ("layers of a shape the model cannot take", ["layers", "--input-shape", "1,3,16,16"],
+     ["--input-shape", "does not fit"]),
+    ("layers of a missing module", ["layers", "--model", "nowhere_xyz:make"],
+     ["--model", "nowhere_xyz"]),
+    ("layers of a crashing model function", ["layers", "--model", "cliuser:crashes"],
+     ["--model", "the user's function failed"]),
+    ("layers of a non-model", ["layers", "--model", "cliuser:inputs_only"],
+     ["--model", "not an nn.Module"]),
+    ("train with negative epochs", ["train", "--epochs", "-1", "--quiet", "--out", "m.pt"],
+     ["epochs", "-1"]),
+    ("train on data without labels", ["train", "--model", "cliuser:model", "--data",
+                                      "cliuser:inputs_only", "--epochs", "1", "--quiet"],
+     ["labels"]),
+    ("train with an unreadable --data", ["train", "--data", "cliuser", "--quiet"],
+     ["--data", "package.module:function"]),
+    ("extract with a misspelt layer", ["extract", "--weights", "cnn.pt", "--layers", "featurs",
+                                       "--quiet", "--out", "x"], ["featurs", "did you mean"]),
+    ("extract with batch size 0", ["extract", "--weights", "cnn.pt", "--batch-size", "0",
+                                   "--quiet", "--out", "x"], ["batch_size", "0"]),
+    ("extract over a file", ["extract", "--weights", "cnn.pt", "--quiet", "--out",
+                             "cnn.pt"], ["cnn.pt", "existing file"]),
+    ("extract over a store with a bad layer", ["extract", "--weights", "cnn.pt", "--layers",
+                                               "nope", "--overwrite", "--quiet", "--out",
+                                               "store"], ["nope"]),
+    ("probe with missing weights", ["probe", "--weights", "missing.pt", "--quiet"],
+     ["--weights", "no file"]),
+    ("probe with a non-checkpoint", ["probe", "--weights", "not-a-checkpoint.pt", "--quiet"],
+     ["--weights", "not a pytorch state_dict"]),
+    ("probe with weights of another model", ["probe", "--weights", "linear.pt", "--quiet"],
+     ["--weights", "another architecture"]),
+    ("probe of unlabelled data", ["probe", "--model", "cliuser:model", "--data",
+                                  "cliuser:unlabelled_splits", "--target", "labels", "--quiet"],
+     ["labels"]),
+    ("tcav of a class with no inputs", ["tcav", "--weights", "cnn.pt", "--target", "42",
+                                        "--layers", "features", "--quiet"], ["--target 42"]),
+    ("tcav of the watermark on swatch data", ["tcav", "--weights", "cnn.pt", "--data",
+                                              "decoy-swatch", "--target", "0", "--quiet"],
+     ["--concept", "--data decoy-swatch"]),
+    ("tcav of a user model without layers", ["tcav", "--model", "cliuser:model", "--target", "0",
+                                             "--quiet"], ["--layers"]),
+    ("explain examples with top 0", ["explain", "examples", "--weights", "cnn.pt", "--top", "0",
+                                     "--n", "4", "--quiet", "--out", "e"], ["k", "0"]),
+    ("explain features with an unknown method", ["explain", "features", "--method", "lrp"],
+     ["--method", "lrp"]),
+    ("correct at a misspelt layer", ["correct", "--weights", "cnn.pt", "--layer", "featurs",
+                                     "--quiet"], ["featurs", "did you mean"]),
+    ("correct with an unknown method", ["correct", "--method", "fix-it"], ["--method", "fix-it"]),
+    ("verify without weights", ["verify", "--corrected", "cnn.pt", "--quiet"], ["--weights"]),
+    ("verify of a missing corrected file", ["verify", "--weights", "cnn.pt", "--corrected",
+                                            "missing.pt", "--quiet"], ["--weights", "missing.pt"]),
+    ("cbm of an unknown data set", ["cbm", "--dataset", "circles"], ["--dataset", "circles"]),
+    ("bench of an unknown benchmark", ["bench", "no_such_bench"], ["no_such_bench"]),
+]
+
+
+@pytest.mark.parametrize("name,argv,mentions", CASES, ids=[c[0] for c in CASES])
+def test_bad_flags_are_one_line_with_exit_code_2(workdir, monkeypatch, capsys, name, argv,
+                                                 mentions):
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))
+    sys.modules.pop("cliuser", None)
+    before = tree_digest(workdir)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for text in mentions:
+        assert text.lower() in err.lower(), f"{text!r} not in {err!r}"
+    after = tree_digest(workdir)
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert not changed, f"{name} changed {changed}"
+    ActivationStore(workdir / "store")
+
+
+def test_every_command_has_a_bad_input_case():
+    from latentsurgeon.cli import COMMANDS
+
+    covered = {argv[0] for _, argv, _ in CASES}
+    commands = {module.__name__.rsplit(".", 1)[1].replace("_", "-") for module in COMMANDS}
+    assert commands - covered <= {"explain-experiment"}, commands - covered
