@@ -18,6 +18,13 @@ def cmd_explain_experiment(args: argparse.Namespace) -> int:
     from latentsurgeon.experiments import run_experiment, run_experiments
 
     names = list(NAMES) if args.name == "all" else [args.name]
+    _check_out(Path(args.out), names)
+    if len(set(args.seeds)) != len(args.seeds):
+        from latentsurgeon.errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            "--seeds must be distinct (each seed is one run); got "
+            f"{' '.join(map(str, args.seeds))}.")
     say(args, f"Running {', '.join(names)} over seeds {' '.join(map(str, args.seeds))}"
               f"{' (quick settings)' if args.quick else ''} ...")
     if args.name == "all":
@@ -34,6 +41,17 @@ def cmd_explain_experiment(args: argparse.Namespace) -> int:
     print(f"report: {report}")
     print(f"tables and plots: {', '.join(str(Path(args.out) / r.name) for r in results)}")
     return 0
+
+
+def _check_out(out: Path, names: list[str]) -> None:
+    """Refuse an --out that cannot hold the folders before minutes of training are spent."""
+    from latentsurgeon.errors import InvalidParameterError
+
+    for folder in (out, *(out / name for name in names)):
+        if folder.exists() and not folder.is_dir():
+            raise InvalidParameterError(
+                f"--out must be a folder (it gets NAME/ subfolders and report.html); {folder} "
+                "is an existing file.")
 
 
 def _threads(text: str) -> int | None:

@@ -48,9 +48,6 @@ CLAIM = ("Raising beta in beta-VAE and beta-TC-VAE does not make the saliency ma
 #: The losses compared, by name.
 LOSSES = ("beta_vae", "beta_tcvae")
 LABELS = {"beta_vae": "beta-VAE", "beta_tcvae": "beta-TC-VAE"}
-#: How far the mean correlation at the largest beta may fall below beta 1's for the claim to
-#: count as holding (the seeds' spread at beta 1 is of this order).
-TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,12 @@ class Settings:
             with a Bernoulli likelihood the small 16x16 digits carry so few nats that beta >= 5
             switches every unit off, and a dead unit's saliency is noise.
         shap_samples: GradientShap's draws per unit (black baseline, as lfxai).
+        tolerance: how far the mean correlation (over seeds) at the largest beta may fall below
+            the smallest beta's for the claim to count as holding. 0.05 by default: the seeds'
+            standard deviation at full size is about 0.04 (``docs/experiments.md``). The quick
+            VAEs are undertrained, their units' maps nearly alike (about 0.9) and one seed in
+            three can swing by 0.25, so quick runs only check that a larger beta does not
+            lower the mean by more than 0.15.
     """
 
     n_train: int | None = None
@@ -80,10 +83,12 @@ class Settings:
     likelihood: str = "gaussian"
     scale: float = 0.1
     shap_samples: int = 8
+    tolerance: float = 0.05
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(n_train=400, n_test=100, epochs=5, betas=(1.0, 10.0), shap_samples=4)
+        return cls(n_train=400, n_test=100, epochs=5, betas=(1.0, 10.0), shap_samples=4,
+                   tolerance=0.15)
 
 
 @dataclass(kw_only=True)
@@ -211,7 +216,7 @@ def _summarise(seeds: tuple[int, ...], settings: Settings, quick: bool,
         first, last = correlation[name][:, 0].mean(), correlation[name][:, -1].mean()
         checks[f"{LABELS[name]}: the units' saliency maps are not less correlated at beta "
                f"{settings.betas[-1]:g} than at beta {settings.betas[0]:g} (within "
-               f"{TOLERANCE})"] = bool(last >= first - TOLERANCE)
+               f"{settings.tolerance:g})"] = bool(last >= first - settings.tolerance)
     return DisvaeResult(
         name=NAME, title=TITLE, claim=CLAIM, seeds=seeds, quick=quick,
         settings=asdict(settings), records={"disvae": rows, "summary": summary},

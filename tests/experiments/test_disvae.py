@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,12 +55,28 @@ def test_active_units_counts_units_away_from_the_prior():
 
 
 def test_a_larger_beta_does_not_decorrelate_the_units(run):
+    # quick VAEs are undertrained (units' maps ~0.9 alike, one seed in three swings by 0.25),
+    # so the margin is 0.15 here; the default run holds within 0.05 (docs/experiments.md)
     result, _ = run
+    tolerance = disvae.Settings.quick().tolerance
+    assert tolerance == 0.15
     for loss in disvae.LOSSES:
         first = result.correlation[loss][:, 0].mean()
         last = result.correlation[loss][:, -1].mean()
-        assert last >= first - disvae.TOLERANCE, (loss, first, last)
+        assert last >= first - tolerance, (loss, first, last)
     assert result.holds
+
+
+def test_the_check_fails_when_a_larger_beta_decorrelates_the_units():
+    # the same summary, fed correlations that fall with beta, must report the claim as failing
+    settings = disvae.Settings.quick()
+    correlation = {loss: np.array([[0.9, 0.6]] * 3) for loss in disvae.LOSSES}
+    flat = {loss: np.ones((3, 2)) for loss in disvae.LOSSES}
+    result = disvae._summarise((0, 1, 2), settings, True, correlation, flat, flat, [])
+    assert result.checks and not any(result.checks.values())
+    correlation = {loss: np.array([[0.9, 0.8]] * 3) for loss in disvae.LOSSES}
+    result = disvae._summarise((0, 1, 2), settings, True, correlation, flat, flat, [])
+    assert all(result.checks.values())
 
 
 def test_measures_in_range_and_files(run):

@@ -30,6 +30,11 @@ def test_important_first_removal_hurts_more_than_random(run):
 
 def test_removal_hurts_and_probes_beat_chance(run):
     result, _ = run
+    # the quick autoencoders learn: well below the error of reconstructing every digit as black
+    settings = roar.Settings.quick()
+    black = [float((digit_split(s, n_train=settings.n_train, n_test=settings.n_test).test_x ** 2)
+                   .mean()) for s in SEEDS]
+    assert result.baseline_mse.mean() < 0.5 * sum(black) / len(black)
     # removing the important pixels costs reconstruction quality against unmasked training
     assert (result.test_mse["important"].mean(axis=0) > result.baseline_mse.mean()).all()
     # the codes of the unmasked autoencoder classify the digits far above chance (0.1)
