@@ -66,7 +66,7 @@ class Settings:
         shap_samples: GradientShap's draws per unit (black baseline, as lfxai).
         tolerance: how far the mean correlation (over seeds) at the largest beta may fall below
             the smallest beta's for the claim to count as holding. 0.05 by default: the seeds'
-            standard deviation at full size is about 0.04 (``docs/experiments.md``). The quick
+            standard deviation at full size is 0.01 to 0.06 (``docs/experiments.md``). The quick
             VAEs are undertrained, their units' maps nearly alike (about 0.9) and one seed in
             three can swing by 0.25, so quick runs only check that a larger beta does not
             lower the mean by more than 0.15.
