@@ -18,6 +18,7 @@ from latentsurgeon.cli import (
     correct,
     demo,
     explain,
+    explain_experiment,
     extract,
     layers,
     probe,
@@ -31,7 +32,8 @@ from latentsurgeon.errors import LatentSurgeonError
 __all__ = ["COMMANDS", "build_parser", "load_object", "main"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = [demo, layers, train, extract, probe, tcav, explain, correct, verify, cbm, bench]
+COMMANDS = [demo, layers, train, extract, probe, tcav, explain, explain_experiment, correct, verify,
+            cbm, bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -307,14 +307,17 @@ def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Mo
     one (a plain state dict) needs it.
     """
     expected = current_state(model)
+    # non-persistent buffers (constants the model rebuilds, e.g. a time encoding) are not in a
+    # state_dict, hence not in a checkpoint: they come from the model itself
+    persistent = set(model.state_dict())
     out = []
     for index, item in enumerate(checkpoint_items(checkpoints)):
         if isinstance(item, str) and item == "current":
             out.append((expected, 1.0 if lr is None else float(lr)))
             continue
         state, recorded = _read(item, index)
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(model.state_dict()))
+        missing = sorted(persistent - set(state))
+        unexpected = sorted(set(state) - persistent)
         if missing or unexpected:
             raise LatentSurgeonError(
                 f"Checkpoint {index} does not fit {type(model).__name__}: missing "
@@ -325,7 +328,8 @@ def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Mo
             raise LatentSurgeonError(
                 f"Checkpoint {index} records no learning rate; pass lr= (TracIn weights each "
                 "checkpoint by the learning rate in force after it).")
-        full = {n: state[n].detach().to(device=device, dtype=expected[n].dtype)
+        full = {n: expected[n] if n not in persistent
+                else state[n].detach().to(device=device, dtype=expected[n].dtype)
                 if expected[n].is_floating_point() else state[n].to(device)
                 for n in expected}
         out.append((full, rate))

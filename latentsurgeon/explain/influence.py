@@ -63,12 +63,20 @@ def hessian_vector_product(spec: GradientSpec, state: State, batch: Any
     ``v`` of the differentiated parameters (reverse over reverse, so every operation with a
     double backward works); vmap it to multiply many vectors at once."""
     params, rest = spec.split(state)
-    loss_one = spec.function()
-    tree = _sample_tree(batch)
     names = spec.names
+    sample_loss = spec.sample_loss
+    if callable(sample_loss.loss):  # a user's loss is defined on one sample: map it
+        loss_one = spec.function()
+        tree = _sample_tree(batch)
 
-    def total(p: State) -> torch.Tensor:
-        return torch.func.vmap(loss_one, in_dims=(None, None, 0))(p, rest, tree).sum()
+        def total(p: State) -> torch.Tensor:
+            return torch.func.vmap(loss_one, in_dims=(None, None, 0))(p, rest, tree).sum()
+    else:
+        # the named losses are batched already (samples are independent in eval mode): the
+        # sum needs no vmap over samples, which also serves layers without a vmap batching
+        # rule for double backward (nn.LSTM)
+        def total(p: State) -> torch.Tensor:
+            return sample_loss.values({**rest, **p}, batch).sum()
 
     gradient = torch.func.grad(total)
 

@@ -1,0 +1,61 @@
+"""The runner: names, seeds and threads checked; several experiments into one report; the
+default settings (slow) reproduce every headline effect."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentsurgeon.errors import InvalidParameterError
+from latentsurgeon.experiments import (
+    EXPERIMENTS,
+    consistency_features,
+    pretext,
+    run_experiment,
+    run_experiments,
+)
+
+
+def test_experiment_names():
+    assert EXPERIMENTS == ("consistency-features", "consistency-examples", "roar", "pretext",
+                           "disvae")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "ablation"}, "name must be one of"),
+    ({"name": "roar", "seeds": []}, "seeds"),
+    ({"name": "roar", "seeds": [0, 0]}, "seeds"),
+    ({"name": "roar", "threads": 0}, "threads"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        run_experiment(**kwargs)
+
+
+def test_several_experiments_into_one_report(tmp_path, monkeypatch):
+    # tiny settings: this test is about the report, the effects are tested per experiment
+    monkeypatch.setattr(consistency_features.Settings, "quick", classmethod(
+        lambda cls: cls(n_train=60, n_test=20, epochs=1, fractions=(0.5,), ig_steps=4,
+                        shap_samples=2)))
+    monkeypatch.setattr(pretext.Settings, "quick", classmethod(
+        lambda cls: cls(n_train=60, n_test=20, epochs=1, shap_samples=2, control=False)))
+    results = run_experiments(["consistency-features", "pretext"], seeds=[0, 1], quick=True,
+                              out=tmp_path)
+    assert [r.name for r in results] == ["consistency-features", "pretext"]
+    html = (tmp_path / "report.html").read_text()
+    for result in results:
+        assert result.title in html
+        assert (tmp_path / result.name / "summary.csv").exists()
+        assert not (tmp_path / result.name / "report.html").exists()  # one report for all
+    assert "Summary" in html and "headline effects hold" in html
+    assert results[1].tasks == pretext.PRETEXT_TASKS  # no control when control=False
+    with pytest.raises(InvalidParameterError):
+        run_experiments([], seeds=[0])
+    with pytest.raises(InvalidParameterError, match="name must be one of"):
+        run_experiments(["roar", "nope"], seeds=[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_default_settings_reproduce_the_headline(name, tmp_path):
+    result = run_experiment(name, out=tmp_path)
+    assert result.holds, result.summary()
