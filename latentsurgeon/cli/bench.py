@@ -17,12 +17,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  "not part of the installed package).")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    from bench import runner
     from bench.__main__ import main as bench_main
-    from bench.runner import available
 
-    if args.name and args.name != "all" and args.name not in available():
+    if args.name and args.name != "all" and args.name not in runner.available():
         raise InvalidParameterError(f"no benchmark {args.name!r}; available: "
-                                    f"{', '.join(available())} (or 'all').")
+                                    f"{', '.join(runner.available())} (or 'all').")
 
     argv = ["--list"] if args.list or not args.name else [args.name]
     argv += ["--repeats", str(args.repeats)] + (["--write"] if args.write else [])

@@ -39,7 +39,7 @@ from latentsurgeon.activations.batching import (
 )
 from latentsurgeon.activations.pooling import POOLINGS
 from latentsurgeon.activations.store import ActivationStore
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
 from latentsurgeon.hooks.stop import ForwardStopper
@@ -67,7 +67,7 @@ def default_probe(task: str) -> Any:
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     if task == "regression":
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
-    raise LatentSurgeonError(f"Unknown task {task!r}; expected one of {TASKS}.")
+    raise InvalidParameterError(f"task must be one of {TASKS}; got {task!r}.")
 
 
 @dataclass
@@ -181,8 +181,9 @@ def _select_store_layers(store: ActivationStore, layers: Any, model: nn.Module |
     else:
         selectors = [layers] if isinstance(layers, str) else list(layers)
         if not all(isinstance(s, str) for s in selectors):
-            raise LatentSurgeonError(
-                "Without a model, layers of a store are selected by names or globs only.")
+            raise InvalidParameterError(
+                "layers: without a model, layers of a store are selected by names or globs "
+                f"(str) only; got {layers!r}.")
         wanted = [name for name in store.layers
                   if any(fnmatch.fnmatchcase(name, s) or name == s for s in selectors)]
     missing = [name for name in wanted if name not in store.layers]
@@ -230,7 +231,9 @@ def _targets(targets: Any, n: int, task: str) -> np.ndarray:
         if y.ndim != 1:
             raise ShapeMismatchError(f"Classification targets must be (N,), got {y.shape}.")
         if len(np.unique(y)) < 2:
-            raise LatentSurgeonError("Classification targets need at least two classes.")
+            raise InvalidParameterError(
+                "targets: a classification probe needs at least two classes; got only "
+                f"{np.unique(y).tolist()}.")
     return y
 
 

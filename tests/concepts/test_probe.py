@@ -153,7 +153,7 @@ def test_errors(data):
         probe_layers(model, x, sign, "1", batch_size=0, progress=False)
     with pytest.raises(ShapeMismatchError, match="targets has 10"):
         probe_layers(model, x, sign[:10], "1", progress=False)
-    with pytest.raises(LatentSurgeonError, match="two classes"):
+    with pytest.raises(InvalidParameterError, match=r"targets: .*two classes; got only \[0.0\]"):
         probe_layers(model, x, torch.zeros(800), "1", progress=False)
     with pytest.raises(LatentSurgeonError, match="needs a model"):
         probe_layers(None, x, sign, "1", progress=False)
