@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -104,7 +105,7 @@ _TRAINING_CONSTRAINTS = {
 }
 
 
-class _ConceptModelBase(nn.Module, Estimator):
+class _ConceptModelBase(nn.Module, Estimator, ABC):
     """Shared machinery: seeded initialisation, data checks, save/load, the fitted state."""
 
     _parameter_constraints: dict[str, Any] = {
@@ -116,8 +117,9 @@ class _ConceptModelBase(nn.Module, Estimator):
         **_TRAINING_CONSTRAINTS,
     }
 
+    @abstractmethod
     def _build(self) -> None:
-        raise NotImplementedError
+        """Create the layers from the constructor's parameters."""
 
     #: Parameters that shape the layers (``set_params`` of one of them rebuilds them at ``fit``).
     _ARCHITECTURE = ("n_features", "n_concepts", "n_classes", "head", "hidden", "head_hidden",

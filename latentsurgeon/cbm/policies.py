@@ -24,6 +24,7 @@ pytorch_concepts' master branch scored ``GradientPolicy`` with ``+|grad|``, whic
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 
-class InterventionPolicy:
+class InterventionPolicy(ABC):
     """Base class: ``policy(predictions, **context) -> scores (N, K)``, lowest first."""
 
     _parameter_constraints: dict[str, Any] = {}
@@ -52,8 +53,9 @@ class InterventionPolicy:
     def _validate(self) -> None:
         validate_params(vars(self), self._parameter_constraints, owner=type(self).__name__)
 
+    @abstractmethod
     def scores(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
-        raise NotImplementedError
+        """``(N, K)`` scores of the concepts ``predictions (N, K)``; the lowest are intervened on first."""
 
     def __call__(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
         scores = self.scores(predictions, **context)

@@ -14,6 +14,7 @@ but finite logits (``eps=1e-6``: about -13.8 and 13.8).
 from __future__ import annotations
 
 import numbers
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -75,7 +76,7 @@ def _fit(values: torch.Tensor, predictions: torch.Tensor, what: str, *,
             f"({tuple(predictions.shape[1:])}) or one row per sample.") from None
 
 
-class InterventionStrategy:
+class InterventionStrategy(ABC):
     """Base class: ``strategy(predictions, **context) -> values`` shaped like ``predictions``,
     in the layer's output space. Subclasses implement :meth:`values`."""
 
@@ -88,8 +89,9 @@ class InterventionStrategy:
     def _validate(self) -> None:
         validate_params(vars(self), self._parameter_constraints, owner=type(self).__name__)
 
+    @abstractmethod
     def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
-        raise NotImplementedError
+        """``(N, K)`` replacement values for ``predictions (N, K)``."""
 
     def __call__(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
         return to_output_space(self.values(predictions, **context), self.space, self.eps)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,8 @@ def _select_store_layers(store: ActivationStore, layers: Any, model: nn.Module |
     if model is not None:
         wanted = list(resolve_layers(model, layers))
     else:
-        selectors = [layers] if isinstance(layers, str) else list(layers)
+        single = isinstance(layers, (str, type, nn.Module)) or not isinstance(layers, Iterable)
+        selectors = [layers] if single else list(layers)
         if not all(isinstance(s, str) for s in selectors):
             raise InvalidParameterError(
                 "layers: without a model, layers of a store are selected by names or globs "

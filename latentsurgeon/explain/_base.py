@@ -13,6 +13,7 @@ SimplEx, whose weights couple all training examples, splits the test set.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -106,7 +107,7 @@ def gather(block: torch.Tensor, dim: int) -> torch.Tensor:
     return joined.movedim(0, dim).to(block.device)
 
 
-class ExampleExplainer(Estimator):
+class ExampleExplainer(Estimator, ABC):
     """Base of the example explainers.
 
     ``fit(train, model=None)`` prepares what the training side needs and returns self;
@@ -120,12 +121,13 @@ class ExampleExplainer(Estimator):
     _model: nn.Module | None = None
 
     # -- subclass hooks ------------------------------------------------------------------------
+    @abstractmethod
     def _fit(self, train: Any, local: Block, model: nn.Module | None) -> None:
-        raise NotImplementedError
+        """Prepare the training side from this rank's ``local`` block of ``train``."""
 
+    @abstractmethod
     def _explain(self, test: Any) -> torch.Tensor:
         """``(n_test, n_local_train)`` scores against the fitted training block."""
-        raise NotImplementedError
 
     # -- the interface -------------------------------------------------------------------------
     def fit(self, train: Any, model: nn.Module | None = None) -> ExampleExplainer:

@@ -12,6 +12,8 @@ from latentsurgeon.cbm import (
     GradientPolicy,
     GroundTruthIntervention,
     InterventionModule,
+    InterventionPolicy,
+    InterventionStrategy,
     RandomPolicy,
     UncertaintyPolicy,
     UniformPolicy,
@@ -183,3 +185,32 @@ def test_bad_parameters():
         InterventionModule(layer, DoIntervention(0.0), UniformPolicy(), k=1, fraction=0.5)
     with pytest.raises(InvalidParameterError, match="callable"):
         InterventionModule(layer, "ground truth", UniformPolicy())
+
+
+def test_user_policies_and_strategies_subclass_the_bases():
+    class LargestFirst(InterventionPolicy):
+        def scores(self, predictions, **context):
+            return -predictions
+
+    class Halve(InterventionStrategy):
+        def values(self, predictions, **context):
+            return predictions / 2
+
+    layer = nn.Linear(4, 3)
+    out = InterventionModule(layer, Halve(), LargestFirst(), k=1)(X)
+    pred = layer(X)
+    # exactly the largest prediction of each sample is halved, the others are kept
+    largest = nn.functional.one_hot(pred.argmax(1), 3).bool()
+    assert torch.allclose(out[largest], pred[largest] / 2)
+    assert torch.equal(out[~largest], pred[~largest])
+
+    class NoScores(InterventionPolicy):
+        pass
+
+    class NoValues(InterventionStrategy):
+        pass
+
+    with pytest.raises(TypeError, match="scores"):
+        NoScores()
+    with pytest.raises(TypeError, match="values"):
+        NoValues()

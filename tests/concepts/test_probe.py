@@ -94,6 +94,9 @@ def test_from_an_existing_store_and_store_path(data, tmp_path):
     assert again.layers == ["1"]
     assert again.score("1") == pytest.approx(report.score("1"))
     assert probe_layers(model, store, sign, progress=False).layers == ["0", "1"]
+    # without a model only names select a store's layers; a class cannot be resolved
+    with pytest.raises(InvalidParameterError, match=r"layers: .*names or globs \(str\)"):
+        probe_layers(None, store, sign, nn.Linear, progress=False)
 
 
 def test_conv_layers_are_pooled(tmp_path):
