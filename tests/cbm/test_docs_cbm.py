@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 
@@ -31,3 +32,9 @@ def test_snippets_run_in_order(tmp_path, monkeypatch, capsys):
     assert results["uncertainty"] > results["no intervention"]
     assert (tmp_path / "checkmark_curves.csv").exists()
     assert "replaced per sample" in capsys.readouterr().out
+    # the user-written policy and strategy: the most confident logit of each sample is halved
+    logits = namespace["model"].concept_layer(namespace["model"].backbone(namespace["x"]))
+    halved, kept = namespace["halved"], logits.abs().argmax(1)
+    rows = range(len(logits))
+    assert torch.allclose(halved[rows, kept], logits[rows, kept] / 2)
+    assert int((halved != logits).sum()) == len(logits)
