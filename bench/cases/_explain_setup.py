@@ -9,7 +9,7 @@ explainers differentiate:
   reference notes time lfxai on;
 * ``large``: encoder 256 -> 1024 -> 768 -> 16 (1.06M parameters), to show how costs grow.
 
-Each is trained with ``models.training.train`` (Adam, lr 1e-3, 5 epochs, a checkpoint per
+Each is trained with ``training.train`` (Adam, lr 1e-3, 5 epochs, a checkpoint per
 epoch); lfxai gets the same weights as plain state-dict files (its TracIn loads each file with
 ``load_state_dict(strict=False)``, which would silently load nothing from our checkpoint dicts).
 """
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentsurgeon.data import decoy_digits
-from latentsurgeon.models.training import train
+from latentsurgeon.training import train
 
 WIDTHS = {"small": (16, 4), "large": (1024, 768, 16)}
 

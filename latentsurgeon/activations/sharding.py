@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from latentsurgeon._io import write_json_atomic
 from latentsurgeon.activations.batching import as_loader, loader_length
 from latentsurgeon.activations.fingerprint import combine, file_fingerprint
+from latentsurgeon.activations.store_format import FORMAT_VERSION, MANIFEST
+from latentsurgeon.activations.store_reader import StoreReader
 from latentsurgeon.errors import StoreError
 
 logger = logging.getLogger("latentsurgeon")
@@ -82,11 +83,8 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
         StoreError: a shard is missing, damaged, or was extracted with another model, layers,
             pooling or dtype than the others.
     """
-    from latentsurgeon.activations.store import ActivationStore
-    from latentsurgeon.activations.store_format import FORMAT_VERSION, MANIFEST
-
     path = Path(path)
-    shards = [ActivationStore(shard_path(path, r, world)) for r in range(world)]
+    shards = [StoreReader(shard_path(path, r, world)) for r in range(world)]
     first = shards[0].manifest["config"]
     for rank, shard in enumerate(shards[1:], start=1):
         config = shard.manifest["config"]
@@ -152,7 +150,8 @@ def merge_shards(path: str | Path, world: int, *, chunk: int = 4096) -> None:
     logger.info("merged %d shards (%d samples) into %s", world, total, path)
 
 
-def _in_process_group() -> bool:
+def in_process_group() -> bool:
+    """Whether a ``torch.distributed`` process group is running."""
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
@@ -161,54 +160,5 @@ def _in_process_group() -> bool:
 def barrier() -> None:
     import torch.distributed as dist
 
-    if _in_process_group():
+    if in_process_group():
         dist.barrier()
-
-
-def _merged_fingerprint(cls: Any, path: Path) -> str | None:
-    """The shards fingerprint of the merged store at ``path`` (None: none, or unreadable)."""
-    from latentsurgeon.activations.store_format import MANIFEST
-
-    if not (path / MANIFEST).exists():
-        return None
-    try:
-        return cls(path, verify=False).manifest.get("shards_fingerprint")
-    except StoreError:
-        return None
-
-
-def extract_sharded(cls: Any, model: torch.nn.Module, data: Any, layers: Any, path: Path,
-                    rank: int, world: int, batch_size: int, overwrite: bool,
-                    kwargs: dict[str, Any]) -> Any:
-    """One rank's part of :meth:`ActivationStore.extract` with ``shard=(rank, world)``.
-
-    Returns the merged store, or (outside a process group, while other shards are missing)
-    this rank's shard store.
-    """
-    from latentsurgeon.activations.store_format import MANIFEST
-
-    path = Path(path)
-    mine = shard_path(path, rank, world)
-    cls.extract(model, shard_loader(data, batch_size, rank, world), layers, mine,
-                overwrite=overwrite, shard=(0, 1), batch_size=batch_size, **kwargs)
-    barrier()  # every shard complete
-    # In a process group rank 0 merges; without one (shards run by hand, one after another),
-    # whichever rank finds every shard complete merges.
-    shards = [shard_path(path, r, world) for r in range(world)]
-    if _in_process_group():
-        merge_here = rank == 0
-    else:
-        merge_here = all((s / MANIFEST).exists() for s in shards)
-    wanted = None
-    if merge_here:
-        wanted = shards_fingerprint([cls(s, verify=False).manifest for s in shards])
-        if _merged_fingerprint(cls, path) != wanted:
-            merge_shards(path, world)
-    barrier()  # the merged store exists for everyone
-    # The merged store at ``path`` counts only if it was merged from these very shards (an older
-    # merge stays readable, untouched, until a new one replaces it).
-    if wanted is None and all((s / MANIFEST).exists() for s in shards):
-        wanted = shards_fingerprint([cls(s, verify=False).manifest for s in shards])
-    if wanted is not None and _merged_fingerprint(cls, path) == wanted:
-        return cls(path, verify=False)
-    return cls(mine, verify=False)

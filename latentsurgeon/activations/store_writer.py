@@ -41,7 +41,15 @@ from latentsurgeon.activations.batching import (
 )
 from latentsurgeon.activations.fingerprint import combine, file_fingerprint, model_fingerprint
 from latentsurgeon.activations.read import LayerReader, nonfinite_error, nonfinite_rows
-from latentsurgeon.activations.sharding import current_shard, extract_sharded
+from latentsurgeon.activations.sharding import (
+    barrier,
+    current_shard,
+    in_process_group,
+    merge_shards,
+    shard_loader,
+    shard_path,
+    shards_fingerprint,
+)
 from latentsurgeon.activations.store_format import (
     DTYPES,
     FORMAT_VERSION,
@@ -52,6 +60,7 @@ from latentsurgeon.activations.store_format import (
     read_json,
     rows_checksum,
 )
+from latentsurgeon.activations.store_reader import StoreReader
 from latentsurgeon.errors import InvalidParameterError, StoreError
 from latentsurgeon.hooks.resolve import LayerSelector
 
@@ -115,18 +124,20 @@ def _make_dir(path: Path) -> Path | None:
     return created
 
 
-def extract_store(cls: Any, model: nn.Module, data: DataLike, layers: LayerSelector,
+def extract_store(model: nn.Module, data: DataLike, layers: LayerSelector,
                   path: str | Path, *, pooling: str | Mapping[str, str], batch_size: int,
                   device: str | torch.device | None, dtype: str, resume: bool, overwrite: bool,
                   forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool,
                   verify: bool, shard: tuple[int, int] | None, stop_early: bool,
-                  nonfinite: str) -> Any:
-    """The body of :meth:`ActivationStore.extract` (see there)."""
+                  nonfinite: str) -> Path:
+    """The body of :meth:`ActivationStore.extract` (see there); returns the path of the complete
+    store (under ``torch.distributed``: the merged store, or this rank's shard while other shards
+    are missing)."""
     path = _validate(path, batch_size, dtype, nonfinite, shard)
     rank, world = current_shard() if shard is None else shard
     if world > 1:
-        return extract_sharded(
-            cls, model, data, layers, path, rank, world, batch_size, overwrite,
+        return _extract_sharded(
+            model, data, layers, path, rank, world, batch_size, overwrite,
             {"pooling": pooling, "device": device, "dtype": dtype, "resume": resume,
              "forward_fn": forward_fn, "progress": progress and rank == 0, "verify": verify,
              "stop_early": stop_early, "nonfinite": nonfinite})
@@ -143,7 +154,8 @@ def extract_store(cls: Any, model: nn.Module, data: DataLike, layers: LayerSelec
         "n_samples": n_samples,
     }
     if (path / MANIFEST).exists() and not overwrite:
-        return _reuse(cls, path, config, loader, verify)
+        _reuse(path, config, loader, verify)
+        return path
 
     swap = overwrite and path.exists() and any(path.iterdir())
     if swap:
@@ -175,7 +187,7 @@ def extract_store(cls: Any, model: nn.Module, data: DataLike, layers: LayerSelec
         raise
     if swap:
         _swap(target, path)
-    return cls(path, verify=False)
+    return path
 
 
 def _write_batches(reader: LayerReader, loader: Any, writer: _StoreWriter, state: dict,
@@ -220,8 +232,9 @@ def _swap(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _reuse(cls: Any, path: Path, config: dict, loader: Any, verify: bool) -> Any:
-    store = cls(path, verify=verify)
+def _reuse(path: Path, config: dict, loader: Any, verify: bool) -> None:
+    """Check that the complete store at ``path`` is the one this extraction would write."""
+    store = StoreReader(path, verify=verify)
     manifest = store.manifest
     for key in ("layers", "dtype", "model_fingerprint", "n_samples"):
         if manifest["config"][key] != config[key]:
@@ -239,7 +252,6 @@ def _reuse(cls: Any, path: Path, config: dict, loader: Any, verify: bool) -> Any
                          "order, or in other batches (data are compared batch by batch: keep "
                          "the batch size); pass overwrite=True to replace it.")
     logger.info("reusing the complete activation store at %s", path)
-    return store
 
 
 def _clear(path: Path) -> None:
@@ -422,3 +434,47 @@ class _StoreWriter:
                            {k: len(v) for k, v in recorded.items()})
         write_json_atomic(self.path / MANIFEST, manifest)
         (self.path / PROGRESS).unlink(missing_ok=True)
+
+
+def _merged_fingerprint(path: Path) -> str | None:
+    """The shards fingerprint of the merged store at ``path`` (None: none, or unreadable)."""
+    if not (path / MANIFEST).exists():
+        return None
+    try:
+        return StoreReader(path, verify=False).manifest.get("shards_fingerprint")
+    except StoreError:
+        return None
+
+
+def _extract_sharded(model: nn.Module, data: Any, layers: Any, path: Path, rank: int, world: int,
+                     batch_size: int, overwrite: bool, kwargs: dict[str, Any]) -> Path:
+    """One rank's part of an extraction with ``shard=(rank, world)`` (see
+    :mod:`latentsurgeon.activations.sharding`).
+
+    Returns the merged store's path, or (outside a process group, while other shards are
+    missing) this rank's shard's.
+    """
+    mine = shard_path(path, rank, world)
+    extract_store(model, shard_loader(data, batch_size, rank, world), layers, mine,
+                  overwrite=overwrite, shard=(0, 1), batch_size=batch_size, **kwargs)
+    barrier()  # every shard complete
+    # In a process group rank 0 merges; without one (shards run by hand, one after another),
+    # whichever rank finds every shard complete merges.
+    shards = [shard_path(path, r, world) for r in range(world)]
+    if in_process_group():
+        merge_here = rank == 0
+    else:
+        merge_here = all((s / MANIFEST).exists() for s in shards)
+    wanted = None
+    if merge_here:
+        wanted = shards_fingerprint([StoreReader(s, verify=False).manifest for s in shards])
+        if _merged_fingerprint(path) != wanted:
+            merge_shards(path, world)
+    barrier()  # the merged store exists for everyone
+    # The merged store at ``path`` counts only if it was merged from these very shards (an older
+    # merge stays readable, untouched, until a new one replaces it).
+    if wanted is None and all((s / MANIFEST).exists() for s in shards):
+        wanted = shards_fingerprint([StoreReader(s, verify=False).manifest for s in shards])
+    if wanted is not None and _merged_fingerprint(path) == wanted:
+        return path
+    return mine

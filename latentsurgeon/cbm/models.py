@@ -2,7 +2,7 @@
 
 All three are plain ``nn.Module`` s that also follow the estimator contract: the constructor
 stores its parameters and builds the layers from a seeded initialisation; ``fit`` trains from that
-initialisation through :func:`latentsurgeon.models.training.train` (the one loop) and returns
+initialisation through :func:`latentsurgeon.training.train` (the one loop) and returns
 ``self``; ``get_params``, ``set_params``, ``sklearn.base.clone``, ``save`` and ``load`` work.
 
 Output structure. The concept models return a :class:`ConceptOutput` ``(logits, concept_logits)``:
@@ -40,7 +40,7 @@ from latentsurgeon.errors import (
     NotFittedError,
     ShapeMismatchError,
 )
-from latentsurgeon.models.training import TrainingHistory, train
+from latentsurgeon.training import TrainingHistory, train
 
 __all__ = ["BlackBoxModel", "ConceptBottleneckModel", "ConceptEmbeddingModel", "ConceptOutput"]
 

@@ -13,9 +13,9 @@ math (:mod:`latentsurgeon.correct.projection`) is also available as plain hooks
 (:func:`add_clarc_hook`, :func:`add_mass_mean_probe_hook`) and modules.
 """
 
+from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.correct.aclarc import AClarc
 from latentsurgeon.correct.hooks import add_clarc_hook, add_mass_mean_probe_hook
-from latentsurgeon.correct.masks import prepare_masks
 from latentsurgeon.correct.modules import ClarcProjection, MassMeanShift
 from latentsurgeon.correct.pclarc import PClarc
 from latentsurgeon.correct.projection import clarc_projection, mass_mean_shift

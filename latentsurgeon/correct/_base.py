@@ -27,7 +27,6 @@ from latentsurgeon.activations.batching import (
     to_tensor,
 )
 from latentsurgeon.concepts import CAV, METHODS
-from latentsurgeon.correct.modules import copy_without_hooks
 from latentsurgeon.correct.projection import GRADIENTS
 from latentsurgeon.errors import (
     InvalidParameterError,
@@ -35,7 +34,13 @@ from latentsurgeon.errors import (
     NotFittedError,
     ShapeMismatchError,
 )
-from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state, resolve_layers
+from latentsurgeon.hooks import (
+    HookGroup,
+    edited_copy,
+    get_layer,
+    preserve_model_state,
+    resolve_layers,
+)
 from latentsurgeon.hooks.outputs import classification_logits
 
 logger = logging.getLogger(__name__)
@@ -221,7 +226,7 @@ class Correction(Estimator):
     def export(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` (eval mode, no hooks) that carries the correction."""
         self._check_fitted()
-        return copy_without_hooks(model)
+        return edited_copy(model)
 
     def save(self, path: str | Path) -> None:
         """Save parameters and learned state. Parameters that are objects rather than data (a

@@ -1,5 +1,5 @@
 """Shared by A-ClArC and RR-ClArC: fit the directions, choose the parameters, fine-tune with a
-correction-specific loss on :func:`latentsurgeon.models.training.train` (the one loop)."""
+correction-specific loss on :func:`latentsurgeon.training.train` (the one loop)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from latentsurgeon.correct._base import (
 from latentsurgeon.correct._training import Trainable, select_parameters
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks import HookGroup
-from latentsurgeon.models.training import OptimizerSpec, train
+from latentsurgeon.training import OptimizerSpec, train
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Which parameters a trained correction fine-tunes (the loop itself is
-:func:`latentsurgeon.models.training.train`, the one training loop).
+:func:`latentsurgeon.training.train`, the one training loop).
 
 ``trainable="above"`` is defined by data flow: the parameters that receive gradient *through the
 corrected layer's output*. One forward pass builds the autograd graph with a zero perturbation

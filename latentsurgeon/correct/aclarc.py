@@ -17,7 +17,7 @@ from latentsurgeon.correct.projection import clarc_projection
 from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary
 from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.hooks.resolve import LayerSelector
-from latentsurgeon.models.training import OptimizerSpec
+from latentsurgeon.training import OptimizerSpec
 
 __all__ = ["AClarc"]
 

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from latentsurgeon.correct.projection import check_gradient, clarc_projection, mass_mean_shift
-from latentsurgeon.errors import LatentSurgeonError
-from latentsurgeon.hooks import get_layer, primary_tensor, replace_primary
-from latentsurgeon.hooks.state import _HOOK_TABLES
+from latentsurgeon.hooks import primary_tensor, replace_primary
 
-__all__ = ["ClarcProjection", "MassMeanShift", "copy_without_hooks", "replace_layer", "wrap_layer"]
+__all__ = ["ClarcProjection", "MassMeanShift"]
 
 
 class ClarcProjection(nn.Module):
@@ -66,38 +63,3 @@ class MassMeanShift(nn.Module):
     def forward(self, output: Any) -> Any:
         tensor = primary_tensor(output)
         return replace_primary(output, mass_mean_shift(tensor, self.probe, self.alpha))
-
-
-def copy_without_hooks(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with no module hooks (an attached correction's hook
-    would otherwise be copied along and act twice; hooks do not survive ``torch.save`` anyway)."""
-    target = copy.deepcopy(model)
-    for module in target.modules():
-        for table in _HOOK_TABLES:
-            hooks = getattr(module, table, None)
-            if hooks:
-                hooks.clear()
-    return target.eval()
-
-
-def replace_layer(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` where the submodule ``name`` is (in place); returns the module replaced."""
-    old = get_layer(model, name)
-    if name == "":
-        raise LatentSurgeonError("The model itself cannot be replaced; name one of its layers.")
-    parent_name, _, child = name.rpartition(".")
-    parent = get_layer(model, parent_name) if parent_name else model
-    setattr(parent, child, new)
-    return old
-
-
-def wrap_layer(model: nn.Module, name: str, after: nn.Module, *, copy_model: bool = True
-               ) -> nn.Module:
-    """A model (a hook-free deep copy, see :func:`copy_without_hooks`, unless
-    ``copy_model=False``) in which layer ``name`` becomes
-    ``nn.Sequential(original_layer, after)``. Parameter names under the layer gain a ``.0``
-    (``features.3.weight`` -> ``features.0.3.weight`` for ``name="features"``)."""
-    target = copy_without_hooks(model) if copy_model else model
-    original = get_layer(target, name)
-    replace_layer(target, name, nn.Sequential(original, after))
-    return target

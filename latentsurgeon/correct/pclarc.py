@@ -11,9 +11,9 @@ from latentsurgeon._aliases import aliased
 from latentsurgeon.activations.batching import analysis_device, to_tensor
 from latentsurgeon.concepts import CAV
 from latentsurgeon.correct._base import ClarcCorrection, layer_activations
-from latentsurgeon.correct.modules import ClarcProjection, copy_without_hooks, wrap_layer
+from latentsurgeon.correct.modules import ClarcProjection
 from latentsurgeon.errors import InvalidParameterError
-from latentsurgeon.hooks import HookGroup
+from latentsurgeon.hooks import HookGroup, edited_copy
 from latentsurgeon.hooks.resolve import LayerSelector
 
 __all__ = ["PClarc"]
@@ -177,10 +177,5 @@ class PClarc(ClarcCorrection):
         ``features.0.3.weight``).
         """
         self._check_fitted()
-        target = copy_without_hooks(model)
-        # deepest first: wrapping an outer layer first would rename the inner ones
-        for layer, module in sorted(self._projections().items(),
-                                    key=lambda item: -item[0].count(".")):
-            wrap_layer(target, layer, module, copy_model=False)
-        return target
+        return edited_copy(model, self._projections())
 

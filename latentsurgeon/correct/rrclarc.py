@@ -23,7 +23,7 @@ from latentsurgeon.correct.rr import (
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary
 from latentsurgeon.hooks.outputs import classification_logits
-from latentsurgeon.models.training import OptimizerSpec
+from latentsurgeon.training import OptimizerSpec
 
 __all__ = ["RRClarc"]
 

@@ -12,16 +12,16 @@ from torch import nn
 from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval, Options, check_finite
 from latentsurgeon.activations.batching import as_samples
+from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.correct._base import (
     TRAINING_CONSTRAINTS,
     Correction,
     check_labels,
     criterion_loss,
 )
-from latentsurgeon.correct.masks import prepare_masks
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.hooks.outputs import classification_logits
-from latentsurgeon.models.training import train
+from latentsurgeon.training import train
 
 __all__ = ["RRR_MASKINGS", "ExplanationRegularization"]
 
@@ -42,7 +42,7 @@ class ExplanationRegularization(Correction):
     artifact sizes.
 
     Inputs of any rank work (images ``(N, C, H, W)``, tabular rows ``(N, D)``, sequences): masks
-    have the input's shape or its per-sample shape (see :func:`~latentsurgeon.correct.masks.
+    have the input's shape or its per-sample shape (see :func:`~latentsurgeon.activations.masks.
     prepare_masks`; images also take ``(H, W)``, ``(1, H, W)`` and ``(N, H, W)``).
 
     Input gradients of the whole batch come from one ``autograd.grad`` of the batch sum with

@@ -7,7 +7,7 @@
   used without touching the model.
 * :func:`per_sample_gradients` - ``vmap(grad(loss))`` over a batch, flattened to ``(B, P)``,
   optionally unit-normalised and randomly projected (:class:`CountSketch`).
-* :func:`load_checkpoints` - checkpoints written by ``models.training.train(checkpoint_dir=)``
+* :func:`load_checkpoints` - checkpoints written by ``training.train(checkpoint_dir=)``
   or given in memory, as ``(state, lr)`` pairs.
 """
 

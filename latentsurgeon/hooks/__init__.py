@@ -1,4 +1,5 @@
-"""The one hook mechanism: layer selection, hook contexts that always clean up, a state guard."""
+"""The one hook mechanism: layer selection, hook contexts that always clean up, a state guard,
+early stop of a forward pass, and model surgery (a hook-free copy with layers followed by edits)."""
 
 from latentsurgeon.errors import LayerNotFoundError
 from latentsurgeon.hooks.handles import HookGroup, check_hook_function, hooked
@@ -17,8 +18,10 @@ from latentsurgeon.hooks.resolve import (
 )
 from latentsurgeon.hooks.state import hook_count, preserve_model_state
 from latentsurgeon.hooks.stop import ForwardStopper
+from latentsurgeon.hooks.surgery import Followed, edited_copy
 
 __all__ = [
+    "Followed",
     "ForwardStopper",
     "HookGroup",
     "LayerNotFoundError",
@@ -26,6 +29,7 @@ __all__ = [
     "Select",
     "check_hook_function",
     "classification_logits",
+    "edited_copy",
     "get_layer",
     "hook_count",
     "hooked",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # Every per-module hook table PyTorch keeps; extras found here after a call were added by it.
-_HOOK_TABLES = (
+HOOK_TABLES = (
     "_forward_hooks",
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
@@ -99,7 +99,7 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
     training = [m.training for m in modules]
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     hook_keys = [
-        {table: set(getattr(m, table, {}).keys()) for table in _HOOK_TABLES} for m in modules
+        {table: set(getattr(m, table, {}).keys()) for table in HOOK_TABLES} for m in modules
     ]
     lazy_flags = [{flag: m.__dict__.get(flag, _MISSING) for flag in _LAZY_HOOK_FLAGS}
                   for m in modules]
@@ -134,6 +134,6 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
 
 def hook_count(model: nn.Module) -> int:
     """Number of module hooks registered anywhere in ``model`` (for checks and tests)."""
-    return sum(len(getattr(m, t, {})) for m in model.modules() for t in _HOOK_TABLES
+    return sum(len(getattr(m, t, {})) for m in model.modules() for t in HOOK_TABLES
                if t not in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                             "_forward_pre_hooks_with_kwargs"))

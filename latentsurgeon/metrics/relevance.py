@@ -12,7 +12,7 @@ from torch import nn
 
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
 from latentsurgeon.activations.batching import analysis_device, index_batches, to_tensor
-from latentsurgeon.correct.masks import prepare_masks
+from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
 from latentsurgeon.hooks.outputs import classification_logits
@@ -60,7 +60,7 @@ def artifact_relevance(
             ``(N, D)``), or a split with ``.images`` (and ``.masks``).
         masks: artifact masks (1 = artifact) of the inputs' shape or their per-sample shape; for
             images also ``(H, W)``, ``(1, H, W)`` or ``(N, H, W)``, resized (nearest) when
-            needed (see :func:`latentsurgeon.correct.prepare_masks`); None takes
+            needed (see :func:`latentsurgeon.activations.masks.prepare_masks`); None takes
             ``images.masks``.
         targets: the logit attributed: None = the model's predicted class, an int for every
             sample, or ``(N,)`` class indices (e.g. the true labels).

@@ -1,6 +1,6 @@
 """Small reference models, the models of the explain experiments, and their training recipes.
 
-Every model trains through the one loop (:func:`latentsurgeon.models.training.train`), with
+Every model trains through the one loop (:func:`latentsurgeon.training.train`), with
 per-epoch checkpoints and progress bars; every model of the experiments has named submodules
 (``encoder``, ``decoder``, ...) and an ``encode(x)`` method giving the representation.
 """
@@ -24,12 +24,6 @@ from latentsurgeon.models.perturbed_autoencoder import (
 )
 from latentsurgeon.models.pretext import PRETEXT_TASKS, pretext_model, train_pretext
 from latentsurgeon.models.recurrent import RecurrentAutoencoder, train_recurrent_autoencoder
-from latentsurgeon.models.training import (
-    TrainingHistory,
-    evaluate_accuracy,
-    train_autoencoder,
-    train_classifier,
-)
 from latentsurgeon.models.vae import VAE, train_vae
 from latentsurgeon.models.vae_losses import (
     BetaTCVAELoss,
@@ -39,6 +33,12 @@ from latentsurgeon.models.vae_losses import (
     kl_normal,
     reconstruction_nll,
     tc_decomposition,
+)
+from latentsurgeon.training import (
+    TrainingHistory,
+    evaluate_accuracy,
+    train_autoencoder,
+    train_classifier,
 )
 
 __all__ = [

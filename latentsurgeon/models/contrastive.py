@@ -21,7 +21,7 @@ from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.models.augment import DigitAugment
 from latentsurgeon.models.cnn import check_image_batch
 from latentsurgeon.models.perturbed_autoencoder import _check_sizes, digit_encoder
-from latentsurgeon.models.training import OptimizerSpec, TrainingData, TrainingHistory, train
+from latentsurgeon.training import OptimizerSpec, TrainingData, TrainingHistory, train
 
 __all__ = ["ContrastiveEncoder", "nt_xent", "train_contrastive"]
 
@@ -131,10 +131,10 @@ def train_contrastive(
         batch_size: samples per step (each gives two views). A last batch of one sample
             changes nothing (NT-Xent needs negatives) and counts as a loss of 0 in the history.
         epochs, lr, seed, device, weight_decay, progress, checkpoint_dir, optimizer: as
-            :func:`~latentsurgeon.models.training.train`.
+            :func:`~latentsurgeon.training.train`.
 
     Returns:
-        A :class:`~latentsurgeon.models.training.TrainingHistory`; the model is left in eval mode.
+        A :class:`~latentsurgeon.training.TrainingHistory`; the model is left in eval mode.
     """
     validate_params({"temperature": temperature},
                     {"temperature": Interval(float, 0, None, closed="neither")},

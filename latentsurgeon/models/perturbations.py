@@ -3,7 +3,7 @@
 
 Each is an ``nn.Module`` that changes its input only in training mode, like dropout: in eval mode
 the input passes untouched, so an explanation of a trained model sees the clean input. The noise
-is drawn from torch's global RNG, which :func:`latentsurgeon.models.training.train` seeds with its
+is drawn from torch's global RNG, which :func:`latentsurgeon.training.train` seeds with its
 ``seed`` for the duration of the call; the same seed therefore gives the same perturbations.
 """
 

@@ -17,7 +17,7 @@ from torch import nn
 from latentsurgeon._validation import Interval, Options, Seed, validate_params
 from latentsurgeon.models.contrastive import ContrastiveEncoder, train_contrastive
 from latentsurgeon.models.perturbed_autoencoder import EncoderClassifier, PerturbedAutoencoder
-from latentsurgeon.models.training import (
+from latentsurgeon.training import (
     OptimizerSpec,
     TrainingData,
     TrainingHistory,
@@ -110,7 +110,7 @@ def train_pretext(
         latent_dim, noise_std, mask_fraction, n_classes: as :func:`pretext_model`.
         temperature: NT-Xent's temperature (``"contrastive"``).
         epochs, lr, batch_size, seed, device, weight_decay, progress, checkpoint_dir,
-        optimizer: as :func:`~latentsurgeon.models.training.train`.
+        optimizer: as :func:`~latentsurgeon.training.train`.
 
     Returns:
         ``(model, history)``; the model is trained and in eval mode.

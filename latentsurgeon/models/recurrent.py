@@ -27,7 +27,7 @@ from torch import nn
 
 from latentsurgeon._validation import Interval, Options, validate_params
 from latentsurgeon.errors import ShapeMismatchError
-from latentsurgeon.models.training import OptimizerSpec, TrainingData, TrainingHistory, train
+from latentsurgeon.training import OptimizerSpec, TrainingData, TrainingHistory, train
 
 __all__ = ["POOLINGS", "RECONSTRUCTION_LOSSES", "RecurrentAutoencoder", "SeriesDecoder", "SeriesEncoder",
            "time_encoding", "train_recurrent_autoencoder"]
@@ -190,10 +190,10 @@ def train_recurrent_autoencoder(
         batch_size: samples per step (small batches: more steps per epoch, which the LSTMs
             need more than large batches).
         epochs, seed, device, weight_decay, progress, checkpoint_dir, optimizer:
-            as :func:`~latentsurgeon.models.training.train`.
+            as :func:`~latentsurgeon.training.train`.
 
     Returns:
-        A :class:`~latentsurgeon.models.training.TrainingHistory`; the model is left in eval mode.
+        A :class:`~latentsurgeon.training.TrainingHistory`; the model is left in eval mode.
     """
     validate_params({"loss": loss}, {"loss": Options(RECONSTRUCTION_LOSSES)},
                     owner="train_recurrent_autoencoder")

@@ -19,8 +19,8 @@ from latentsurgeon._validation import Interval, validate_params
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.models.cnn import check_image_batch
 from latentsurgeon.models.perturbed_autoencoder import _check_sizes
-from latentsurgeon.models.training import OptimizerSpec, TrainingData, TrainingHistory, train
 from latentsurgeon.models.vae_losses import VAELoss, VAEOutputs
+from latentsurgeon.training import OptimizerSpec, TrainingData, TrainingHistory, train
 
 __all__ = ["VAE", "train_vae"]
 
@@ -163,11 +163,11 @@ def train_vae(
             :class:`~latentsurgeon.models.vae_losses.BetaTCVAELoss` (its ``n_data`` the size
             of ``data``), or any ``loss(x, outputs) -> tensor or dict``.
         epochs, lr, batch_size, seed, device, weight_decay, progress, checkpoint_dir,
-        optimizer: as :func:`~latentsurgeon.models.training.train`. ``seed`` also drives the
+        optimizer: as :func:`~latentsurgeon.training.train`. ``seed`` also drives the
             posterior samples.
 
     Returns:
-        A :class:`~latentsurgeon.models.training.TrainingHistory` with the loss's terms per
+        A :class:`~latentsurgeon.training.TrainingHistory` with the loss's terms per
         epoch (``"recon"``, ``"kl"``, and ``"mi"``, ``"tc"``, ``"dwkl"`` for beta-TC-VAE). The
         model is left in eval mode.
     """

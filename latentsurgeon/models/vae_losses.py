@@ -223,7 +223,7 @@ class VAELoss:
         scale: the Gaussian's standard deviation or the Laplace scale (ignored for Bernoulli).
 
     Calling ``loss(x, outputs)`` returns ``{"loss", "recon", "kl"}`` (batch means), the form
-    :func:`~latentsurgeon.models.training.train` records per epoch.
+    :func:`~latentsurgeon.training.train` records per epoch.
     """
 
     _constraints = {"likelihood": Options(LIKELIHOODS),

@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 def build(checkpoint_dir: Path) -> tuple[nn.Module, tuple, tuple]:
     """A small classifier trained 2 epochs with checkpoints; 23 training and 9 test samples
     (23 is not a multiple of the batch size 4: 6 batches, the last one of 3)."""
-    from latentsurgeon.models.training import train
+    from latentsurgeon.training import train
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()

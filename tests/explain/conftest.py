@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentsurgeon.models.training import train
+from latentsurgeon.training import train
 
 
 class TinyAE(nn.Module):

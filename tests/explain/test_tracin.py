@@ -13,7 +13,7 @@ from torch import nn
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 from latentsurgeon.explain import TracIn
 from latentsurgeon.hooks import hook_count
-from latentsurgeon.models.training import train
+from latentsurgeon.training import train
 
 from .conftest import TinyAE, images, make_classifier, tabular
 

@@ -10,7 +10,7 @@ import torch
 from latentsurgeon.data import load_digits16
 from latentsurgeon.errors import InvalidParameterError, NonFiniteError, ShapeMismatchError
 from latentsurgeon.models import DigitAugment, DigitCNN, augment_digits, evaluate_accuracy
-from latentsurgeon.models.training import train_classifier
+from latentsurgeon.training import train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import latentsurgeon.models.training as training
 from latentsurgeon.data import decoy_digits
 from latentsurgeon.errors import ShapeMismatchError
 from latentsurgeon.models import (
@@ -145,7 +144,7 @@ def test_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch, w
         fh.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(training.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)
     model = DigitCNN().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = (watermark.train.images[:64], watermark.train.labels[:64])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from latentsurgeon.errors import LatentSurgeonError
-from latentsurgeon.hooks.state import _HOOK_TABLES
+from latentsurgeon.hooks.state import HOOK_TABLES
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ModelState:
 def model_state(model: nn.Module) -> ModelState:
     modules = list(model.modules())
     return ModelState(
-        hooks=[{t: sorted(getattr(m, t, {}).keys()) for t in _HOOK_TABLES} for m in modules],
+        hooks=[{t: sorted(getattr(m, t, {}).keys()) for t in HOOK_TABLES} for m in modules],
         training=[m.training for m in modules],
         grad_flags=[p.requires_grad for p in model.parameters()],
         tensors={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
