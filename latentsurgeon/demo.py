@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from latentsurgeon._io import torch_save_atomic, write_json_atomic
-from latentsurgeon.activations import ActivationStore, capture
+from latentsurgeon.activations import ActivationStore, layer_outputs
 from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark, watermark_concept_sets
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
 
@@ -60,10 +60,7 @@ def train_decoy_model(seed: int, epochs: int, progress: bool) -> tuple[nn.Module
 
 # -- reveal ----------------------------------------------------------------------------------------
 def _layer_activations(model: nn.Module, images: torch.Tensor, layers: list[str]) -> dict:
-    with torch.no_grad(), capture(model, layers, accumulate=True, copy=True) as cap:
-        for batch in images.split(256):
-            model(batch)
-    return cap.activations
+    return layer_outputs(model, images, layers, batch_size=256)
 
 
 def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) -> dict[str, Any]:

@@ -227,3 +227,65 @@ def test_the_architecture_page_draws_the_same_order():
             drawn.append(name)
     order = [pkg for layer in LAYERS for pkg in layer]
     assert [p for p in drawn if p in order] == order
+
+
+# -- one mechanism per job -------------------------------------------------------------------------
+#: Names a model is called under in library code.
+MODEL_NAMES = {"model", "encoder", "net", "network"}
+#: Where the model is called with a batch: the one dispatch, and the packages that *define*
+#: models (their forward and their own training steps call their submodules).
+CALLS_ALLOWED = ("latentsurgeon/activations/access.py", "latentsurgeon/models/",
+                 "latentsurgeon/cbm/models.py")
+#: Where the early stop is used: its module, the access object, and capture (whose blocks the
+#: user runs the model in).
+STOP_ALLOWED = ("latentsurgeon/hooks/", "latentsurgeon/activations/access.py",
+                "latentsurgeon/activations/capture.py")
+
+
+def _mechanism_uses(root: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {"call": [], "functional_call": [], "stop": [], "probe": []}
+    for file in sorted((root / "latentsurgeon").rglob("*.py")):
+        where = file.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(file.read_text(), where)):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = (fn.id if isinstance(fn, ast.Name)
+                        else fn.attr if isinstance(fn, ast.Attribute) else None)
+                if name in MODEL_NAMES and not where.startswith(CALLS_ALLOWED):
+                    found["call"].append(f"{where}:{node.lineno}: {ast.unparse(node)[:60]}")
+                if name == "zeros_like" and any(
+                        k.arg == "requires_grad" for k in node.keywords) \
+                        and where != "latentsurgeon/activations/access.py":
+                    found["probe"].append(f"{where}:{node.lineno}")
+            if isinstance(node, ast.Attribute) and node.attr == "functional_call" \
+                    and where != "latentsurgeon/activations/access.py":
+                found["functional_call"].append(f"{where}:{node.lineno}")
+            name = (node.id if isinstance(node, ast.Name)
+                    else node.attr if isinstance(node, ast.Attribute) else None)
+            if name in ("ForwardStopper", "_StopForward") and not where.startswith(STOP_ALLOWED):
+                found["stop"].append(f"{where}:{node.lineno}")
+    return found
+
+
+def test_one_model_call_one_stop_one_gradient_probe():
+    """Library code calls the model only through ``ModelAccess`` (one dispatch: device, dtype,
+    dict inputs, forward_fn, other weights), stops passes only through the one stopper, and
+    takes gradients at a layer only through ``ModelAccess.offsets``."""
+    assert _mechanism_uses(ROOT) == {"call": [], "functional_call": [], "stop": [], "probe": []}
+
+
+def test_a_planted_direct_model_call_is_caught(tmp_path):
+    package = tmp_path / "latentsurgeon" / "metrics"
+    package.mkdir(parents=True)
+    (package / "planted.py").write_text(
+        "import torch\n\n"
+        "def predict(model, x):\n"
+        "    return model(x).argmax(1)\n\n"
+        "def grad_at(tensor):\n"
+        "    return torch.zeros_like(tensor, requires_grad=True)\n\n"
+        "def other(model, state, x):\n"
+        "    return torch.func.functional_call(model, state, (x,))\n")
+    found = _mechanism_uses(tmp_path)
+    assert found["call"] == ["latentsurgeon/metrics/planted.py:4: model(x)"]
+    assert found["probe"] == ["latentsurgeon/metrics/planted.py:7"]
+    assert found["functional_call"] == ["latentsurgeon/metrics/planted.py:10"]

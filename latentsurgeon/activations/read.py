@@ -19,7 +19,7 @@ correction fits) reads layers through :class:`LayerReader`, which guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -27,15 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon.activations.access import ForwardFn, ModelAccess
 from latentsurgeon.activations.batching import (
     DataLike,
-    analysis_device,
     batch_inputs,
     check_batch_size,
     iter_batches,
-    model_device,
     n_batches,
-    to_device,
 )
 from latentsurgeon.activations.pooling import check_pooling, pool
 from latentsurgeon.errors import (
@@ -46,11 +44,9 @@ from latentsurgeon.errors import (
 )
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
-from latentsurgeon.hooks.stop import ForwardStopper
 
 __all__ = ["LayerReader", "layer_outputs", "nonfinite_rows"]
 
-ForwardFn = Callable[[nn.Module, Any], Any]
 Pooling = str | Mapping[str, str] | None
 
 
@@ -68,37 +64,6 @@ def resolve_poolings(names: Sequence[str], pooling: Pooling) -> dict[str, str]:
         raise InvalidParameterError(
             f"pooling names layers that are not read: {unknown}; the layers are {list(names)}.")
     return {n: check_pooling(pooling.get(n, "none")) for n in names}
-
-
-def floating_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of the model's first floating parameter (or buffer); None if it has none."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
-
-
-def cast_floating(inputs: Any, dtype: torch.dtype | None) -> Any:
-    """``inputs`` with every floating tensor cast to ``dtype`` (integer tensors untouched)."""
-    if dtype is None:
-        return inputs
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(dtype) if inputs.is_floating_point() and inputs.dtype != dtype else inputs
-    if isinstance(inputs, Mapping):
-        return {k: cast_floating(v, dtype) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(cast_floating(v, dtype) for v in inputs)
-    return inputs
-
-
-def _tensors(inputs: Any) -> list[torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return [inputs]
-    if isinstance(inputs, Mapping):
-        return [t for v in inputs.values() for t in _tensors(v)]
-    if isinstance(inputs, (tuple, list)):
-        return [t for v in inputs for t in _tensors(v)]
-    return []
 
 
 def nonfinite_rows(value: torch.Tensor) -> list[int]:
@@ -119,29 +84,13 @@ def nonfinite_error(layer: str, rows: Sequence[int], *, hint: str = "") -> NonFi
         f"overflow, a division by zero, a diverged training).{hint}")
 
 
-def _dtype_problem(exc: BaseException, inputs: Any, dtype: torch.dtype | None) -> str | None:
-    """A sentence explaining ``exc`` when it comes from integer inputs to a floating model."""
-    integer = [t.dtype for t in _tensors(inputs) if not (t.is_floating_point() or t.is_complex())]
-    text = str(exc).lower()
-    # PyTorch's words for an integer tensor meeting float weights (conv, linear, norms)
-    mismatch = ("should be the same", "must have the same dtype", "expected scalar type",
-                "not implemented for 'long'", "not implemented for 'int'",
-                "not implemented for 'byte'", "not implemented for 'short'",
-                "not implemented for 'char'", "not implemented for 'bool'")
-    if not integer or dtype is None or not any(k in text for k in mismatch):
-        return None
-    return (f"data: the model computes in {dtype} but its inputs are {integer[0]} tensors, which "
-            "it cannot take. Pass floating-point inputs (images as float, e.g. "
-            "`images.float() / 255`), or a forward_fn that converts them; integer inputs are for "
-            "models that embed them (token ids).")
-
-
 class LayerReader:
     """Reads the selected layers of ``model`` batch by batch (see the module doc).
 
     Args:
-        model: the network.
-        layers: layer selector.
+        model: the network, or the :class:`~latentsurgeon.activations.access.ModelAccess` of
+            a method (its forward function and device are used).
+        layers: layer selector (default with an access: its layers).
         pooling: ``None``/``"none"`` (as is), ``"max"``, ``"mean"``, ``"flatten"``, or a dict per
             layer.
         stop_early: end each pass after the last requested layer (default).
@@ -160,30 +109,32 @@ class LayerReader:
         DeviceMismatchError: ``device`` is not the model's.
     """
 
-    def __init__(self, model: nn.Module, layers: LayerSelector, *, pooling: Pooling = None,
-                 stop_early: bool = True, forward_fn: ForwardFn | None = None,
+    def __init__(self, model: nn.Module | ModelAccess, layers: LayerSelector | None = None, *,
+                 pooling: Pooling = None, stop_early: bool = True,
+                 forward_fn: ForwardFn | None = None,
                  device: str | torch.device | None = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise InvalidParameterError(
-                f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        if forward_fn is not None and not callable(forward_fn):
-            raise InvalidParameterError(
-                f"forward_fn must be a function forward_fn(model, inputs); got {forward_fn!r}.")
-        self.model = model
-        self.names = list(resolve_layers(model, layers))
+        if isinstance(model, ModelAccess):
+            access = model
+            names = access.layers if layers is None else list(resolve_layers(access.model,
+                                                                              layers))
+        else:
+            access = ModelAccess(model, forward_fn=forward_fn, device=device)
+            names = list(resolve_layers(model, layers))
+        self.access = access
+        self.model = access.model
+        self.names = list(names)
         self.poolings = resolve_poolings(self.names, pooling)
-        home = model_device(model)
-        if home is not None and home.type == "meta":
-            raise InvalidParameterError(
-                "model: its weights are on the 'meta' device (shapes without values), so it "
-                "cannot compute activations. Materialise it first, e.g. "
-                "model.to_empty(device='cpu') then model.load_state_dict(...).")
-        self.device = analysis_device(model, device)
-        self.dtype = floating_dtype(model)
-        self.forward_fn = forward_fn
-        self.stopper = ForwardStopper(model, self.names, enabled=stop_early)
+        self.stopper = access.stopper(self.names, enabled=stop_early)
         self._captured: dict[str, torch.Tensor] = {}
         self._stack: ExitStack | None = None
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.access.device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return self.access.dtype
 
     # -- context --------------------------------------------------------------------------------
     def __enter__(self) -> LayerReader:
@@ -219,14 +170,6 @@ class LayerReader:
             self.stopper.stop()
 
     # -- one batch ---------------------------------------------------------------------------------
-    def _call(self, inputs: Any) -> None:
-        if self.forward_fn is not None:
-            self.stopper.run(self.forward_fn, self.model, inputs)
-        elif isinstance(inputs, Mapping):
-            self.stopper.run(self.model, **inputs)
-        else:
-            self.stopper.run(self.model, inputs)
-
     def read(self, inputs: Any) -> dict[str, torch.Tensor]:
         """The pooled outputs of the layers for one batch of model inputs: ``{name: (N, ...)}``
         on the model's device, in the model's order.
@@ -238,40 +181,20 @@ class LayerReader:
         if self._stack is None:
             raise LatentSurgeonError("LayerReader.read() works inside `with LayerReader(...)`.")
         self._captured.clear()
-        prepared = to_device(cast_floating(inputs, self.dtype), self.device)
-        try:
-            self._call(prepared)
-        except RuntimeError as exc:
-            problem = _dtype_problem(exc, prepared, self.dtype)
-            if problem is not None:
-                raise InvalidParameterError(f"{problem} ({exc})") from exc
-            raise
+        self.access.run_stopped(self.stopper, inputs)
         missing = [n for n in self.names if n not in self._captured]
         if missing:
-            raise self._not_run(missing, prepared)
+            raise self._not_run(missing, inputs)
         values = {n: self._captured[n] for n in self.names}
         self._captured.clear()
         return values
 
     def _not_run(self, missing: list[str], inputs: Any) -> LayerNotFoundError:
         """Name the layers that did not run, and list those that did (one more, whole pass)."""
-        order: list[str] = []
-
-        def seen(name: str, module: nn.Module, args: tuple) -> None:
-            if name not in order:
-                order.append(name)
-
         try:
-            with HookGroup() as group:
-                group.forward_pre(self.model, "*", seen)
-                if self.forward_fn is not None:
-                    self.forward_fn(self.model, inputs)
-                elif isinstance(inputs, Mapping):
-                    self.model(**inputs)
-                else:
-                    self.model(inputs)
+            order = [name for name, _ in self.access.call_order(inputs, "*", started=True)]
         except (LatentSurgeonError, RuntimeError):
-            pass
+            order = []
         shown = ", ".join(order[:40]) + (f" ... ({len(order)} in all)" if len(order) > 40 else "")
         return LayerNotFoundError(
             f"Layer{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} did "

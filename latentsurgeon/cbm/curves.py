@@ -34,7 +34,7 @@ from latentsurgeon.cbm.policies import (
 )
 from latentsurgeon.cbm.strategies import GroundTruthIntervention
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
-from latentsurgeon.hooks import HookGroup, get_layer, primary_tensor
+from latentsurgeon.hooks import HookGroup, get_layer, primary_tensor, resolve_layer
 from latentsurgeon.metrics.accuracy import accuracy
 
 __all__ = ["POLICIES", "InterventionCurves", "intervention_curve"]
@@ -338,6 +338,7 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
     for run, (model, (x, y, c)) in enumerate(zip(runs, sets, strict=True)):
         context = build_context if build_context is not None else (
             model.gradient_context() if hasattr(model, "gradient_context") else None)
+        layer = resolve_layer(model, layer)
         layer_module = get_layer(model, layer)
         for name, policy in _policies(policies, seed + run, layer_output).items():
             if isinstance(policy, GradientPolicy) and context is None:

@@ -25,6 +25,7 @@ from latentsurgeon.hooks import (
     preserve_model_state,
     primary_tensor,
     replace_primary,
+    resolve_layer,
 )
 from latentsurgeon.hooks.resolve import LayerSelector
 
@@ -173,6 +174,7 @@ def intervention(model: nn.Module, layer: str, strategy: Callable[..., torch.Ten
     Raises:
         LayerNotFoundError: ``layer`` names no single layer.
     """
+    layer = resolve_layer(model, layer)
     with _attached(model, layer, InterventionModule(
             get_layer(model, layer), strategy, policy, concepts, quantile, build_context,
             extra_modules, k=k, fraction=fraction)):

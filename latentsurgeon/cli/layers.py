@@ -13,22 +13,9 @@ from latentsurgeon.cli._common import build_model, load_weights, model_args, par
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str, str, int]]:
     """``(name, class, output shape, own parameters)`` for every named module, in module order."""
-    from latentsurgeon.hooks import HookGroup, preserve_model_state
+    from latentsurgeon.activations.access import ModelAccess
 
-    shapes: dict[str, str] = {}
-
-    def record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            shapes[name] = str(tuple(output.shape))
-        elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            shapes[name] = f"{tuple(output[0].shape)} (+{len(output) - 1} more)"
-        else:
-            shapes.setdefault(name, type(output).__name__)
-
-    with preserve_model_state(model), HookGroup() as group, torch.no_grad():
-        model.eval()
-        group.forward(model, "*", record)
-        model(example)
+    shapes = dict(ModelAccess(model).call_order(example, "*"))
     rows = []
     for name, module in model.named_modules():
         if not name:

@@ -13,8 +13,9 @@ change of the activation that moves its pooled vector by ``v``:
 * ``"max"``: ``v_c`` added at the position of channel ``c``'s maximum (the only place where a
   small change moves the maximum).
 
-It is computed by inserting a zero offset ``lift(delta)`` into the layer's output and
-differentiating the logit w.r.t. ``delta``: one backward pass per batch gives the pooled-space
+It is computed by inserting a zero offset ``lift(delta)`` into the layer's output (the model
+access's :meth:`~latentsurgeon.activations.access.ModelAccess.offsets`) and differentiating the
+logit w.r.t. ``delta``: one backward pass per batch gives the pooled-space
 gradient of every input, and the derivatives along all CAVs are then one matrix product. This
 works for frozen models too (nothing upstream needs to require grad), and whatever the model does
 after the layer (in-place ReLU, ``out += x``) acts on the offset output, not on the layer's own.
@@ -29,25 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentsurgeon.activations.batching import (
-    DataLike,
-    analysis_device,
-    batch_inputs,
-    iter_batches,
-    to_device,
-)
+from latentsurgeon.activations.access import ModelAccess
+from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches
 from latentsurgeon.activations.pooling import check_pooling
 from latentsurgeon.concepts._activations import finite
 from latentsurgeon.concepts.cav import CAV
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.hooks import (
-    get_layer,
-    hooked,
-    preserve_model_state,
-    primary_tensor,
-    replace_primary,
-    select_logits,
-)
+from latentsurgeon.hooks import preserve_model_state, select_logits
 
 __all__ = ["check_target", "common_pooling", "directional_derivatives", "directions",
            "gradients_and_target", "n_outputs", "pooled_gradients"]
@@ -158,43 +147,33 @@ def gradients_and_target(
 ) -> tuple[torch.Tensor, tuple[int, ...], int, torch.dtype]:
     """:func:`pooled_gradients`, the target as a non-negative index and the layer's dtype."""
     check_pooling(pooling)
-    get_layer(model, layer)
-    device = analysis_device(model, device)
-    deltas: list[torch.Tensor] = []
+    access = ModelAccess(model, head=head, device=device)
+    layer = access.layer(layer)
     shapes: list[tuple[int, ...]] = []
     dtypes: list[torch.dtype] = []
 
-    def insert(name: str, module: nn.Module, args: tuple, output: Any) -> Any:
-        acts = primary_tensor(output)
+    def lift(acts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if pooling == "none" and acts.dim() > 2:
             raise ShapeMismatchError(
                 "TCAV needs one vector per input: use pooling='flatten', 'max' or 'mean' for "
                 f"activations of shape {tuple(acts.shape)}.")
         delta = torch.zeros(len(acts), _pooled_dim(acts, pooling), dtype=acts.dtype,
                             device=acts.device, requires_grad=True)
-        deltas.append(delta)
         shapes.append(tuple(acts.shape[1:]))
         dtypes.append(acts.dtype)
-        # Adds exactly zero: the forward pass is unchanged, but the logit now depends on delta.
-        return replace_primary(output, acts + _lift(acts, delta, pooling))
+        return delta, _lift(acts, delta, pooling)
 
     grads: list[torch.Tensor] = []
     checked = False
-    with preserve_model_state(model), hooked(model, layer, forward=insert), torch.enable_grad():
+    with preserve_model_state(model), access.offsets([layer], lift=lift) as probe:
         model.eval()
         for batch in iter_batches(inputs, batch_size):
-            deltas.clear()
-            x = finite(batch_inputs(batch), "class inputs")
-            output = model(to_device(x, device))
+            output = probe.call(finite(batch_inputs(batch), "class inputs"))
             if not checked:
                 target = check_target(target, n_outputs(output, head))
                 checked = True
-            if len(deltas) != 1:
-                raise LatentSurgeonError(
-                    f"Layer {layer!r} ran {len(deltas)} times in one forward pass; TCAV needs a "
-                    "layer that runs exactly once.")
-            (grad,) = torch.autograd.grad(_target_output(output, target, head).sum(), deltas[0],
-                                          allow_unused=True)
+            (grad,) = torch.autograd.grad(_target_output(output, target, head).sum(),
+                                          probe.offset(layer), allow_unused=True)
             if grad is None:
                 raise LatentSurgeonError(
                     f"The model's output does not depend on layer {layer!r}'s output.")

@@ -30,19 +30,18 @@ from tqdm.auto import tqdm
 
 from latentsurgeon._validation import Callable as CallableConstraint
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
     DataLike,
     as_loader,
     batch_inputs,
     check_batch_size,
-    model_device,
 )
 from latentsurgeon.activations.pooling import POOLINGS
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.hooks import HookGroup, preserve_model_state, resolve_layers
+from latentsurgeon.hooks import resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
-from latentsurgeon.hooks.stop import ForwardStopper
 
 logger = logging.getLogger("latentsurgeon")
 
@@ -198,28 +197,15 @@ def _execution_order(model: nn.Module, names: list[str], data: Any,
                      device: str | torch.device | None) -> list[str]:
     """``names`` in the order their outputs are produced (a container such as ``features``
     finishes after its children), found by one forward pass on one sample (stopped after the
-    last of them)."""
+    last of them: the store's extraction just learned how often they run per pass)."""
     try:
         inputs = batch_inputs(next(iter(as_loader(data, 1))))
     except (StopIteration, TypeError):
         return names
     if not isinstance(inputs, torch.Tensor):
         return names  # dict inputs etc.: keep the module order
-    seen: list[str] = []
-    # The store's extraction just learned how often these layers run per pass, so this pass
-    # also ends with the last of them.
-    stopper = ForwardStopper(model, names)
-
-    def record(name: str, module: nn.Module, args: tuple, output: Any) -> None:
-        if name not in seen:
-            seen.append(name)
-        if stopper.count(name):
-            stopper.stop()
-
-    with preserve_model_state(model), HookGroup() as group, torch.no_grad():
-        model.eval()
-        group.forward(model, names, record)
-        stopper.run(model, inputs[:1].to(model_device(model) if device is None else device))
+    access = ModelAccess(model, device=device)
+    seen = [name for name, _ in access.call_order(inputs[:1], names, stop_early=True)]
     return seen + [n for n in names if n not in seen]
 
 

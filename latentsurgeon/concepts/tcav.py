@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval, Options, validate_params
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
     DataLike,
     analysis_device,
@@ -39,7 +40,6 @@ from latentsurgeon.activations.batching import (
     count_samples,
     iter_batches,
     n_batches,
-    to_device,
 )
 from latentsurgeon.activations.pooling import POOLINGS
 from latentsurgeon.concepts._activations import _layer_activations
@@ -51,14 +51,13 @@ from latentsurgeon.concepts.derivatives import (
     directional_derivatives,
     directions,
     gradients_and_target,
-    n_outputs,
     pooled_gradients,
 )
 from latentsurgeon.concepts.random_sets import RandomSets
 from latentsurgeon.concepts.tcav_result import TCAVResult
 from latentsurgeon.concepts.tcav_statistics import TESTS, set_test, tcav_scores, ttest
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.hooks import get_layer, preserve_model_state
+from latentsurgeon.hooks import resolve_layer
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +125,7 @@ def _refuse_empty_inputs(model: nn.Module, target: Any, head: Any, sources: list
         sample = _first_sample(data)
         if sample is None:
             continue
-        with preserve_model_state(model), torch.no_grad():
-            model.eval()
-            output = model(to_device(sample, device))
-        check_target(target, n_outputs(output, head))
+        check_target(target, ModelAccess(model, head=head, device=device).n_outputs(sample))
         break
     raise LatentSurgeonError("tcav(): the class inputs hold no samples; pass inputs of the "
                              "class whose output is tested.")
@@ -223,7 +219,7 @@ def tcav(
          "n_tests": n_tests, "head": head, "seed": seed, "progress": progress},
         _CONSTRAINTS, owner="tcav()")
     check_batch_size(batch_size)
-    get_layer(model, layer)
+    layer = resolve_layer(model, layer)
     device = analysis_device(model, device)
     if seed is None:
         seed = int(torch.Generator().seed() % 2**31)

@@ -20,10 +20,10 @@ from torch import nn
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Callable, Interval, Options, check_finite
 from latentsurgeon.activations import layer_outputs
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
     Samples,
     as_samples,
-    model_device,
     to_tensor,
 )
 from latentsurgeon.concepts import CAV, METHODS
@@ -37,11 +37,10 @@ from latentsurgeon.errors import (
 from latentsurgeon.hooks import (
     HookGroup,
     edited_copy,
-    get_layer,
     preserve_model_state,
+    resolve_layer,
     resolve_layers,
 )
-from latentsurgeon.hooks.outputs import classification_logits
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def check_labels(model: nn.Module, samples: Samples, head: str | int | None) -> 
     training starts, so a bad label or ``head`` fails early). Returns the number of classes."""
     with preserve_model_state(model), torch.no_grad():
         model.eval()
-        logits = classification_logits(model(samples.images[:1].to(model_device(model))), head)
+        logits = ModelAccess(model, head=head).logits(samples.images[:1])
     k = int(logits.shape[1])
     labels = samples.labels
     if labels is not None and len(labels):
@@ -334,17 +333,22 @@ class ClarcCorrection(Correction):
             raise InvalidParameterError(
                 f"{type(self).__name__}: layer= (one exact layer name){several} is required; "
                 "got None.")
+        # Resolved once, here: what the correction stores, hooks and exports is the canonical
+        # name, so a selector (a glob, "re:...") cannot mean one layer to attach and another
+        # to export.
         if layer is not None:
             if model is not None:
-                get_layer(model, layer)  # one exact layer name, close matches in the error
-            return [layer]
-        if model is not None:
+                return [resolve_layer(model, layer)]
+            names = [layer]
+        elif model is not None:
             return list(resolve_layers(model, layers))
-        names = [layers] if isinstance(layers, str) else list(layers)
+        else:
+            names = [layers] if isinstance(layers, str) else list(layers)
         if not all(isinstance(n, str) and not (_GLOB_CHARS & set(n)) and not n.startswith("re:")
                    for n in names):
             raise InvalidParameterError(
-                f"{type(self).__name__}: layers={layers!r} is a pattern; without a model, name "
+                f"{type(self).__name__}: {'layer' if layer is not None else 'layers'}="
+                f"{layer if layer is not None else layers!r} is a pattern; without a model, name "
                 "the layers exactly.")
         return names
 

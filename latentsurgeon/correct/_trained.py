@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -19,7 +20,6 @@ from latentsurgeon.correct._base import (
 )
 from latentsurgeon.correct._training import Trainable, select_parameters
 from latentsurgeon.errors import LatentSurgeonError
-from latentsurgeon.hooks import HookGroup
 from latentsurgeon.training import OptimizerSpec, train
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,10 @@ class TrainedClarc(ClarcCorrection):
     criterion: Any
 
     @abc.abstractmethod
-    def _loss_step(self, model: nn.Module, device: torch.device) -> tuple[HookGroup, Any]:
-        """Each subclass returns ``(hooks, loss_fn)``: the HookGroup its training needs and
+    def _loss_step(self, model: nn.Module, device: torch.device
+                   ) -> tuple[AbstractContextManager, Any]:
+        """Each subclass returns ``(hooks, loss_fn)``: a context manager putting in place what
+        its training needs (edit hooks, gradient offsets) for the duration of the training, and
         ``loss_fn(model, (inputs, labels)) -> {"loss": ..., ...}``."""
 
     def _check(self) -> None:

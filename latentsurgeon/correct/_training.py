@@ -2,8 +2,8 @@
 :func:`latentsurgeon.training.train`, the one training loop).
 
 ``trainable="above"`` is defined by data flow: the parameters that receive gradient *through the
-corrected layer's output*. One forward pass builds the autograd graph with a zero perturbation
-added to the layer's output; a parameter is above the layer when an operation that depends on
+corrected layer's output*. One forward pass builds the autograd graph with a zero offset added to
+the layer's output (:meth:`~latentsurgeon.activations.access.ModelAccess.offsets`); a parameter is above the layer when an operation that depends on
 that perturbation consumes it (directly or through parameter-only operations such as a
 transpose). So in a residual block, correcting ``block.bn2`` trains what consumes ``bn2``'s
 output, not the skip branch that merely runs later, and a module that also runs before the layer
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.hooks import HookGroup, get_layer, preserve_model_state, primary_tensor
-from latentsurgeon.hooks.outputs import replace_primary
+from latentsurgeon.activations.access import ModelAccess
+from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.hooks import preserve_model_state
 
 logger = logging.getLogger(__name__)
 
@@ -108,29 +108,16 @@ def parameters_above(model: nn.Module, layers: str | Sequence[str], sample: Any
     Returns:
         ``(name, parameter)`` pairs in ``model.named_parameters()`` order.
     """
-    names = [layers] if isinstance(layers, str) else list(layers)
-    for name in names:
-        get_layer(model, name)
-    probes: list[torch.Tensor] = []
-    raw_nodes: list[Any] = []
+    access = ModelAccess(model, [layers] if isinstance(layers, str) else list(layers))
+    names = list(access.layers)
 
-    def perturb(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
-        tensor = primary_tensor(output)
-        if not tensor.is_floating_point():
-            raise ShapeMismatchError(
-                f"Layer {name!r} returns a {tensor.dtype} tensor; a correction needs a layer "
-                "with floating-point output.")
-        probe = torch.zeros_like(tensor, requires_grad=True)
-        probes.append(probe)
-        raw_nodes.append(tensor.grad_fn)
-        return replace_primary(output, tensor + probe)
-
-    with preserve_model_state(model), torch.enable_grad(), HookGroup() as group:
+    with preserve_model_state(model), access.offsets(max_calls=None) as probe:
         model.eval()
         for param in model.parameters():
             param.requires_grad_(True)
-        group.forward(model, names, perturb, prepend=True)
-        output = model(_marked_input(sample))
+        output = probe.call(_marked_input(sample))
+        probes = [o for n in names for o in probe.offsets[n]]
+        raw_nodes = [t.grad_fn for n in names for t in probe.outputs[n]]
         if not probes:
             raise LatentSurgeonError(
                 f"Layer(s) {names} did not run during a forward pass of the model, so nothing "

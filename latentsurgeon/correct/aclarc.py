@@ -10,12 +10,12 @@ from torch import nn
 
 from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.correct._base import criterion_loss, random_stream
 from latentsurgeon.correct._trained import TrainedClarc
 from latentsurgeon.correct._training import Trainable
 from latentsurgeon.correct.projection import clarc_projection
 from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary
-from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.hooks.resolve import LayerSelector
 from latentsurgeon.training import OptimizerSpec
 
@@ -106,6 +106,7 @@ class AClarc(TrainedClarc):
         alpha, fraction, gradient = float(self.alpha), float(self.augment_fraction), self.gradient
         generator = random_stream(self.seed, 1)
         state: dict[str, torch.Tensor] = {}
+        access = ModelAccess(model, head=self.head)
         group = HookGroup()
         for layer, vec in self.vectors_.items():
             v, z = vec["direction"].to(device), vec["mean_concept"].to(device)
@@ -130,7 +131,7 @@ class AClarc(TrainedClarc):
             weight[torch.randperm(n, generator=generator)[:k]] = 1.0
             state["weight"] = weight.to(x.device)
             try:
-                logits = classification_logits(model(x), self.head)
+                logits = access.logits(x)
             finally:
                 state.pop("weight")
             return {"loss": criterion_loss(self.criterion, logits, y)}

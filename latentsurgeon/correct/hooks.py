@@ -20,7 +20,7 @@ from latentsurgeon.correct.projection import (
     mass_mean_shift,
 )
 from latentsurgeon.errors import InvalidParameterError
-from latentsurgeon.hooks import HookGroup, get_layer, primary_tensor, replace_primary
+from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary, resolve_layer
 from latentsurgeon.hooks.resolve import LayerSelector
 
 __all__ = ["add_clarc_hook", "add_mass_mean_probe_hook"]
@@ -102,7 +102,7 @@ def add_clarc_hook(
                     owner="add_clarc_hook()")
     direction = unit_direction(raw, "cav")
     reference = _as_vector(mean_length, "mean_length")
-    get_layer(model, layer)  # one exact layer, with close matches in the error otherwise
+    layer = resolve_layer(model, layer)  # one layer, canonical; close matches in the error
 
     def project(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
         tensor = primary_tensor(output)

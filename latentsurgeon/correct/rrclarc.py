@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval, Options
+from latentsurgeon.activations.access import LayerOffsets, ModelAccess
 from latentsurgeon.correct._base import criterion_loss, random_stream
 from latentsurgeon.correct._trained import TrainedClarc
 from latentsurgeon.correct._training import Trainable
@@ -20,8 +23,7 @@ from latentsurgeon.correct.rr import (
     masked_output,
     rr_penalty,
 )
-from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
-from latentsurgeon.hooks import HookGroup, primary_tensor, replace_primary
+from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.training import OptimizerSpec
 
@@ -106,44 +108,35 @@ class RRClarc(TrainedClarc):
                 "RRClarc: masking='target_logit' needs target=<class index> (the logit to "
                 "differentiate); got target=None.")
 
-    def _loss_step(self, model: nn.Module, device: torch.device) -> tuple[HookGroup, Any]:
+    def _loss_step(self, model: nn.Module, device: torch.device
+                   ) -> tuple[AbstractContextManager, Any]:
         layer = self.layers_[0]
         vec = self.vectors_[layer]
         v, pooling, lam = vec["direction"].to(device), vec["pooling"], float(self.lambda_rr)
         masking = as_enum(RRMaskingPattern, self.masking, "masking")
         loss_type = as_enum(RRLossType, self.loss, "loss")
         generator = random_stream(self.seed, 2)
-        store: dict[str, torch.Tensor] = {}
+        access = ModelAccess(model, [layer], head=self.head)
+        held: dict[str, LayerOffsets] = {}
 
-        def perturb(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
-            if "probe" in store:  # the penalty would silently use only the last call
-                raise LatentSurgeonError(
-                    f"Layer {layer!r} ran more than once in one forward pass; RR-ClArC needs "
-                    "a layer that runs once per forward (choose another layer).")
-            tensor = primary_tensor(output)
-            # d m / d probe = d m / d (layer output); later in-place ops modify the sum, a
-            # non-leaf copy, never the tensor that is differentiated.
-            probe = torch.zeros_like(tensor, requires_grad=True)
-            store["probe"] = probe
-            return replace_primary(output, tensor + probe)
+        @contextmanager
+        def offsets() -> Iterator[None]:
+            # d m / d offset = d m / d (layer output): a zero offset added to the layer's output
+            # in every training pass; later in-place ops modify the sum, never what is
+            # differentiated.
+            with access.offsets() as probe:
+                held["probe"] = probe
+                yield
 
         def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             x, y = batch[0], batch[1]
-            store.pop("probe", None)
-            try:
-                logits = classification_logits(model(x), self.head)
-                probe = store.get("probe")
-            finally:
-                store.pop("probe", None)
-            if probe is None:
-                raise LatentSurgeonError(
-                    f"Layer {layer!r} did not run during the forward pass; RR-ClArC needs a "
-                    "layer on the path to the output.")
+            probe = held["probe"]
+            logits = classification_logits(probe.call(x), self.head)
             task = criterion_loss(self.criterion, logits, y)
             m = masked_output(logits, masking, self.target, generator)
-            (grad,) = torch.autograd.grad(m.sum(), probe, create_graph=True)
+            (grad,) = torch.autograd.grad(m.sum(), probe.offset(), create_graph=True)
             penalty = rr_penalty(latent_gradient(grad, pooling), v, loss_type)
             return {"loss": task + lam * penalty, "ce": task.detach(), "rr": penalty.detach()}
 
-        return HookGroup().forward(model, layer, perturb, prepend=True), step
+        return offsets(), step
 

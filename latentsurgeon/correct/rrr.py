@@ -11,6 +11,7 @@ from torch import nn
 
 from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval, Options, check_finite
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import as_samples
 from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.correct._base import (
@@ -20,7 +21,6 @@ from latentsurgeon.correct._base import (
     criterion_loss,
 )
 from latentsurgeon.errors import LatentSurgeonError
-from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.training import train
 
 __all__ = ["RRR_MASKINGS", "ExplanationRegularization"]
@@ -140,10 +140,12 @@ class ExplanationRegularization(Correction):
         lam, true_label, normalize = float(self.lambda_rrr), self.masking == "true_label", \
             bool(self.normalize)
 
+        access = ModelAccess(model, head=self.head)
+
         def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
             x, y, m = batch
             x = x.detach().requires_grad_(True)
-            logits = classification_logits(model(x), self.head)
+            logits = access.logits(x)
             logp = F.log_softmax(logits, dim=1)
             task = criterion_loss(self.criterion, logits, y)
             score = logp.gather(1, y[:, None]).sum() if true_label else logp.sum()

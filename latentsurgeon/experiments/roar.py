@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.experiments._base import ExperimentResult, Section, check_seeds, seeded
 from latentsurgeon.experiments._data import Split, digit_split
@@ -104,7 +105,7 @@ def reconstruction_error(model: nn.Module, inputs: torch.Tensor) -> float:
     """Mean squared error of ``model``'s reconstructions of ``inputs`` (eval mode)."""
     with preserve_model_state(model), torch.no_grad():
         model.eval()
-        return float(((model(inputs) - inputs) ** 2).mean())
+        return float(((ModelAccess(model, head=None).output(inputs) - inputs) ** 2).mean())
 
 
 def linear_probe_accuracy(model: nn.Module, data: Split) -> float:

@@ -1,10 +1,10 @@
 """Per-sample loss gradients with ``torch.func``: the machinery TracIn and influence functions share.
 
 * :func:`parameter_names` - which parameters a gradient is taken with respect to.
-* :class:`SampleLoss` - the loss of one sample (reconstruction, cross-entropy with the label or
-  with the predicted class, or a user's loss of the output or of a layer's representation),
-  evaluated with :func:`torch.func.functional_call` so that any weights (a checkpoint's) can be
-  used without touching the model.
+* :class:`GradientSpec` - the loss of one sample (through the method's
+  :class:`~latentsurgeon.activations.access.ModelAccess`: reconstruction, cross-entropy with the
+  label or with the predicted class, or a user's loss of the output or of a layer's
+  representation, with any weights, a checkpoint's, swapped in without touching the model).
 * :func:`per_sample_gradients` - ``vmap(grad(loss))`` over a batch, flattened to ``(B, P)``,
   optionally unit-normalised and randomly projected (:class:`CountSketch`).
 * :func:`load_checkpoints` - checkpoints written by ``training.train(checkpoint_dir=)``
@@ -20,24 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from latentsurgeon.activations.batching import batch_inputs
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import (
     InvalidParameterError,
     LatentSurgeonError,
-    ShapeMismatchError,
 )
-from latentsurgeon.explain._forward import forward_to
 from latentsurgeon.hooks import resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("reconstruction", "cross_entropy", "predicted")
 #: ``"reconstruction"``, ``"cross_entropy"``, ``"predicted"`` or ``loss(output, batch) -> scalar``.
-LossSpec = str | Callable[[torch.Tensor, Any], torch.Tensor]
 State = dict[str, torch.Tensor]
 
 
@@ -60,83 +55,6 @@ def parameter_names(model: nn.Module, params: LayerSelector | None) -> list[str]
             + (" (no parameter requires grad)" if params is None else "")
             + "; name the layers whose parameters the gradients are taken with respect to.")
     return names
-
-
-def check_loss(loss: Any, what: str = "loss") -> None:
-    if not (callable(loss) or loss in LOSSES):
-        raise InvalidParameterError(
-            f"{what} must be one of {', '.join(map(repr, LOSSES))} or a callable "
-            f"loss(output, batch) -> scalar; got {loss!r}.")
-
-
-class SampleLoss:
-    """The loss of one sample, as a function of parameters (for ``torch.func`` transforms).
-
-    Args:
-        model: the network (in eval mode while gradients are taken).
-        loss: ``"reconstruction"`` (mean squared error between the output and the input, as
-            ``train_autoencoder`` trains), ``"cross_entropy"`` (with the label, the second
-            element of a batch), ``"predicted"`` (cross-entropy with the predicted class), or
-            ``loss(output, batch) -> scalar`` where ``output`` is the output (or ``layer``'s
-            output) for a batch of one sample and ``batch`` that sample's batch (same structure
-            as the data's, first dimension 1).
-        layer: the loss is a function of this layer's output (the forward pass stops there);
-            None: of the model's output.
-        head: where the logits are in a structured output (cross-entropy losses).
-    """
-
-    def __init__(self, model: nn.Module, loss: LossSpec, layer: str | None = None,
-                 head: str | int | None = "logits") -> None:
-        check_loss(loss)
-        self.model, self.loss, self.layer, self.head = model, loss, layer, head
-
-    def output(self, state: Mapping[str, torch.Tensor], inputs: Any) -> torch.Tensor:
-        head = self.head if self.loss in ("cross_entropy", "predicted") else None
-        return forward_to(self.model, inputs, self.layer, state=state, head=head)
-
-    def value(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        """Loss of a batch of one sample (``batch`` with leading dimension 1): a scalar."""
-        if not callable(self.loss):
-            return self.values(state, batch).reshape(())
-        out = self.output(state, batch_inputs(batch))
-        value = self.loss(out, batch)
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise ShapeMismatchError(
-                "A loss callable must return a scalar tensor for a batch of one sample; got "
-                f"{type(value).__name__}"
-                + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
-                   else "") + ".")
-        return value.reshape(())
-
-    def values(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        """Per-sample losses ``(B,)`` of a batch (the named losses; samples are independent in
-        eval mode, so the gradient of their sum with respect to a sample's activations is that
-        sample's own)."""
-        if callable(self.loss):
-            raise LatentSurgeonError("A loss callable is evaluated one sample at a time.")
-        inputs = batch_inputs(batch)
-        out = self.output(state, inputs)
-        if self.loss == "reconstruction":
-            if not isinstance(inputs, torch.Tensor) or out.shape != inputs.shape:
-                raise ShapeMismatchError(
-                    "loss='reconstruction' needs an output shaped like the input; got "
-                    f"{tuple(out.shape)} for inputs {tuple(getattr(inputs, 'shape', ()))}. "
-                    "Use a classification loss or a callable for other models.")
-            return ((out - inputs) ** 2).reshape(out.shape[0], -1).mean(dim=1)
-        if out.dim() != 2:
-            raise ShapeMismatchError(
-                f"loss={self.loss!r} needs (N, n_classes) logits; the output has shape "
-                f"{tuple(out.shape)} (pass head= for structured outputs).")
-        if self.loss == "predicted":
-            target = out.detach().argmax(dim=1)
-        else:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise LatentSurgeonError(
-                    "loss='cross_entropy' needs labelled data: (inputs, labels) tuples, a split "
-                    "with .images and .labels, or a loader yielding (inputs, labels); use "
-                    "loss='predicted' for unlabelled data.")
-            target = batch[1].long().reshape(-1)
-        return F.cross_entropy(out, target, reduction="none")
 
 
 def _sample_tree(batch: Any) -> Any:
@@ -187,23 +105,26 @@ class CountSketch:
 
 @dataclass
 class GradientSpec:
-    """How per-sample gradients are taken: the loss, the parameters, their post-processing."""
+    """How per-sample gradients are taken: the model access (its loss and head), the layer whose
+    output the loss is a function of (None: the model's output), the parameters, their
+    post-processing."""
 
-    sample_loss: SampleLoss
+    access: ModelAccess
     names: list[str]
     normalize: bool = False
     projector: CountSketch | None = None
     #: ``[(module name, has bias)]`` when every parameter belongs to an ``nn.Linear``: gradients
     #: are then kept factored (:class:`LinearFactors`); None: flat gradients through ``vmap``.
     linear: list[tuple[str, bool]] | None = None
+    layer: str | None = None
 
     def function(self) -> Callable[[State, State, Any], torch.Tensor]:
         """``f(params, rest, sample) -> loss`` of one sample without a batch dimension."""
-        sample_loss = self.sample_loss
+        access, layer = self.access, self.layer
 
         def loss_one(params: State, rest: State, sample: Any) -> torch.Tensor:
             batch = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), sample)
-            return sample_loss.value({**rest, **params}, batch)
+            return access.loss_of_one(batch, layer=layer, state={**rest, **params})
 
         return loss_one
 
@@ -447,35 +368,25 @@ def linear_layers(model: nn.Module, names: Sequence[str]) -> list[tuple[str, boo
 
 def linear_factors(spec: GradientSpec, state: State, batch: Any) -> LinearFactors:
     """Factored per-sample gradients: one batched forward and one backward to the outputs of
-    the selected linear layers (samples are independent in eval mode)."""
+    the selected linear layers (samples are independent in eval mode). The output gradients are
+    the gradients at those layers (:meth:`~latentsurgeon.activations.access.ModelAccess.offsets`),
+    the inputs what the layers received."""
     assert spec.linear is not None
-    from latentsurgeon.hooks import HookGroup
-
     names = [name for name, _ in spec.linear]
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(name: str, module: nn.Module, args: tuple, output: Any) -> None:
-        a = args[0] if args else None
-        if name in captured or not isinstance(a, torch.Tensor) or a.dim() != 2 \
-                or not isinstance(output, torch.Tensor):
-            raise NotFactorable(f"layer {name!r} runs twice or on inputs that are not (N, in)")
-        captured[name] = (a.detach().clone(), output)
-        versions[name] = output._version
-
-    versions: dict[str, int] = {}
     params = {n: state[n].detach().requires_grad_(True) for n in spec.names}
-    with torch.enable_grad(), HookGroup() as group:
-        group.forward(spec.sample_loss.model, names, record)
-        losses = spec.sample_loss.values({**state, **params}, batch)
-    if set(captured) != set(names):
-        raise NotFactorable("a selected layer did not run before the loss")
-    if any(captured[n][1]._version != versions[n] for n in names):
-        raise NotFactorable("a selected layer's output was modified in place")
-    outputs = [captured[n][1] for n in names]
-    grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-    return LinearFactors([captured[n][0] for n in names],
+    try:
+        with spec.access.offsets(names, inputs=True) as probe:
+            losses = spec.access.losses(batch, layer=spec.layer, state={**state, **params})
+            offsets = [probe.offset(n) for n in names]
+            inputs = [probe.inputs[n][-1] for n in names]
+    except LatentSurgeonError as exc:
+        raise NotFactorable(f"a selected linear layer cannot be factored ({exc})") from exc
+    if any(not isinstance(a, torch.Tensor) or a.dim() != 2 for a in inputs):
+        raise NotFactorable("a selected linear layer runs on inputs that are not (N, in)")
+    grads = torch.autograd.grad(losses.sum(), offsets, allow_unused=True)
+    return LinearFactors(inputs,
                          [torch.zeros_like(o) if g is None else g.detach()
-                          for g, o in zip(grads, outputs, strict=True)],
+                          for g, o in zip(grads, offsets, strict=True)],
                          [b for _, b in spec.linear])
 
 

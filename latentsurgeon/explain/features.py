@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentsurgeon._validation import Interval, Seed, check_finite, validate_params
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
     analysis_device,
     batch_inputs,
@@ -38,7 +39,6 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.explain._forward import Representation, check_layer
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["AuxiliaryFunction", "label_free_attribution", "label_free_attribution_per_unit"]
@@ -52,6 +52,30 @@ MethodSpec = type | Attribution | Callable[[nn.Module], Attribution]
 Baselines = torch.Tensor | float | int | Callable[[torch.Tensor], torch.Tensor] | None
 
 _CONSTRAINTS = {"batch_size": Interval(int, 1, None), "seed": Seed()}
+
+
+class Representation(nn.Module):
+    """``x -> f(x)`` flattened to ``(N, D)``: the output of ``layer`` of ``model`` (or of the
+    whole model), as a module, so attribution methods that hook modules (DeepLift) see the
+    model's layers as its submodules. The pass stops after ``layer``
+    (:meth:`~latentsurgeon.activations.access.ModelAccess.forward_to`)."""
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self._access = ModelAccess(model, head=None)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self._access.forward_to(inputs, self.layer)
+        return out.reshape(out.shape[0], -1)
+
+
+def _representation(encoder: nn.Module, layer: str | None, device: Any) -> Representation:
+    """The representation of ``encoder`` at ``layer`` (a selector of one layer, resolved here to
+    its canonical name), checked to run where the encoder is."""
+    access = ModelAccess(encoder, head=None, device=device)
+    return Representation(encoder, None if layer is None else access.layer(layer))
 
 
 class AuxiliaryFunction(nn.Module):
@@ -225,9 +249,8 @@ def label_free_attribution(
     validate_params({"batch_size": batch_size, "seed": seed}, _CONSTRAINTS,
                     owner="label_free_attribution()")
     _check_kwargs(method_kwargs)
-    check_layer(encoder, layer)
+    representation = _representation(encoder, layer, device)
     dev = analysis_device(encoder, device)
-    representation = Representation(encoder, layer)
     explainer = _bind(method, AuxiliaryFunction(representation))
     parts = []
     with preserve_model_state(encoder), _seeded(seed, dev):
@@ -279,9 +302,8 @@ def label_free_attribution_per_unit(
     _check_kwargs(method_kwargs)
     if "target" in method_kwargs:
         raise InvalidParameterError("target= is set per unit; choose the units with units=.")
-    check_layer(encoder, layer)
+    representation = _representation(encoder, layer, device)
     dev = analysis_device(encoder, device)
-    representation = Representation(encoder, layer)
     explainer = _bind(method, representation)
     parts = []
     chosen: list[int] | None = None

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from latentsurgeon._validation import Callable, Interval, Options
+from latentsurgeon.activations.access import LOSSES, LossSpec, ModelAccess
 from latentsurgeon.activations.batching import (
     analysis_device,
     as_loader,
@@ -21,19 +22,15 @@ from latentsurgeon.activations.batching import (
 )
 from latentsurgeon.errors import LatentSurgeonError, NonFiniteError
 from latentsurgeon.explain._base import Block, ExampleExplainer
-from latentsurgeon.explain._forward import check_layer
 from latentsurgeon.explain._gradients import (
-    LOSSES,
     GradientSpec,
-    LossSpec,
-    SampleLoss,
     State,
     _sample_tree,
     current_state,
     gradient_matrix,
     parameter_names,
 )
-from latentsurgeon.hooks import preserve_model_state
+from latentsurgeon.hooks import preserve_model_state, resolve_layer
 from latentsurgeon.hooks.resolve import LayerSelector
 
 __all__ = ["SOLVERS", "InfluenceFunctions", "hessian_vector_product"]
@@ -64,8 +61,8 @@ def hessian_vector_product(spec: GradientSpec, state: State, batch: Any
     double backward works); vmap it to multiply many vectors at once."""
     params, rest = spec.split(state)
     names = spec.names
-    sample_loss = spec.sample_loss
-    if callable(sample_loss.loss):  # a user's loss is defined on one sample: map it
+    access, layer = spec.access, spec.layer
+    if callable(access.loss):  # a user's loss is defined on one sample: map it
         loss_one = spec.function()
         tree = _sample_tree(batch)
 
@@ -76,7 +73,7 @@ def hessian_vector_product(spec: GradientSpec, state: State, batch: Any
         # sum needs no vmap over samples, which also serves layers without a vmap batching
         # rule for double backward (nn.LSTM)
         def total(p: State) -> torch.Tensor:
-            return sample_loss.values({**rest, **p}, batch).sum()
+            return access.losses(batch, layer=layer, state={**rest, **p}).sum()
 
     gradient = torch.func.grad(total)
 
@@ -202,13 +199,15 @@ class InfluenceFunctions(ExampleExplainer):
             raise LatentSurgeonError(
                 "InfluenceFunctions.fit needs the model: fit(train, model=model).")
         device = analysis_device(model, self.device)
-        check_layer(model, self.layer)
+        layer = None if self.layer is None else resolve_layer(model, self.layer)
         names = parameter_names(model, self.params)
         self._device = device
         self._state = current_state(model)
-        self._train_spec = GradientSpec(SampleLoss(model, self.loss, self.layer, self.head), names)
+        self._train_spec = GradientSpec(ModelAccess(model, head=self.head, loss=self.loss), names,
+                                        layer=layer)
         test_loss = self.loss if self.test_loss is None else self.test_loss
-        self._test_spec = GradientSpec(SampleLoss(model, test_loss, self.layer, self.head), names)
+        self._test_spec = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
+                                       layer=layer)
         self._train_block = local
         self.n_params_ = sum(self._state[n].numel() for n in names)
         exact = self.solver == "exact" or (self.solver == "auto"

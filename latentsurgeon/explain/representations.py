@@ -16,17 +16,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentsurgeon._validation import check_finite
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
-    analysis_device,
     batch_inputs,
     check_batch_size,
     iter_batches,
     n_batches,
-    to_device,
 )
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.explain._forward import check_layer, forward_to
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["representations", "store_layer"]
@@ -104,15 +102,15 @@ def representations(
                 f"ActivationStore); got {type(data).__name__}. Pass model= to compute them.")
         reps = torch.as_tensor(data)
     else:
-        check_layer(model, layer)
-        dev = analysis_device(model, device)
+        access = ModelAccess(model, head=None, device=device)
+        name = None if layer is None else access.layer(layer)
         parts = []
         with preserve_model_state(model), torch.no_grad():
             model.eval()
             for batch in tqdm(iter_batches(data, batch_size), total=n_batches(data, batch_size),
                               desc="representations", unit="batch", leave=False,
                               disable=None if progress else True):
-                out = forward_to(model, to_device(batch_inputs(batch), dev), layer)
+                out = access.forward_to(batch_inputs(batch), name)
                 parts.append(out.detach().reshape(out.shape[0], -1).to("cpu", copy=True))
         if not parts:
             raise LatentSurgeonError("The data hold no samples.")

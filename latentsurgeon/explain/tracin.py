@@ -11,18 +11,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentsurgeon._validation import Callable, Interval, Options
+from latentsurgeon.activations.access import LOSSES, LossSpec, ModelAccess
 from latentsurgeon.activations.batching import analysis_device, iter_batches, to_device
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.explain._base import Block, ExampleExplainer
-from latentsurgeon.explain._forward import check_layer
 from latentsurgeon.explain._gradients import (
-    LOSSES,
     CheckpointSpec,
     CountSketch,
     GradientSpec,
-    LossSpec,
     NotFactorable,
-    SampleLoss,
     gradient_matrix,
     inner,
     linear_layers,
@@ -30,7 +27,7 @@ from latentsurgeon.explain._gradients import (
     parameter_names,
     per_sample_gradients,
 )
-from latentsurgeon.hooks import preserve_model_state
+from latentsurgeon.hooks import preserve_model_state, resolve_layer
 from latentsurgeon.hooks.resolve import LayerSelector
 
 __all__ = ["TracIn"]
@@ -136,7 +133,7 @@ class TracIn(ExampleExplainer):
     # -- setup -----------------------------------------------------------------------------------
     def _specs(self, model: nn.Module, device: torch.device) -> tuple[GradientSpec, GradientSpec]:
         names = parameter_names(model, self.params)
-        check_layer(model, self.layer)
+        layer = None if self.layer is None else resolve_layer(model, self.layer)
         projector = None
         if self.projection_dim is not None:
             sizes = [dict(model.named_parameters())[n].numel() for n in names]
@@ -145,10 +142,10 @@ class TracIn(ExampleExplainer):
         linear = None
         if projector is None and not callable(self.loss) and not callable(test_loss):
             linear = linear_layers(model, names)
-        train = GradientSpec(SampleLoss(model, self.loss, self.layer, self.head), names,
-                             self.normalize, projector, linear)
-        test = GradientSpec(SampleLoss(model, test_loss, self.layer, self.head), names,
-                            self.normalize, projector, linear)
+        train = GradientSpec(ModelAccess(model, head=self.head, loss=self.loss), names,
+                             self.normalize, projector, linear, layer)
+        test = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
+                            self.normalize, projector, linear, layer)
         return train, test
 
     def _fit(self, train: Any, local: Block, model: nn.Module | None) -> None:

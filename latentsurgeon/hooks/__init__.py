@@ -14,6 +14,7 @@ from latentsurgeon.hooks.resolve import (
     Select,
     get_layer,
     layer_names,
+    resolve_layer,
     resolve_layers,
 )
 from latentsurgeon.hooks.state import hook_count, preserve_model_state
@@ -37,6 +38,7 @@ __all__ = [
     "preserve_model_state",
     "primary_tensor",
     "replace_primary",
+    "resolve_layer",
     "resolve_layers",
     "select_logits",
 ]

@@ -246,12 +246,26 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The one module called ``name``; raises :class:`LayerNotFoundError` with close matches."""
-    found = resolve_layers(model, name)
+def resolve_layer(model: nn.Module, layer: LayerSelector, *, argument: str = "layer") -> str:
+    """The canonical ``named_modules()`` name of the one layer ``layer`` selects.
+
+    ``layer`` may be an exact name or any selector (a glob, ``re:``, a module class or object)
+    that matches exactly one layer; what is stored and hooked afterwards is the canonical name.
+
+    Raises:
+        LayerNotFoundError: the selector matches no layer, or several (the message lists them).
+    """
+    found = list(resolve_layers(model, layer))
     if len(found) != 1:
+        shown = ", ".join(repr(n) if n else "<root>" for n in found[:8])
         raise LayerNotFoundError(
-            f"{name!r} selects {len(found)} layers ({', '.join(map(_display, found))}); "
-            "one exact layer name is needed here."
-        )
-    return next(iter(found.values()))
+            f"{argument}={layer!r} selects {len(found)} layers ({shown}"
+            f"{' ...' if len(found) > 8 else ''}); one layer is needed here: pass one exact layer "
+            "name (or a selector that matches exactly one layer).")
+    return found[0]
+
+
+def get_layer(model: nn.Module, layer: LayerSelector) -> nn.Module:
+    """The one module ``layer`` selects (see :func:`resolve_layer`); raises
+    :class:`LayerNotFoundError` with close matches, or when the selector matches several."""
+    return dict(model.named_modules())[resolve_layer(model, layer)]

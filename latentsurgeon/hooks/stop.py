@@ -1,16 +1,17 @@
-"""Stopping a forward pass early, once every requested layer has produced its output.
+"""Stopping a forward pass early, once every requested layer has produced its output: the one
+early stop of the library (every read of a layer, with or without gradients, stops this way).
 
 A hook on the requested layers counts their calls in the current pass; when each has run as often
 as it runs in a whole forward pass, the hook raises the private :class:`_StopForward` and
-:meth:`ForwardStopper.run`, the only place that calls the model, catches it. Nothing after the last
+:meth:`ForwardStopper.run` (or :meth:`ForwardStopper.run_as`) catches it. Nothing after the last
 requested layer runs, and the exception never reaches user code (nnsight stops its passes the same
 way; TransformerLens has ``stop_at_layer``).
 
 How often a layer runs per pass is learned, not assumed: the first pass of a given model, layer set
 and forward runs whole and counts the calls; later passes stop right after the last call of the last
 layer (a layer that runs twice stops the pass after its second call). The counts are remembered per
-model (weakly; for the model's own forward, ``model(...)``, across calls; for a custom forward
-function, within one reader) and assumed to be the same for every input: a model whose control flow
+model (weakly; for the model's own forward, ``model(...)`` also with other weights swapped in,
+across calls; for a custom forward function, within one stopper) and assumed to be the same for every input: a model whose control flow
 depends on the data (a mixture of experts, early-exit networks, a varying number of loop
 iterations) must be read with ``stop_early=False``.
 
@@ -84,25 +85,31 @@ class ForwardStopper:
         raise _StopForward(self)
 
     # -- around the model call ------------------------------------------------------------------
-    def _key(self, target: Any) -> tuple[dict, Any]:
-        """Where the counts for ``target`` are remembered, and under which key."""
+    def _key(self, forward: Any) -> tuple[dict, Any]:
+        """Where the counts for passes through ``forward`` are remembered, and under which key."""
         key = (tuple(self.names), bool(self.model.training))
-        if target is self.model:
+        if forward is self.model:
             return _CALLS.setdefault(self.model, {}), key
-        return self._local, (key, id(target))
+        return self._local, (key, id(forward))
 
     def run(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``target(*args, **kwargs)``, stopped early when every requested layer has run; returns
-        its output, or None when the pass was stopped (then ``self.stopped`` is True)."""
+        its output, or None when the pass was stopped (then ``self.stopped`` is True). The
+        counts are the model's own when ``target`` is the model, else ``target``'s."""
+        return self.run_as(target, lambda: target(*args, **kwargs))
+
+    def run_as(self, forward: Any, call: Callable[[], Any]) -> Any:
+        """``call()``, a pass through ``forward`` (the model itself, or a custom forward function
+        whose identity keys the learned counts), stopped as :meth:`run` stops it."""
         self.calls = dict.fromkeys(self.names, 0)
         self.stopped = False
-        table, key = self._key(target)
+        table, key = self._key(forward)
         expected = table.get(key) if self.enabled else None
         # A layer that did not run in the learned pass cannot be waited for.
         self._armed = ({n: k for n, k in expected.items() if k > 0}
                        if expected and any(expected.values()) else None)
         try:
-            output = target(*args, **kwargs)
+            output = call()
         except _StopForward as signal:
             if signal.args[0] is not self:  # another reader's stop, around this one
                 raise

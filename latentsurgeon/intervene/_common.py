@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentsurgeon.activations.batching import (
-    analysis_device,
-    batch_inputs,
-    batch_size_of,
-    iter_batches,
-    model_device,
-    to_device,
-)
+from latentsurgeon.activations.access import ForwardFn, ModelAccess
+from latentsurgeon.activations.batching import batch_inputs, batch_size_of, iter_batches
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
-ForwardFn = Callable[[nn.Module, Any], Any]
 Positions = int | Sequence[int] | slice | torch.Tensor | None
-
-
-def default_forward(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a mapping (HuggingFace ``input_ids``/``attention_mask`` dicts),
-    ``model(inputs)`` otherwise."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    return model(inputs)
 
 
 def run_batches(
@@ -39,24 +24,21 @@ def run_batches(
     device: str | torch.device | None,
     before_batch: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, Any, Any]]:
-    """Run ``model`` over ``inputs`` batch by batch; yield ``(n_samples, batch, output)``.
+    """Run ``model`` over ``inputs`` batch by batch through the one model call
+    (:meth:`~latentsurgeon.activations.access.ModelAccess.call`: the model's device and dtype,
+    ``model(**batch)`` for dicts, ``forward_fn``); yield ``(n_samples, batch, output)``.
 
     ``before_batch(start, stop)`` is called with the batch's sample range before its forward pass,
     so hooks know which rows of recorded activations belong to it.
     """
-    forward = forward_fn or default_forward
-    # a stateless model (no parameters, no buffers) leaves the inputs where they are; otherwise
-    # inputs go to the model's device (an analysis never moves the model)
-    home = model_device(model, default=None)
-    target = analysis_device(model, device) if home is not None else device
+    access = ModelAccess(model, forward_fn=forward_fn, device=device)
     start = 0
     for batch in iter_batches(inputs, batch_size):
         batch = batch_inputs(batch)
         n = batch_size_of(batch)
         if before_batch is not None:
             before_batch(start, start + n)
-        moved = to_device(batch, target) if target is not None else batch
-        yield n, moved, forward(model, moved)
+        yield n, batch, access.call(batch)
         start += n
 
 

@@ -10,16 +10,14 @@ import torch
 from torch import nn
 
 from latentsurgeon._validation import check_finite
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
-    analysis_device,
     as_samples,
     batch_inputs,
     iter_batches,
-    to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
-from latentsurgeon.hooks.outputs import classification_logits
 
 __all__ = ["accuracy", "class_accuracies", "gap_closed", "predict", "shortcut_gap",
            "worst_class_accuracy"]
@@ -34,13 +32,12 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 256,
     reads (the model input is a batch's first element). The model runs in eval mode without
     gradients on its own device; its mode, hooks and flags are restored.
     """
-    dev = analysis_device(model, device)
+    access = ModelAccess(model, head=head, device=device)
     preds = []
     with preserve_model_state(model), torch.no_grad():
         model.eval()
         for batch in iter_batches(getattr(inputs, "images", inputs), batch_size):
-            x = to_device(batch_inputs(batch), dev)
-            logits = classification_logits(model(x), head)
+            logits = access.logits(batch_inputs(batch))
             check_finite(logits, "the model's outputs")
             preds.append(logits.argmax(dim=1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)

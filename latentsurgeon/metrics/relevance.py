@@ -11,11 +11,11 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import analysis_device, index_batches, to_tensor
 from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
-from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.metrics.accuracy import predict
 
 __all__ = ["RELEVANCE_METHODS", "artifact_relevance", "artifact_relevance_change"]
@@ -95,8 +95,10 @@ def artifact_relevance(
         if len(target_all) != n:
             raise ShapeMismatchError(f"targets has {len(target_all)} entries for {n} images.")
 
+    access = ModelAccess(model, head=head, device=device)
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return classification_logits(model(x), head)
+        return access.logits(x)
 
     attributor = _attributor(method, forward)
     shares = torch.full((n,), math.nan)

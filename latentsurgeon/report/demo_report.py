@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.hooks import preserve_model_state
 from latentsurgeon.report import figures
 from latentsurgeon.report.html import HtmlReport
@@ -19,10 +20,11 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor,
     """captum's InputXGradient of the ``targets`` logits: ``(N, 1, H, W)``."""
     from captum.attr import InputXGradient
 
+    access = ModelAccess(model)
     with preserve_model_state(model):
         model.eval()
-        return InputXGradient(model).attribute(images.clone().requires_grad_(True),
-                                               target=targets).detach()
+        return InputXGradient(access.logits).attribute(images.clone().requires_grad_(True),
+                                                       target=targets).detach()
 
 
 METHOD_LABELS = {"nearest_neighbours": "nearest neighbours (cosine)", "simplex": "SimplEx",

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
-from latentsurgeon.hooks.outputs import classification_logits
 from latentsurgeon.metrics.accuracy import accuracy
 from latentsurgeon.training.loop import LossFn, OptimizerSpec, TrainingData, TrainingHistory, train
 
@@ -25,7 +25,7 @@ def _classification_loss(head: str | int | None) -> LossFn:
                 "a classifier needs labels: pass (inputs, labels), a split with .images and "
                 ".labels, or a loader yielding (inputs, labels) batches; not inputs alone")
         x, y = batch[0], batch[1]
-        logits = classification_logits(model(x), head)
+        logits = ModelAccess(model, head=head).logits(x, classification=False)
         if logits.dim() != 2:
             raise ShapeMismatchError(
                 f"a classifier must return (N, n_classes) logits, got {tuple(logits.shape)}")
@@ -42,7 +42,7 @@ def _classification_loss(head: str | int | None) -> LossFn:
 
 def _reconstruction_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    recon = model(x)
+    recon = ModelAccess(model, head=None).output(x)
     if recon.shape != x.shape:
         raise ShapeMismatchError(
             f"an autoencoder must return its input's shape {tuple(x.shape)}, got {tuple(recon.shape)}"

@@ -355,3 +355,21 @@ def test_projection_leaves_clean_samples_in_place_and_moves_artifact_ones(poolin
     before = (cav_space(acts[artifact]) @ v).mean() - (cav_space(acts[~artifact]) @ v).mean()
     after = (cav_space(out[artifact]) @ v).mean() - (cav_space(out[~artifact]) @ v).mean()
     assert abs(after) < 0.05 * abs(before)
+
+
+@pytest.mark.parametrize("selector", ["featur?s", "re:features", "path:featur*"])
+def test_a_selector_is_resolved_once_to_the_canonical_name(base_model, watermark, selector):
+    """A selector that matches one layer is stored as that layer's canonical name, so the
+    exported model carries the projection where the hooked one has it (the export once did
+    ``setattr(model, "featur?s", ...)`` and silently differed from the hooked model)."""
+    correction = PClarc(selector, progress=False).fit(base_model, watermark.train)
+    assert correction.layers_ == ["features"]
+    exported = correction.export(base_model)
+    assert isinstance(exported.features, nn.Sequential)
+    assert isinstance(exported.features[1], ClarcProjection)
+    assert not hasattr(exported, "featur?s") and "featur?s" not in dict(exported.named_modules())
+    x = watermark.poisoned.images[:32]
+    with torch.no_grad(), correction.applied(base_model):
+        hooked = base_model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), hooked, rtol=0, atol=0)

@@ -163,19 +163,31 @@ def test_a_layer_of_a_bigger_model_is_the_encoder():
     torch.testing.assert_close(whole, alone, rtol=0, atol=0)
 
 
-class Boom(nn.Module):
+class Later(nn.Module):
+    """Counts how often the part of the model after the explained layer runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise AssertionError("the forward pass must stop at the explained layer")
+        self.calls += 1
+        return x
 
 
 def test_the_forward_pass_stops_at_the_layer():
+    """The first pass of a model learns how often the layer runs (it runs whole, once); every
+    later pass stops after the layer, and an in-place op after it changes nothing read."""
     torch.manual_seed(0)
     head = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
-    model = nn.Sequential(head, nn.ReLU(inplace=True), Boom())
+    later = Later()
+    model = nn.Sequential(head, nn.ReLU(inplace=True), later)
     x = images(5)
-    ours = label_free_attribution(model, x, IntegratedGradients, layer="0", progress=False)
+    ours = label_free_attribution(model, x, IntegratedGradients, layer="0", batch_size=2,
+                                  progress=False)
+    assert later.calls == 1
     torch.testing.assert_close(
-        ours, label_free_attribution(head, x, IntegratedGradients, progress=False),
+        ours, label_free_attribution(head, x, IntegratedGradients, batch_size=2, progress=False),
         rtol=0, atol=0)
 
 

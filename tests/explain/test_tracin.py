@@ -221,9 +221,9 @@ def test_matches_lfxai_tracin_on_the_same_checkpoints(ae_checkpoints, tmp_path):
 def test_factored_linear_gradients_equal_flat_ones(ae_checkpoints):
     """Linear layers keep per-sample gradients as (output gradient, input) factors; the same
     numbers as vmap's flat gradients."""
+    from latentsurgeon.activations.access import ModelAccess
     from latentsurgeon.explain._gradients import (
         GradientSpec,
-        SampleLoss,
         current_state,
         linear_layers,
         per_sample_gradients,
@@ -233,7 +233,7 @@ def test_factored_linear_gradients_equal_flat_ones(ae_checkpoints):
     names = [n for n, _ in model.named_parameters() if n.startswith("encoder")]
     layers = linear_layers(model, names)
     assert layers == [("encoder.1", True), ("encoder.3", True)]
-    loss = SampleLoss(model, "reconstruction")
+    loss = ModelAccess(model, loss="reconstruction")
     state = current_state(model)
     flat = per_sample_gradients(GradientSpec(loss, names), state, x[:6])
     factored = per_sample_gradients(GradientSpec(loss, names, linear=layers), state, x[:6])
