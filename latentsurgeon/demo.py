@@ -10,7 +10,7 @@ the same reliance view again), and write ``report.html`` and ``results.json``.
 
 from __future__ import annotations
 
-import copy
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,41 +196,14 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
                        ) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """Run every correction with the demo's default settings; measure each (and, given the
     ``picked`` poisoned images of the explain stage, what each corrected model relies on)."""
-    from latentsurgeon.correct import (
-        AClarc,
-        ExplanationRegularization,
-        PClarc,
-        RRClarc,
-        default_settings,
-    )
+    from latentsurgeon.correct import REGISTRY
     from latentsurgeon.metrics import gap_closed
 
-    region = data.poisoned.masks[0]
-
-    def pclarc() -> nn.Module:
-        return PClarc(**default_settings("pclarc"), progress=False).fit(model, data.train) \
-            .export(model)
-
-    def aclarc() -> nn.Module:
-        fixed = copy.deepcopy(model)
-        AClarc(**default_settings("aclarc"), progress=False).fit(fixed, data.train)
-        return fixed
-
-    def rrclarc() -> nn.Module:
-        fixed = copy.deepcopy(model)
-        RRClarc(**default_settings("rrclarc"), progress=False).fit(fixed, data.train)
-        return fixed
-
-    def rrr() -> nn.Module:
-        fixed = copy.deepcopy(model)
-        ExplanationRegularization(**default_settings("rrr_finetune")).fit(
-            fixed, data.train.images, data.train.labels, region)
-        return fixed
-
-    runs: dict[str, Callable[[], nn.Module]] = {
-        "none": lambda: model, "p-clarc": pclarc, "a-clarc": aclarc, "rr-clarc": rrclarc,
-        "rrr": rrr,
-    }
+    training = data.correction_data()
+    runs: dict[str, Callable[[], nn.Module]] = {"none": lambda: model}
+    for name, entry in REGISTRY.items():
+        # every correction alike: the tuned settings, fitted and exported on a copy
+        runs[name] = functools.partial(_corrected, entry, model, training)
     results: dict[str, Any] = {}
     models: dict[str, nn.Module] = {}
     echo(f"  {'method':<10} {'clean':>7} {'poisoned':>9} {'gap closed':>11} "
@@ -265,6 +238,10 @@ def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,
     return results, models
 
 
+def _corrected(entry: Any, model: nn.Module, training: Any) -> nn.Module:
+    return entry.build(progress=False).corrected(model, training)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def _meta(config: DemoConfig) -> dict[str, Any]:
     """What a reader needs to reproduce the run: version, date, seed, settings."""
@@ -272,7 +249,7 @@ def _meta(config: DemoConfig) -> dict[str, Any]:
     import platform
 
     from latentsurgeon import __version__
-    from latentsurgeon.correct.settings import SETTINGS
+    from latentsurgeon.correct import REGISTRY
 
     return {
         "version": __version__,
@@ -284,7 +261,8 @@ def _meta(config: DemoConfig) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "settings": {"block_layer": config.block_layer, "conv_layers": config.conv_layers,
                      "tcav_runs": config.tcav_runs,
-                     "corrections": copy.deepcopy(SETTINGS)},
+                     "corrections": {name: dict(entry.settings)
+                                     for name, entry in REGISTRY.items()}},
         "timings": {},
     }
 

@@ -40,3 +40,7 @@ class StoreError(LatentSurgeonError, ValueError):
 
 class NotFittedError(LatentSurgeonError, AttributeError):
     """An estimator was used before ``fit``."""
+
+
+class ModelMismatchError(LatentSurgeonError, ValueError):
+    """An object fitted on one model's weights was applied to other weights."""

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.mark.parametrize("page", ["foundation.md", "concepts.md"])
+@pytest.mark.parametrize("page", ["foundation.md", "concepts.md", "architecture.md"])
 def test_page_snippets_run(page, tmp_path, monkeypatch):
     text = (DOCS / page).read_text()
     snippets = re.findall(r"```python\n(.*?)```", text, flags=re.S)

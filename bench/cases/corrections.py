@@ -1,5 +1,8 @@
 """Corrections: P-ClArC inference overhead, RR-ClArC and RRR epoch time against plain fine-tuning.
 
+Every correction is built from :data:`latentsurgeon.correct.REGISTRY` (its tuned settings; one
+epoch for the timed ones).
+
 The model is a DigitCNN trained for 3 epochs on the watermarked decoy digits (enough for
 realistic activations; the timings do not depend on accuracy).
 """
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.runner import Case
-from latentsurgeon.correct import ExplanationRegularization, PClarc, RRClarc
+from latentsurgeon.correct import REGISTRY, PClarc
 from latentsurgeon.data import decoy_digits
 from latentsurgeon.models import DigitCNN, train_classifier
 
@@ -49,8 +52,8 @@ def cases() -> list[Case]:
     # One thread: on a shared 2-core machine two BLAS threads make every timing noisy.
     torch.set_num_threads(1)
     data, model = _setup()
-    train = data.train
-    pclarc = PClarc("features", progress=False).fit(model, train)
+    train = data.correction_data()  # labels, artifact flags and the watermark region as masks
+    pclarc = REGISTRY["p-clarc"].build(progress=False).fit(model, train)
     exported = pclarc.export(model)
     inputs = data.poisoned.images.repeat(8, 1, 1, 1)  # 3976 images
     batches = inputs.split(256)
@@ -75,11 +78,9 @@ def cases() -> list[Case]:
     # RRR (all parameters, double backprop to the input) vs CE only on all parameters.
     # The CAV is fitted once (by P-ClArC above) so that the epochs time training only.
     cav = _FrozenCav(pclarc)
-    region = data.poisoned.masks[0]
-
     def rr_epoch() -> float:
         m = copy.deepcopy(model)
-        est = RRClarc("features", cav=cav, epochs=1, progress=False)
+        est = REGISTRY["rr-clarc"].build(cav=cav, epochs=1, progress=False)
         est.fit(m, train)
         return est.history_["loss"][0]
 
@@ -89,8 +90,8 @@ def cases() -> list[Case]:
 
     def rrr_epoch() -> float:
         m = copy.deepcopy(model)
-        est = ExplanationRegularization(epochs=1, progress=False)
-        est.fit(m, train.images, train.labels, region)
+        est = REGISTRY["rrr"].build(epochs=1, progress=False)
+        est.fit(m, train)
         return est.history_["loss"][0]
 
     def plain_all_epoch() -> float:

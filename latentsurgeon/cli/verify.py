@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.cli._common import (
     build_model,
     data_args,
@@ -20,7 +22,7 @@ from latentsurgeon.cli._common import (
     run_args,
     split_of,
 )
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import LatentSurgeonError, ModelMismatchError
 
 
 def correction_path(weights: str | Path) -> Path:
@@ -30,14 +32,14 @@ def correction_path(weights: str | Path) -> Path:
 
 
 def load_correction(path: str | Path) -> Any:
-    """A correction saved with ``save()``, whichever class it is."""
-    from latentsurgeon.correct import AClarc, ExplanationRegularization, PClarc, RRClarc
+    """A correction saved with ``save()``, whichever registry class it is."""
+    from latentsurgeon.correct import REGISTRY
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise LatentSurgeonError(f"--correction: cannot read {path}: {exc}") from exc
-    classes = {c.__name__: c for c in (PClarc, AClarc, RRClarc, ExplanationRegularization)}
+    classes = {entry.cls.__name__: entry.cls for entry in REGISTRY.values()}
     name = payload.get("class") if isinstance(payload, dict) else None
     if name not in classes:
         raise LatentSurgeonError(f"--correction: {path} is not a saved latentsurgeon correction.")
@@ -79,17 +81,39 @@ def print_rows(rows: dict[str, dict]) -> None:
               f"{100 * row['gap']:6.1f}p {closed_text} {rel_text}")
 
 
+def _corrected_model(before: nn.Module, correction: Any, args: argparse.Namespace) -> nn.Module:
+    """``--corrected`` loaded into the right architecture, checked against the correction: a
+    correction that trains must find its fine-tuned weights in ``--corrected``; a P-ClArC file
+    must have been fitted on ``--weights``, and ``--corrected`` must be its export of them."""
+    allow = bool(args.allow_other_weights)
+    if correction is None or correction.modifies_weights:
+        after = load_weights(copy.deepcopy(before), args.corrected)
+        if correction is not None:
+            correction.check_weights(after, allow_other_weights=allow)
+        return after
+    exported = correction.export(before, allow_other_weights=allow)
+    expected = model_fingerprint(exported)
+    after = load_weights(exported, args.corrected)
+    if model_fingerprint(after) != expected:
+        message = (f"--corrected: {args.corrected} is not the export of the correction on "
+                   f"--weights {args.weights} (its weights differ from export(model)'s); "
+                   "pass the pair `correct --save` wrote, or --allow-other-weights to compare "
+                   "anyway.")
+        if not allow:
+            raise ModelMismatchError(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return after
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.seed)
     if not args.weights:
         raise LatentSurgeonError("verify needs --weights (the uncorrected model's state_dict).")
     before = load_weights(build_model(args), args.weights)
-    after = copy.deepcopy(before)
     correction_file = args.correction or (correction_path(args.corrected)
                                           if correction_path(args.corrected).exists() else None)
-    if correction_file:
-        after = load_correction(correction_file).export(after)
-    load_weights(after, args.corrected)
+    correction = load_correction(correction_file) if correction_file else None
+    after = _corrected_model(before, correction, args)
     rows = measure({"before": before, "after": after}, data, batch_size=args.batch_size)
     print_rows(rows)
     if args.json:
@@ -114,4 +138,7 @@ def register(sub: Any) -> None:
                         "written by correct --save; needed for P-ClArC, whose exported model "
                         "carries the projection as a submodule)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="warn instead of refusing when the correction was fitted on other "
+                        "weights than --weights / --corrected hold")
     p.set_defaults(func=cmd_verify)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import numbers
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -26,11 +28,13 @@ from latentsurgeon.activations.batching import (
     as_samples,
     to_tensor,
 )
+from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.concepts import CAV, METHODS
 from latentsurgeon.correct.projection import GRADIENTS
 from latentsurgeon.errors import (
     InvalidParameterError,
     LatentSurgeonError,
+    ModelMismatchError,
     NotFittedError,
     ShapeMismatchError,
 )
@@ -203,29 +207,92 @@ def _storable(value: Any) -> bool:
 
 # -- the base classes --------------------------------------------------------------------------
 class Correction(Estimator):
-    """Base of the corrections: ``fit`` returns self, ``attach``/``applied`` put the correction on
-    a model (hook-based corrections) and ``export`` returns a corrected, hook-free copy.
+    """Base of the corrections, one protocol for all of them.
 
-    Corrections that fine-tune weights (A-ClArC, RR-ClArC, RRR) change the model in ``fit``; for
-    them ``attach`` returns an empty :class:`HookGroup` and ``applied`` does nothing, so code can
-    treat every correction alike.
+    * ``fit(model, data) -> self``: ``data`` carries what the method reads (class labels,
+      artifact flags, masks) as a split, a :class:`~latentsurgeon.activations.batching.Samples`,
+      a tuple, a Dataset or a DataLoader;
+    * ``attach(model) -> HookGroup`` and ``applied(model)`` put the correction on a model;
+    * ``export(model) -> nn.Module``: a corrected, hook-free copy;
+    * ``corrected(model, data) -> nn.Module``: fit and export in one call; ``model`` is left as
+      it was.
+
+    Corrections that fine-tune weights (A-ClArC, RR-ClArC, RRR; ``modifies_weights = True``)
+    change the model in ``fit``; for them ``attach`` returns an empty :class:`HookGroup` and
+    ``applied`` does nothing, so code can treat every correction alike.
+
+    ``fit`` records ``fingerprint_``, the fingerprint of the weights the correction applies to
+    (the model as given for P-ClArC; the fine-tuned weights for the training corrections);
+    ``attach``, ``applied`` and ``export`` refuse a model with other weights (a
+    :class:`~latentsurgeon.errors.ModelMismatchError`), or warn with
+    ``allow_other_weights=True``. A correction fitted without a model (from a CAV or
+    activations) has ``fingerprint_ = None`` and is not checked.
     """
 
-    def attach(self, model: nn.Module) -> HookGroup:
+    #: True when ``fit`` changes the model's weights (the correction lives in them).
+    modifies_weights: ClassVar[bool] = False
+
+    def _record_weights(self, model: nn.Module | None) -> None:
+        self.fingerprint_ = None if model is None else model_fingerprint(model)
+
+    def check_weights(self, model: nn.Module, *, allow_other_weights: bool = False) -> None:
+        """Raise :class:`~latentsurgeon.errors.ModelMismatchError` unless ``model`` has the
+        weights this correction applies to (warn instead with ``allow_other_weights=True``)."""
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError(
+                f"{type(self).__name__}: model must be a torch.nn.Module; got "
+                f"{type(model).__name__}.")
+        expected = self.__dict__.get("fingerprint_")
+        if expected is None:
+            return
+        found = model_fingerprint(model)
+        if found == expected:
+            return
+        which = ("the weights its fit() fine-tuned" if self.modifies_weights
+                 else "the weights it was fitted on")
+        message = (
+            f"{type(self).__name__}: model has other weights than {which} (expected fingerprint "
+            f"{expected[:16]}, got {found[:16]}); a correction fitted on one model's weights does "
+            "not carry over to another's. Fit it on this model, or allow other weights "
+            "(allow_other_weights=True; the CLI's --allow-other-weights) to apply it anyway.")
+        if not allow_other_weights:
+            raise ModelMismatchError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+    def attach(self, model: nn.Module, *, allow_other_weights: bool = False) -> HookGroup:
         """Register the correction on ``model``; returns the removable handle group."""
         self._check_fitted()
+        self.check_weights(model, allow_other_weights=allow_other_weights)
         return HookGroup()
 
     @contextmanager
-    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
+    def applied(self, model: nn.Module, *, allow_other_weights: bool = False
+                ) -> Iterator[nn.Module]:
         """``with correction.applied(model): ...`` runs the model corrected inside the block."""
-        with self.attach(model):
+        with self.attach(model, allow_other_weights=allow_other_weights):
             yield model
 
-    def export(self, model: nn.Module) -> nn.Module:
+    def export(self, model: nn.Module, *, allow_other_weights: bool = False) -> nn.Module:
         """A deep copy of ``model`` (eval mode, no hooks) that carries the correction."""
         self._check_fitted()
+        self.check_weights(model, allow_other_weights=allow_other_weights)
         return edited_copy(model)
+
+    def corrected(self, model: nn.Module, data: Any, **fit_params: Any) -> nn.Module:
+        """Fit on ``data`` and return the corrected model as a new module (eval mode, no hooks);
+        ``model`` itself is left as it was (the training corrections fine-tune a copy).
+
+        Args:
+            model: the network to correct.
+            data: the training data ``fit`` takes (labels, artifact flags, masks travel in it).
+            fit_params: further keyword arguments of ``fit``.
+
+        Returns:
+            The corrected copy: ``export(model)`` after fitting.
+        """
+        target = copy.deepcopy(model) if self.modifies_weights else model
+        self.fit(target, data, **fit_params)
+        return self.export(target)
 
     def save(self, path: str | Path) -> None:
         """Save parameters and learned state. Parameters that are objects rather than data (a

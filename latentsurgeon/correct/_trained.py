@@ -30,6 +30,8 @@ _T = TypeVar("_T", bound="TrainedClarc")
 class TrainedClarc(ClarcCorrection):
     """A ClArC correction that fine-tunes the model in ``fit``."""
 
+    modifies_weights: ClassVar[bool] = True
+
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         **TRAINING_CONSTRAINTS, "trainable": TRAINABLE}
 
@@ -96,6 +98,7 @@ class TrainedClarc(ClarcCorrection):
                 freeze_batchnorm=True, restore_mode=True, progress=self.progress,
                 desc=type(self).__name__)
         self.history_ = history.metrics
+        self._record_weights(model)
         logger.info("%s: fine-tuned %d parameter tensors for %d epochs", type(self).__name__,
                     len(params), self.epochs)
         return self

@@ -103,6 +103,7 @@ class PClarc(ClarcCorrection):
         samples = self._samples(data, labels, artifact_labels, need_labels=False)
         self._fit_directions(model, samples, activations, labels=labels,
                              artifact_labels=artifact_labels)
+        self._record_weights(model)
         return self
 
     def fit_paired(self, model: nn.Module | None, with_artifact: Any, without_artifact: Any
@@ -141,6 +142,7 @@ class PClarc(ClarcCorrection):
         cavs = {layer: CAV(method=self.cav_method, pooling=self.pooling).fit_paired(
             pair[0][layer], pair[1][layer]) for layer in layers}
         self._fit_directions(None, None, None, cavs=cavs)
+        self._record_weights(model)
         return self
 
     def _projections(self) -> dict[str, ClarcProjection]:
@@ -148,10 +150,12 @@ class PClarc(ClarcCorrection):
                                        vec["pooling"], self.gradient)
                 for layer, vec in self.vectors_.items()}
 
-    def attach(self, model: nn.Module) -> HookGroup:
+    def attach(self, model: nn.Module, *, allow_other_weights: bool = False) -> HookGroup:
         """Register the projection on ``model`` at each corrected layer; ``remove()`` the
-        returned group (idempotent) to undo it, or use :meth:`applied`."""
+        returned group (idempotent) to undo it, or use :meth:`applied`. ``model`` must have the
+        weights ``fit`` saw (see :meth:`Correction.check_weights`)."""
         self._check_fitted()
+        self.check_weights(model, allow_other_weights=allow_other_weights)
         group = HookGroup()
         try:
             for layer, projection in self._projections().items():
@@ -167,15 +171,16 @@ class PClarc(ClarcCorrection):
             raise
         return group
 
-    def export(self, model: nn.Module) -> nn.Module:
+    def export(self, model: nn.Module, *, allow_other_weights: bool = False) -> nn.Module:
         """A hook-free deep copy of ``model`` in which each corrected layer is replaced by
         ``nn.Sequential(layer, ClarcProjection(v, mean_clean, alpha, pooling, gradient))``.
 
         Outputs and gradients equal the hooked model's; the copy survives ``torch.save``,
         ``state_dict`` round-trips (load into another export) and ``torch.jit.trace``. Parameter
         names under a corrected layer gain a ``.0`` (``features.3.weight`` ->
-        ``features.0.3.weight``).
+        ``features.0.3.weight``). ``model`` must have the weights ``fit`` saw.
         """
         self._check_fitted()
+        self.check_weights(model, allow_other_weights=allow_other_weights)
         return edited_copy(model, self._projections())
 

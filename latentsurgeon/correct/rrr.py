@@ -107,28 +107,38 @@ class ExplanationRegularization(Correction):
         self.progress = progress
         self.criterion = criterion
 
-    def fit(self, model: nn.Module, images: Any, labels: Any = None,
+    modifies_weights: ClassVar[bool] = True
+
+    @aliased(deprecated={"images": "data"})
+    def fit(self, model: nn.Module, data: Any, labels: Any = None,
             shortcut_masks: Any = None) -> ExplanationRegularization:
         """Fine-tune ``model`` **in place** with the RRR penalty.
+
+        The protocol every correction shares is ``fit(model, data)`` with the labels and masks
+        travelling in ``data``; shortcut_detect's positional form ``fit(model, images, labels,
+        masks)`` is the same call with the overrides given positionally.
 
         Args:
             model: a differentiable classifier ``(N, ...) -> (N, K)`` logits (or a tuple/dict
                 holding them, see ``head``).
-            images: ``(N, ...)`` inputs (images, tabular rows ...), or a split with ``.images``,
-                ``.labels`` and ``.masks`` (e.g. ``decoy_digits(...).train``).
-            labels: ``(N,)`` integer class labels (tensor or numpy); default ``images.labels``.
+            data: a split or :class:`~latentsurgeon.activations.batching.Samples` with
+                ``.images``, ``.labels`` and ``.masks`` (e.g. ``decoy_digits(...).train``), an
+                ``(inputs, labels)`` tuple, a Dataset or DataLoader, or ``(N, ...)`` inputs
+                (images, tabular rows ...) with ``labels`` and ``shortcut_masks`` given.
+                ``images=`` (its earlier name) still works with a ``FutureWarning``.
+            labels: ``(N,)`` integer class labels (tensor or numpy); default ``data.labels``.
             shortcut_masks: 1 = shortcut element; the inputs' shape or their per-sample shape;
                 for images also ``(H, W)``, ``(1, H, W)`` or ``(N, H, W)`` (numpy or tensor,
                 resized to the images with nearest interpolation when needed); default
-                ``images.masks``.
+                ``data.masks``.
 
         Returns:
             self. The model keeps its mode, hooks, ``requires_grad`` flags and device; if
             fitting raised, its weights are as before.
         """
         self._validate_params()
-        samples = as_samples(images, labels=labels, masks=shortcut_masks, need_labels=True,
-                             what="images")
+        samples = as_samples(data, labels=labels, masks=shortcut_masks, need_labels=True,
+                             what="data")
         check_finite(samples.images, "RRR: the inputs")
         if samples.masks is None:
             raise LatentSurgeonError(
@@ -169,4 +179,5 @@ class ExplanationRegularization(Correction):
             progress=self.progress, desc="RRR")
         self.history_ = history.metrics
         self.n_samples_ = len(samples)
+        self._record_weights(model)
         return self

@@ -149,6 +149,22 @@ class DecoyDigits:
             out[key] = value.tolist() if isinstance(value, torch.Tensor) else value
         return out
 
+    def correction_data(self) -> DecoySplit:
+        """The training split as every correction reads it: images, labels, artifact flags and
+        masks of where the shortcut sits.
+
+        For the watermark the masks mark its one fixed region on *every* training image (RRR
+        penalises input gradients there whether or not an image carries it: the recipe measured
+        in ``docs/correct.md``; the split's own masks mark only the watermarked images). For
+        swatches, whose corner varies per image, they are the split's own masks.
+        """
+        train = self.train
+        if self.kind != "watermark":
+            return train
+        region = self.poisoned.masks[0]  # every poisoned test image carries the watermark
+        masks = region.expand(len(train), *region.shape).clone()
+        return DecoySplit(train.images, train.labels, train.artifact, masks)
+
     def __repr__(self) -> str:
         return (
             f"DecoyDigits(kind={self.kind!r}, seed={self.seed}, "

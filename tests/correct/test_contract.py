@@ -18,36 +18,33 @@ from torch.utils.data import DataLoader, TensorDataset
 from latentsurgeon._aliases import ALIASES
 from latentsurgeon.concepts import CAV
 from latentsurgeon.correct import (
+    REGISTRY,
     AClarc,
+    Correction,
     ExplanationRegularization,
     PClarc,
     RRClarc,
+    correction_entry,
     default_settings,
 )
-from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ModelMismatchError
 from latentsurgeon.hooks import HookGroup, hook_count
 from latentsurgeon.models import DigitCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
 
-NAMES = ["pclarc", "aclarc", "rrclarc", "rrr"]
+NAMES = list(REGISTRY)
 
 
 def make(name: str, **kw):
-    if name == "pclarc":
-        return PClarc("features", progress=False, **kw)
-    if name == "aclarc":
-        return AClarc("features", epochs=1, progress=False, **kw)
-    if name == "rrclarc":
-        return RRClarc("features", epochs=1, progress=False, **kw)
-    return ExplanationRegularization(epochs=1, progress=False, **kw)
+    """The registry's correction ``name`` (its tuned settings), one epoch where it trains."""
+    entry = correction_entry(name)
+    quick = {"epochs": 1} if entry.modifies_weights and "epochs" not in kw else {}
+    return entry.build(progress=False, **quick, **kw)
 
 
 def fit(correction, model, watermark):
-    if isinstance(correction, ExplanationRegularization):
-        return correction.fit(model, watermark.train.images, watermark.train.labels,
-                              watermark.poisoned.masks[0])
-    return correction.fit(model, watermark.train)
+    return correction.fit(model, watermark.correction_data())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,7 +74,10 @@ def test_contract(name, base_model, watermark, tmp_path):
     torch.save(exported, buffer)
     buffer.seek(0)
     torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), hooked)
-    fresh = correction.export(DigitCNN())
+    with pytest.raises(ModelMismatchError, match="model has other weights"):
+        correction.export(DigitCNN())
+    with pytest.warns(UserWarning, match="other weights"):
+        fresh = correction.export(DigitCNN(), allow_other_weights=True)
     fresh.load_state_dict(exported.state_dict())
     torch.testing.assert_close(fresh(x), hooked)
     torch.testing.assert_close(torch.jit.trace(exported, x)(x), hooked)
@@ -172,7 +172,7 @@ def test_every_parameter_is_validated_at_fit(name, param, value, words, base_mod
     assert hook_count(base_model) == 0
 
 
-@pytest.mark.parametrize("name", ["pclarc", "aclarc", "rrclarc"])
+@pytest.mark.parametrize("name", ["p-clarc", "a-clarc", "rr-clarc"])
 def test_soft_artifact_labels_are_refused(name, base_model, watermark):
     soft = watermark.train.artifact.float() * 0.6
     with pytest.raises(InvalidParameterError, match="0/1"):
@@ -187,6 +187,108 @@ def test_one_fit_signature_for_every_clarc():
                   for cls in (PClarc, AClarc, RRClarc)}
     expected = ["self", "model", "data", "artifact_labels", "labels", "activations"]
     assert all(params == expected for params in signatures.values()), signatures
+
+
+def test_every_correction_is_in_the_registry_and_fits_model_then_data():
+    import latentsurgeon.correct as correct
+
+    public = {obj for name in correct.__all__ if isinstance(obj := getattr(correct, name), type)
+              and issubclass(obj, Correction) and obj is not Correction}
+    assert public == {entry.cls for entry in REGISTRY.values()}
+    for entry in REGISTRY.values():
+        assert list(inspect.signature(entry.cls.fit).parameters)[:3] == ["self", "model", "data"]
+        assert entry.modifies_weights == (entry.cls is not PClarc)
+        assert entry.takes_layer == (entry.cls is not ExplanationRegularization)
+    assert correction_entry("P-ClArC") is REGISTRY["p-clarc"]
+    assert correction_entry("rr_clarc") is REGISTRY["rr-clarc"]
+
+
+def test_registry_entries_build_fresh_copies_and_refuse_unknown_overrides():
+    entry = REGISTRY["p-clarc"]
+    first = entry.build()
+    first.alpha = 3.0
+    assert entry.build().alpha == 1.0 and entry.settings["alpha"] == 1.0
+    with pytest.raises(TypeError):
+        entry.settings["alpha"] = 2.0  # read-only
+    with pytest.raises(InvalidParameterError, match="has no parameter seed"):
+        entry.build(seed=3)
+    with pytest.raises(InvalidParameterError, match="has no parameter layer"):
+        REGISTRY["rrr"].build(layer="features")
+    with pytest.raises(InvalidParameterError, match="name must be one of p-clarc"):
+        correction_entry("lrp")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_corrected_is_fit_then_export_and_leaves_the_model_alone(name, base_model, watermark):
+    before = copy.deepcopy(base_model.state_dict())
+    x = watermark.poisoned.images[:16]
+    corrected = make(name).corrected(base_model, watermark.correction_data())
+    assert corrected is not base_model and not corrected.training
+    assert hook_count(corrected) == 0
+    for key, tensor in base_model.state_dict().items():
+        assert torch.equal(tensor, before[key]), key
+    twin = copy.deepcopy(base_model)
+    by_hand = make(name).fit(twin, watermark.correction_data())
+    with torch.no_grad():
+        torch.testing.assert_close(corrected(x), by_hand.export(twin)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_correction_refuses_other_weights(name, base_model, watermark):
+    """The fingerprint of the weights a correction applies to is recorded at fit: a model of the
+    same architecture with other weights (for a training correction: the model before its
+    fine-tuning) is refused by attach, applied and export, or warned about on request."""
+    model = copy.deepcopy(base_model)
+    correction = fit(make(name), model, watermark)
+    assert isinstance(correction.fingerprint_, str)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    state = copy.deepcopy(other.state_dict())
+    for call in (correction.attach, correction.export,
+                 lambda m: correction.applied(m).__enter__()):
+        with pytest.raises(ModelMismatchError) as info:
+            call(other)
+        assert "model has other weights" in str(info.value)
+        assert correction.fingerprint_[:16] in str(info.value)
+    assert hook_count(other) == 0
+    for key, tensor in other.state_dict().items():
+        assert torch.equal(tensor, state[key]), key
+    if correction.modifies_weights:  # the weights before fine-tuning lack the correction
+        with pytest.raises(ModelMismatchError, match="fine-tuned"):
+            correction.export(base_model)
+    with pytest.warns(UserWarning, match="other weights"):
+        correction.attach(other, allow_other_weights=True).remove()
+    correction.attach(model).remove()  # its own weights: no error, no warning
+
+
+def test_a_correction_fitted_without_a_model_is_not_checked(base_model, watermark):
+    acts = torch.randn(60, 32, 4, 4)
+    artifact = torch.arange(60) % 2 == 0
+    pc = PClarc("features").fit(None, activations=acts, artifact_labels=artifact)
+    assert pc.fingerprint_ is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pc.attach(base_model).remove()
+
+
+def test_rrr_keeps_the_positional_form_and_the_old_keyword(nets):
+    x, y, _ = nets.tiny_data()
+    masks = torch.zeros_like(x)
+    masks[:, :2] = 1
+    model = nn.Sequential(nn.Linear(5, 3))
+    a, b, c = (copy.deepcopy(model) for _ in range(3))
+    ExplanationRegularization(epochs=1, batch_size=8, progress=False).fit(a, x, y, masks)
+    from latentsurgeon.activations.batching import Samples
+
+    ExplanationRegularization(epochs=1, batch_size=8, progress=False).fit(
+        b, Samples(x, labels=y, masks=masks))
+    with pytest.warns(FutureWarning, match="images= is deprecated; use data="):
+        ExplanationRegularization(epochs=1, batch_size=8, progress=False).fit(
+            c, images=x, labels=y, shortcut_masks=masks)
+    for other in (b, c):
+        for pa, pb in zip(a.parameters(), other.parameters(), strict=True):
+            assert torch.equal(pa, pb)
 
 
 def test_seed_system_spellings_are_supported_aliases():
@@ -204,12 +306,12 @@ def test_seed_system_spellings_are_supported_aliases():
         ExplanationRegularization(epochs=3, n_epochs=4)
 
 
-@pytest.mark.parametrize("name", ["aclarc", "rrclarc"])
+@pytest.mark.parametrize("name", ["a-clarc", "rr-clarc"])
 def test_trained_clarc_accepts_loaders_and_device(name, base_model, watermark):
     split = watermark.train
     loader = DataLoader(TensorDataset(split.images, split.labels, split.artifact), batch_size=100)
     a, b = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    cls = AClarc if name == "aclarc" else RRClarc
+    cls = AClarc if name == "a-clarc" else RRClarc
     cls("features", epochs=1, device="cpu", progress=False).fit(a, loader)
     cls("features", epochs=1, progress=False).fit(b, split)
     for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):

@@ -1,7 +1,7 @@
 """Quality beyond the demo's setting: other shortcut classes and positions of the decoy digits, a
 tabular MLP with a planted spurious feature, and means over seeds.
 
-Every correction runs with ``default_settings`` (the ClArC methods at the DigitCNN's
+Every correction of the registry runs with its tuned settings (the ClArC methods at the DigitCNN's
 ``"features"``; on the MLP at its first hidden layer ``"1"``); RRR fine-tunes with the
 artifact's region as every input's mask. The default run checks seed 0 of each setting; the
 slow run (``-m slow``) holds the thresholds as means over seeds 0-2 and measures where a method
@@ -10,24 +10,17 @@ is weak. docs/correct.md records the numbers.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from latentsurgeon.correct import (
-    AClarc,
-    ExplanationRegularization,
-    PClarc,
-    RRClarc,
-    default_settings,
-)
+from latentsurgeon.activations.batching import Samples
+from latentsurgeon.correct import REGISTRY, correction_entry
 from latentsurgeon.data import decoy_digits
 from latentsurgeon.data.tabular import spurious_tabular
 from latentsurgeon.metrics import gap_closed, shortcut_gap
 from latentsurgeon.models import DigitCNN, train_classifier
 
-METHODS = ("pclarc", "aclarc", "rrclarc", "rrr")
+METHODS = tuple(name.replace("-", "") for name in REGISTRY)  # pclarc, aclarc, rrclarc, rrr
 #: decoy_digits settings: another class, another position on background, and a position on the
 #: shortcut class's own strokes (the left side of the 0's ring: mean ink 0.45 under the patch,
 #: 0.07 at the default position).
@@ -74,18 +67,12 @@ def _run(nets, setting: str, seed: int) -> dict[str, dict[str, float]]:
         model.eval()
         before = shortcut_gap(model, data.test, data.poisoned)
         out: dict[str, dict[str, float]] = {"none": {"gap": before["gap"]}}
+        # labels, artifact flags and the artifact's region (every input's mask) travel together
+        training = Samples(data.train.images, data.train.labels, data.train.artifact, region)
         for method in METHODS:
-            fixed = copy.deepcopy(model)
-            if method == "pclarc":
-                settings = {**default_settings("pclarc"), "layer": layer}
-                fixed = PClarc(**settings, progress=False).fit(model, data.train).export(model)
-            elif method in ("aclarc", "rrclarc"):
-                cls = AClarc if method == "aclarc" else RRClarc
-                cls(**{**default_settings(method), "layer": layer}, progress=False).fit(
-                    fixed, data.train)
-            else:
-                ExplanationRegularization(**default_settings("rrr_finetune"), progress=False).fit(
-                    fixed, data.train.images, data.train.labels, region)
+            entry = correction_entry(method)
+            overrides = {"layer": layer} if entry.takes_layer else {}
+            fixed = entry.build(progress=False, **overrides).corrected(model, training)
             after = shortcut_gap(fixed, data.test, data.poisoned)
             out[method] = {"gap_closed": gap_closed(before, after),
                            "clean_cost": before["clean_acc"] - after["clean_acc"]}

@@ -394,3 +394,17 @@ def test_summary_is_json_ready(wm, sw):
         assert summary["poisoned_artifact_fraction"] == 1.0
     assert wm.summary()["train_artifact"] == int(wm.train.artifact.sum())
     assert sw.summary()["train_artifact_fraction"] == 1.0
+
+
+def test_correction_data_marks_the_watermark_region_on_every_training_image():
+    data = decoy_digits("watermark", seed=0)
+    split = data.correction_data()
+    region = data.poisoned.masks[0]
+    assert split.images is data.train.images and split.labels is data.train.labels
+    assert torch.equal(split.artifact, data.train.artifact)
+    assert split.masks.shape == data.train.masks.shape
+    assert bool((split.masks == region).all()) and int(region.sum()) == 9
+    # the split's own masks mark only the watermarked images; the region is where it can be
+    assert torch.equal(split.masks[data.train.artifact], data.train.masks[data.train.artifact])
+    swatch = decoy_digits("swatch", seed=0)
+    assert swatch.correction_data() is swatch.train

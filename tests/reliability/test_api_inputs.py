@@ -21,18 +21,22 @@ from latentsurgeon.cbm import (
 )
 from latentsurgeon.concepts import CAV, LeaceEraser, probe_layers, tcav
 from latentsurgeon.correct import (
+    REGISTRY,
     AClarc,
     ExplanationRegularization,
     PClarc,
     RRClarc,
     add_clarc_hook,
+    correction_entry,
     default_settings,
 )
 from latentsurgeon.data import beats, decoy_digits, paste_watermark, toy_concepts
 from latentsurgeon.errors import (
     DeviceMismatchError,
     InvalidParameterError,
+    LatentSurgeonError,
     LayerNotFoundError,
+    ModelMismatchError,
     NonFiniteError,
     NotFittedError,
     ShapeMismatchError,
@@ -68,6 +72,12 @@ def _model() -> nn.Module:
 
 
 MODEL = _model()
+
+
+def _fitted_elsewhere() -> PClarc:
+    """A P-ClArC fitted on a model of MODEL's architecture with other weights."""
+    torch.manual_seed(1)
+    return PClarc("features", progress=False).fit(DigitCNN(), DATA.train)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +207,18 @@ def cases(store) -> list[Case]:
              ["cav", "non-zero", "norm 0"], mm),
         Case("settings of an unknown method", lambda: default_settings("lrp"),
              InvalidParameterError, ["method", "pclarc", "lrp"]),
+        Case("a registry correction of an unknown name", lambda: correction_entry("lrp"),
+             InvalidParameterError, ["name", "p-clarc", "lrp"]),
+        Case("a registry override the class lacks", lambda: REGISTRY["p-clarc"].build(seed=1),
+             InvalidParameterError, ["PClarc", "no parameter seed"]),
+        Case("corrected() without data", lambda: PClarc("features").corrected(m, None),
+             LatentSurgeonError, ["model and data"], mm),
+        Case("a correction attached to other weights", lambda: _fitted_elsewhere().attach(m),
+             ModelMismatchError, ["model has other weights", "expected fingerprint", "got"], mm),
+        Case("a correction exported from other weights", lambda: _fitted_elsewhere().export(m),
+             ModelMismatchError, ["model has other weights", "allow_other_weights"], mm),
+        Case("check_weights of a non-model", lambda: _fitted_elsewhere().check_weights("cnn"),
+             InvalidParameterError, ["model", "nn.Module", "str"]),
         # -- metrics ------------------------------------------------------------------------------
         Case("accuracy without labels", lambda: accuracy(m, X), Exception, ["labels"], mm),
         Case("accuracy on another device", lambda: accuracy(m, DATA.test, device="meta"),

@@ -3,6 +3,7 @@ one line on stderr that names the flag (or what to fix), and leaves existing fil
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -45,6 +46,24 @@ def workdir(tmp_path_factory):
     torch.save(torch.nn.Linear(2, 2).state_dict(), root / "linear.pt")
     ActivationStore.extract(DigitCNN(), torch.rand(16, 1, 16, 16), ["features.0"], root / "store",
                             pooling="max", progress=False)
+    # a P-ClArC fitted on cnn.pt (fixed.pt + fixed.correction.pt), other weights of the same
+    # architecture, and the correction exported onto those other weights
+    torch.manual_seed(1)
+    other = DigitCNN()
+    torch.save(other.state_dict(), root / "other.pt")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["correct", "--weights", "cnn.pt", "--method", "p-clarc", "--save",
+                     "fixed.pt", "--quiet"]) == 0
+    finally:
+        os.chdir(cwd)
+    from latentsurgeon.correct import PClarc
+
+    correction = PClarc.load(root / "fixed.correction.pt")
+    with pytest.warns(UserWarning, match="other weights"):
+        moved = correction.export(other, allow_other_weights=True)
+    torch.save(moved.state_dict(), root / "other-fixed.pt")
     return root
 
 
@@ -104,6 +123,12 @@ CASES = [
     ("verify without weights", ["verify", "--corrected", "cnn.pt", "--quiet"], ["--weights"]),
     ("verify of a missing corrected file", ["verify", "--weights", "cnn.pt", "--corrected",
                                             "missing.pt", "--quiet"], ["--weights", "missing.pt"]),
+    ("verify of a correction fitted on other weights",
+     ["verify", "--weights", "other.pt", "--corrected", "fixed.pt", "--quiet"],
+     ["model has other weights", "--allow-other-weights"]),
+    ("verify of a corrected file that is not the correction's export",
+     ["verify", "--weights", "cnn.pt", "--corrected", "other-fixed.pt", "--correction",
+      "fixed.correction.pt", "--quiet"], ["--corrected", "other-fixed.pt", "not the export"]),
     ("cbm of an unknown data set", ["cbm", "--dataset", "circles"], ["--dataset", "circles"]),
     ("bench of an unknown benchmark", ["bench", "no_such_bench"], ["no_such_bench"]),
     ("explain-experiment of an unknown experiment", ["explain-experiment", "ablation",
@@ -149,3 +174,15 @@ def test_every_command_has_a_bad_input_case():
     covered = {argv[0] for _, argv, _ in CASES}
     commands = {module.__name__.rsplit(".", 1)[1].replace("_", "-") for module in COMMANDS}
     assert not commands - covered, commands - covered
+
+
+def test_verify_compares_other_weights_only_when_asked(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert main(["verify", "--weights", "cnn.pt", "--corrected", "fixed.pt", "--quiet"]) == 0
+    before = tree_digest(workdir)
+    with pytest.warns(UserWarning, match="other weights"):
+        code = main(["verify", "--weights", "other.pt", "--corrected", "fixed.pt",
+                     "--allow-other-weights", "--quiet"])
+    assert code == 0
+    assert "gap closed" in capsys.readouterr().out
+    assert tree_digest(workdir) == before
