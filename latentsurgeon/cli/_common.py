@@ -70,27 +70,57 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_weights(model: nn.Module, path: str) -> nn.Module:
-    """Load a ``state_dict`` file into ``model`` (strictly), with one-line errors."""
+def _exported_layers(own: set[str], state: dict[str, Any]) -> list[str]:
+    """The layers ``state`` holds as a P-ClArC export (``layer.0.*`` the original layer,
+    ``layer.1.*`` its ClarcProjection's buffers), if renaming them back gives ``own``'s keys."""
+    layers = sorted({key[: -len(".1.direction")] for key in state if key.endswith(".1.direction")})
+
+    def original(key: str) -> str | None:
+        for layer in layers:
+            if key.startswith(layer + ".1."):
+                return None
+            if key.startswith(layer + ".0."):
+                return layer + key[len(layer) + 2:]
+        return key
+
+    names = {original(key) for key in state} - {None}
+    return layers if layers and names == own else []
+
+
+def load_weights(model: nn.Module, path: str, flag: str = "--weights") -> nn.Module:
+    """Load a ``state_dict`` file into ``model`` (strictly), with one-line errors naming
+    ``flag`` (the command-line option the file came from)."""
     file = Path(path)
     if not file.is_file():
-        raise LatentSurgeonError(f"--weights: no file {path!r}.")
+        raise LatentSurgeonError(f"{flag}: no file {path!r}.")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise LatentSurgeonError(
-            f"--weights: {path!r} is not a PyTorch state_dict file ({type(exc).__name__}: "
+            f"{flag}: {path!r} is not a PyTorch state_dict file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}).") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a checkpoint written by the training loop
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LatentSurgeonError(f"--weights: {path!r} does not hold a state_dict (a dict of "
+        raise LatentSurgeonError(f"{flag}: {path!r} does not hold a state_dict (a dict of "
                                  "tensors) or a training checkpoint.")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
+        exported = _exported_layers(set(own), state)
+        if exported:
+            what = (f"{flag}: {path!r} holds a P-ClArC export (layer {', '.join(exported)} "
+                    f"followed by its projection), not the weights of a plain "
+                    f"{type(model).__name__}")
+            if flag == "--corrected":
+                raise LatentSurgeonError(
+                    f"{what}; verify needs the correction file `correct --save` wrote beside "
+                    "it: pass --correction FILE.")
+            raise LatentSurgeonError(
+                f"{what}; pass it as `verify --corrected` (with the .correction.pt file beside "
+                "it) and the uncorrected weights as --weights.")
         parts = []
         if missing:
             parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
@@ -100,7 +130,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
         if wrong:
             parts.append(f"other shapes for {', '.join(wrong[:4])}")
         raise LatentSurgeonError(
-            f"--weights: {path!r} was saved from another architecture than "
+            f"{flag}: {path!r} was saved from another architecture than "
             f"{type(model).__name__} ({'; '.join(parts)}). Pass the --model it belongs to.")
     model.load_state_dict(state)
     return model.eval()

@@ -87,13 +87,13 @@ def _corrected_model(before: nn.Module, correction: Any, args: argparse.Namespac
     must have been fitted on ``--weights``, and ``--corrected`` must be its export of them."""
     allow = bool(args.allow_other_weights)
     if correction is None or correction.modifies_weights:
-        after = load_weights(copy.deepcopy(before), args.corrected)
+        after = load_weights(copy.deepcopy(before), args.corrected, "--corrected")
         if correction is not None:
             correction.check_weights(after, allow_other_weights=allow)
         return after
     exported = correction.export(before, allow_other_weights=allow)
     expected = model_fingerprint(exported)
-    after = load_weights(exported, args.corrected)
+    after = load_weights(exported, args.corrected, "--corrected")
     if model_fingerprint(after) != expected:
         message = (f"--corrected: {args.corrected} is not the export of the correction on "
                    f"--weights {args.weights} (its weights differ from export(model)'s); "

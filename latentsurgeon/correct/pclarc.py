@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from latentsurgeon._aliases import aliased
+from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import analysis_device, to_tensor
 from latentsurgeon.concepts import CAV
 from latentsurgeon.correct._base import ClarcCorrection, layer_activations
@@ -146,6 +147,10 @@ class PClarc(ClarcCorrection):
         return self
 
     def _projections(self) -> dict[str, ClarcProjection]:
+        # a loaded or hand-edited state must not turn into NaN logits
+        for layer, vec in self.vectors_.items():
+            for key in ("direction", "mean_clean"):
+                check_finite(vec[key], f"PClarc: vectors_[{layer!r}][{key!r}]")
         return {layer: ClarcProjection(vec["direction"], vec["mean_clean"], float(self.alpha),
                                        vec["pooling"], self.gradient)
                 for layer, vec in self.vectors_.items()}

@@ -373,3 +373,18 @@ def test_a_selector_is_resolved_once_to_the_canonical_name(base_model, watermark
         hooked = base_model(x)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), hooked, rtol=0, atol=0)
+
+
+def test_a_non_finite_direction_is_refused_before_it_reaches_the_model(base_model, watermark,
+                                                                        tmp_path):
+    from latentsurgeon.errors import NonFiniteError
+
+    pc = PClarc("features", progress=False).fit(base_model, watermark.train)
+    pc.vectors_["features"]["direction"][0] = float("nan")  # e.g. a damaged saved file
+    state = copy.deepcopy(base_model.state_dict())
+    for call in (pc.attach, pc.export):
+        with pytest.raises(NonFiniteError, match=r"vectors_\['features'\]\['direction'\]"):
+            call(base_model)
+    assert hook_count(base_model) == 0
+    for key, tensor in base_model.state_dict().items():
+        assert torch.equal(tensor, state[key]), key

@@ -64,6 +64,7 @@ def workdir(tmp_path_factory):
     with pytest.warns(UserWarning, match="other weights"):
         moved = correction.export(other, allow_other_weights=True)
     torch.save(moved.state_dict(), root / "other-fixed.pt")
+    (root / "lonely.pt").write_bytes((root / "fixed.pt").read_bytes())  # no .correction.pt
     return root
 
 
@@ -122,7 +123,15 @@ CASES = [
     ("correct with an unknown method", ["correct", "--method", "fix-it"], ["--method", "fix-it"]),
     ("verify without weights", ["verify", "--corrected", "cnn.pt", "--quiet"], ["--weights"]),
     ("verify of a missing corrected file", ["verify", "--weights", "cnn.pt", "--corrected",
-                                            "missing.pt", "--quiet"], ["--weights", "missing.pt"]),
+                                            "missing.pt", "--quiet"], ["--corrected", "missing.pt"]),
+    ("verify of a P-ClArC export without its correction file",
+     ["verify", "--weights", "cnn.pt", "--corrected", "lonely.pt", "--quiet"],
+     ["--corrected", "lonely.pt", "P-ClArC export", "--correction FILE"]),
+    ("verify given the corrected export as --weights",
+     ["verify", "--weights", "fixed.pt", "--corrected", "fixed.pt", "--quiet"],
+     ["--weights", "fixed.pt", "P-ClArC export", "verify --corrected"]),
+    ("correct given a corrected export as --weights",
+     ["correct", "--weights", "fixed.pt", "--quiet"], ["--weights", "fixed.pt", "P-ClArC export"]),
     ("verify of a correction fitted on other weights",
      ["verify", "--weights", "other.pt", "--corrected", "fixed.pt", "--quiet"],
      ["model has other weights", "--allow-other-weights"]),
