@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from sklearn.base import clone
 
-import latentsurgeon.explain as explain
 from latentsurgeon.errors import InvalidParameterError, NotFittedError, ShapeMismatchError
 from latentsurgeon.explain import (
     InfluenceFunctions,
@@ -22,8 +18,6 @@ from latentsurgeon.explain import (
 )
 
 from .conftest import make_classifier, tabular
-
-PACKAGE = Path(explain.__file__).resolve().parent
 
 
 def explainers():
@@ -93,9 +87,3 @@ def test_top_examples_by_method_agrees_with_each_explainer():
                                                     3)), name
     with pytest.raises(InvalidParameterError, match="methods"):
         top_examples_by_method(model, "0", train, test, methods=["lime"])
-
-
-def test_nothing_uses_np_product():
-    """lfxai's VAE code calls np.product, removed in NumPy 2."""
-    for path in PACKAGE.rglob("*.py"):
-        assert not re.search(r"\b(np|numpy)\.product\b", path.read_text()), path
