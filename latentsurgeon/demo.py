@@ -60,7 +60,7 @@ def train_decoy_model(seed: int, epochs: int, progress: bool) -> tuple[nn.Module
 
 # -- reveal ----------------------------------------------------------------------------------------
 def _layer_activations(model: nn.Module, images: torch.Tensor, layers: list[str]) -> dict:
-    return layer_outputs(model, images, layers, batch_size=256)
+    return layer_outputs(model, layers, images, batch_size=256)
 
 
 def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def _relevance(model: nn.Module, data: DecoyDigits) -> float:
 
     split = data.poisoned
     return float(artifact_relevance(model, split.images, split.masks,
-                                    targets=int(data.shortcut_class)))
+                                    target=int(data.shortcut_class)))
 
 
 def correct_and_verify(model: nn.Module, data: DecoyDigits, config: DemoConfig,

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon._aliases import moved
 from latentsurgeon.activations.access import ForwardFn, ModelAccess
 from latentsurgeon.activations.batching import (
     DataLike,
@@ -43,7 +44,7 @@ from latentsurgeon.errors import (
     NonFiniteError,
 )
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, resolve_layers
-from latentsurgeon.hooks.resolve import LayerSelector
+from latentsurgeon.hooks.resolve import LayerSelector, is_layer_selector
 
 __all__ = ["LayerReader", "layer_outputs", "nonfinite_rows"]
 
@@ -203,25 +204,30 @@ class LayerReader:
             f"ran, in call order: {shown or 'none'}.")
 
 
+@moved(("model", "data", "layers"), is_old=lambda args: len(args) >= 2
+       and not is_layer_selector(args[1]))
 def layer_outputs(
     model: nn.Module,
-    data: DataLike,
     layers: LayerSelector,
+    data: DataLike,
     *,
     pooling: Pooling = None,
     batch_size: int | None = 64,
     device: str | torch.device | None = None,
     forward_fn: ForwardFn | None = None,
     stop_early: bool = True,
-    progress: bool = False,
+    progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The outputs of ``layers`` for every sample of ``data``, read with early exit.
 
+    The order is the library's (model, layer, data); the earlier ``(model, data, layers)``
+    still works, with a ``FutureWarning``.
+
     Args:
         model: the network (run in eval mode without gradients; its state is restored).
+        layers: layer selector (names, globs, ``path:`` globs, ``re:`` regexes, classes, Select).
         data: a tensor ``(N, ...)``, a tuple ``(inputs, labels, ...)``, a dict of tensors, a
             split, a Dataset or a DataLoader (the model input is a batch's first element).
-        layers: layer selector (names, globs, ``path:`` globs, ``re:`` regexes, classes, Select).
         pooling: ``None`` (as is), ``"max"``, ``"mean"``, ``"flatten"`` or a dict per layer;
             applied per batch, the moment the layer produces its output.
         batch_size: samples per forward pass (``None``: in-memory data in one pass).

@@ -61,7 +61,7 @@ def measure(models: dict[str, nn.Module], data: Any, *, batch_size: int) -> dict
         if masks is not None:
             row["artifact_relevance"] = float(artifact_relevance(
                 model, poisoned.images, masks,
-                targets=int(target) if target is not None else poisoned.labels))
+                target=int(target) if target is not None else poisoned.labels))
         rows[name] = row
     first = next(iter(rows.values()))
     for row in rows.values():

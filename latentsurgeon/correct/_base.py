@@ -192,7 +192,7 @@ def layer_activations(model: nn.Module, layers: Sequence[str], inputs: torch.Ten
     read path (:func:`latentsurgeon.activations.layer_outputs`), so it runs where the model is,
     stops after the last layer needed, reads the true outputs whatever in-place op follows, and
     refuses NaN/Inf."""
-    return layer_outputs(model, inputs, list(layers), batch_size=batch_size, progress=progress)
+    return layer_outputs(model, list(layers), inputs, batch_size=batch_size, progress=progress)
 
 
 def _storable(value: Any) -> bool:

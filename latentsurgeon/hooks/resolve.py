@@ -73,6 +73,20 @@ class Select:
 LayerSelector = str | type | nn.Module | Select | Iterable[str | type | nn.Module | Select]
 
 
+def is_layer_selector(value: Any) -> bool:
+    """Whether ``value`` has the form of a layer selector (a string, a module class or object, a
+    :class:`Select`, or a non-empty list or tuple of these). Data never has this form, which lets
+    a call tell a layer argument from a data argument by its value."""
+    if isinstance(value, (str, nn.Module, Select)):
+        return True
+    if isinstance(value, type):
+        return issubclass(value, nn.Module)
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(is_layer_selector(v) and not isinstance(v, (list, tuple))
+                                   for v in value)
+    return False
+
+
 def _display(name: str) -> str:
     return name if name else "<root>"
 

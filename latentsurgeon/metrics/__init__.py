@@ -10,12 +10,14 @@ from latentsurgeon.metrics.accuracy import (
 )
 from latentsurgeon.metrics.relevance import (
     RELEVANCE_METHODS,
+    RelevanceShares,
     artifact_relevance,
     artifact_relevance_change,
 )
 
 __all__ = [
     "RELEVANCE_METHODS",
+    "RelevanceShares",
     "accuracy",
     "artifact_relevance",
     "artifact_relevance_change",

@@ -150,7 +150,7 @@ def test_grad_modes(mode):
             cap.run(model, x)
             assert cap.stopped
         values = {n: cap[n].clone() for n in ("1", "4")}
-        read = layer_outputs(model, x, ["1", "4"], batch_size=None)
+        read = layer_outputs(model, ["1", "4"], x, batch_size=None)
     # the reference pass and capture's learning pass; layer_outputs reuses what capture learned
     assert model[5].calls == 2
     for name in ("1", "4"):
@@ -189,7 +189,7 @@ def test_tuple_and_dict_outputs():
     reference = full_forward(model, x, ["blocks.0", "blocks.1"])
     forget_calls(model)
     for _ in range(2):
-        read = layer_outputs(model, x, ["blocks.0", "blocks.1"])
+        read = layer_outputs(model, ["blocks.0", "blocks.1"], x)
     assert model.after.calls == 2  # the reference, and the pass that learned the counts
     for name, value in reference.items():
         assert torch.equal(read[name], value)
@@ -219,7 +219,7 @@ def test_a_layer_that_runs_twice_stops_after_its_last_call():
     with torch.no_grad(), capture(model, "shared", accumulate=True, copy=True) as whole:
         model(x)
     for _ in range(3):
-        read = layer_outputs(model, x, "shared")
+        read = layer_outputs(model, "shared", x)
         assert torch.equal(read["shared"], reference["shared"])
     # 2 reference passes and 1 learning pass ran whole; in the 2 stopped ones `middle` (between
     # the two calls of `shared`) ran and `later` did not
@@ -246,9 +246,9 @@ def test_the_models_own_hooks_run_as_in_a_whole_pass():
     reference = full_forward(model, x, "3")
     seen.clear()
     forget_calls(model)
-    layer_outputs(model, x, "3")  # learns
+    layer_outputs(model, "3", x)  # learns
     seen.clear()
-    read = layer_outputs(model, x, "3")
+    read = layer_outputs(model, "3", x)
     assert torch.equal(read["3"], reference["3"])
     assert seen == ["always"]
     assert hook_count(model) == 3
@@ -270,11 +270,11 @@ def test_real_errors_pass_through_and_stop_early_false_runs_whole():
     model = Broken()
     before = state(model)
     with pytest.raises(ValueError, match="the model failed"):
-        layer_outputs(model, torch.randn(3, 2), "lin")
+        layer_outputs(model, "lin", torch.randn(3, 2))
     assert_state(model, before)
     model = chain()
     for _ in range(2):
-        layer_outputs(model, data(), "0", stop_early=False)
+        layer_outputs(model, "0", data(), stop_early=False)
     assert model[5].calls == 2
 
 
@@ -302,7 +302,7 @@ def test_layer_outputs_equals_a_whole_pass_per_batch_size():
     x = data(23)
     reference = full_forward(model, x, ["1", "4"])
     for batch_size in (1, 7, None):
-        read = layer_outputs(model, x, ["1", "4"], batch_size=batch_size)
+        read = layer_outputs(model, ["1", "4"], x, batch_size=batch_size)
         assert list(read) == ["1", "4"]
         for name in ("1", "4"):
             # One batch is the same computation; other batch shapes round alike (rows of a
@@ -332,7 +332,7 @@ def test_hf_gpt2_stops_after_an_early_block_and_reads_its_hidden_state():
     handle = model.lm_head.register_forward_hook(lambda *a: late.append(1))
     before = state(model)
     for _ in range(2):
-        read = layer_outputs(model, {"input_ids": ids}, ["transformer.h.0", "transformer.h.1"])
+        read = layer_outputs(model, ["transformer.h.0", "transformer.h.1"], {"input_ids": ids})
     assert len(late) == 1  # the second read stopped before the LM head (and blocks 2-3)
     assert torch.equal(read["transformer.h.0"], hidden[1])
     assert torch.equal(read["transformer.h.1"], hidden[2])

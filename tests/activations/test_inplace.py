@@ -81,11 +81,11 @@ def test_layer_outputs_reads_true_outputs(stop_early, inplace):
     model, x = net(inplace), data()
     expected = by_hand(model, x)
     for _ in range(2):  # the second read stops early (when allowed)
-        read = layer_outputs(model, x, LAYERS, batch_size=None, stop_early=stop_early)
+        read = layer_outputs(model, LAYERS, x, batch_size=None, stop_early=stop_early)
     for name in LAYERS:
         torch.testing.assert_close(read[name], expected[name], rtol=0, atol=0, msg=name)
     for pooling in ("max", "mean", "flatten"):
-        pooled = layer_outputs(model, x, LAYERS, batch_size=None, pooling=pooling)
+        pooled = layer_outputs(model, LAYERS, x, batch_size=None, pooling=pooling)
         for name in LAYERS:
             assert torch.equal(pooled[name], pool(expected[name], pooling)), (pooling, name)
 

@@ -301,7 +301,7 @@ def test_exact_gradient_lowers_the_watermark_relevance(base_model, watermark):
 
     def relevance(model):
         return artifact_relevance(model, poisoned.images, poisoned.masks,
-                                  targets=watermark.shortcut_class)
+                                  target=watermark.shortcut_class)
 
     before = relevance(base_model)
     exact = PClarc(**default_settings("pclarc"), progress=False).fit(base_model, watermark.train)

@@ -248,7 +248,7 @@ def relevance_cut(before, after, watermark):
     # on poisoned images comes from the watermark.
     poisoned = watermark.poisoned
     return artifact_relevance_change(before, after, poisoned.images, poisoned.masks,
-                                     targets=watermark.shortcut_class)["reduction"]
+                                     target=watermark.shortcut_class)["reduction"]
 
 
 def test_quality_closes_half_the_gap_at_3_points(corrected, base_gap, watermark):

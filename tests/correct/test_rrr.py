@@ -205,7 +205,7 @@ def _check_watermark_goals(before, after_model, base_gap, watermark):
     assert base_gap["clean_acc"] - after["clean_acc"] <= 0.03
     poisoned = watermark.poisoned
     change = artifact_relevance_change(before, after_model, poisoned.images, poisoned.masks,
-                                       targets=watermark.shortcut_class)
+                                       target=watermark.shortcut_class)
     assert change["reduction"] >= 0.5
 
 

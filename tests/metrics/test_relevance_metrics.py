@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -59,15 +57,17 @@ def test_equals_a_direct_input_times_gradient():
     (grad,) = torch.autograd.grad(out, xg)
     attr = (xg * grad).detach().abs()
     expected = (attr * masks[:, None]).flatten(1).sum(1) / attr.flatten(1).sum(1)
-    shares = artifact_relevance(model, x, masks, targets, per_sample=True, batch_size=4)
+    shares, defined = artifact_relevance(model, x, masks, target=targets, per_sample=True,
+                                         batch_size=4)
+    assert bool(defined.all())
     torch.testing.assert_close(shares, expected)
-    assert artifact_relevance(model, x, masks, targets) == pytest.approx(float(expected.mean()))
+    assert artifact_relevance(model, x, masks, target=targets) == pytest.approx(float(expected.mean()))
     # targets=None attributes the predicted class; an int every sample's same class
     predicted = model(x).argmax(1)
     assert artifact_relevance(model, x, masks) == pytest.approx(
-        artifact_relevance(model, x, masks, predicted))
-    assert artifact_relevance(model, x, masks, 2) == pytest.approx(
-        artifact_relevance(model, x, masks, torch.full((9,), 2)))
+        artifact_relevance(model, x, masks, target=predicted))
+    assert artifact_relevance(model, x, masks, target=2) == pytest.approx(
+        artifact_relevance(model, x, masks, target=torch.full((9,), 2)))
 
 
 def test_samples_without_mask_are_left_out():
@@ -75,10 +75,13 @@ def test_samples_without_mask_are_left_out():
     x = images(4)
     masks = mask.expand(4, -1, -1).clone()
     masks[1:] = 0
-    shares = artifact_relevance(model, x, masks, per_sample=True)
-    assert shares[0] == pytest.approx(1.0) and torch.isnan(shares[1:]).all()
+    shares, defined = artifact_relevance(model, x, masks, per_sample=True)
+    assert shares[0] == pytest.approx(1.0) and defined.tolist() == [True, False, False, False]
+    assert torch.isfinite(shares).all() and not shares[1:].any()
     assert artifact_relevance(model, x, masks) == pytest.approx(1.0)
-    assert math.isnan(artifact_relevance(model, x, torch.zeros(H, W)))
+    # nothing to average is an error, never NaN
+    with pytest.raises(InvalidParameterError, match=r"no sample has a share.*empty for 4 of 4"):
+        artifact_relevance(model, x, torch.zeros(H, W))
     with pytest.raises(InvalidParameterError, match="method must be one of"):
         artifact_relevance(model, x, mask, method="lrp")
     with pytest.raises(LatentSurgeonError, match=r"artifact_relevance\(\) needs masks"):
@@ -115,12 +118,13 @@ def test_tabular_rows_with_masks_of_their_own_shape():
     (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
     attr = (x * grad).abs()
     expected = (attr * masks).sum(1) / attr.sum(1)
-    shares = artifact_relevance(model, x, masks, 1, per_sample=True)
+    shares = artifact_relevance(model, x, masks, target=1, per_sample=True).shares
     torch.testing.assert_close(shares, expected)
     # one (D,) mask for every row
     column = torch.zeros(5)
     column[4] = 1
-    torch.testing.assert_close(artifact_relevance(model, x, column, 1, per_sample=True),
+    torch.testing.assert_close(artifact_relevance(model, x, column, target=1,
+                                                  per_sample=True).shares,
                                attr[:, 4] / attr.sum(1))
 
 
@@ -136,5 +140,36 @@ def test_shortcut_detect_single_mask_and_errors_name_artifact_relevance():
         artifact_relevance(model, x, mask, device="meta")
     with pytest.raises(InvalidParameterError, match="batch_size"):
         artifact_relevance(model, x, mask, batch_size=0)
-    with pytest.raises(InvalidParameterError, match=r"targets must lie in \[0, 3\]"):
-        artifact_relevance(model, x, mask, targets=4)
+    with pytest.raises(InvalidParameterError, match=r"target must lie in \[0, 3\]"):
+        artifact_relevance(model, x, mask, target=4)
+
+
+def test_zero_attribution_warns_and_no_share_at_all_is_an_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(H * W, 3))
+    with torch.no_grad():
+        model[1].weight.zero_()  # the output does not depend on the input: attribution 0
+    x = images(4)
+    mask = torch.zeros(H, W)
+    mask[:2, :2] = 1
+    with pytest.warns(UserWarning, match="zero everywhere for 4 of 4"), \
+            pytest.raises(InvalidParameterError, match="attribution is zero for the other 4"):
+        artifact_relevance(model, x, mask)
+
+
+def test_earlier_spellings_give_the_same_number_with_a_warning():
+    model, mask = masked_linear(True)
+    x = images()
+    new = artifact_relevance(model, x, mask, target=1)
+    with pytest.warns(FutureWarning, match="targets= is deprecated"):
+        assert artifact_relevance(model, x, mask, targets=1) == new
+    with pytest.warns(FutureWarning, match="positional arguments"):
+        assert artifact_relevance(model, x, mask, 1) == new
+    with pytest.warns(FutureWarning, match="images= is deprecated"):
+        assert artifact_relevance(model, images=x, masks=mask, target=1) == new
+
+
+def test_change_without_relevance_before_has_no_reduction():
+    outside, mask = masked_linear(False)
+    inside, _ = masked_linear(True)
+    change = artifact_relevance_change(outside, inside, images(), mask)
+    assert change["before"] == pytest.approx(0.0) and change["reduction"] is None

@@ -125,20 +125,20 @@ def cases(store) -> list[Case]:
         # -- activations --------------------------------------------------------------------------
         Case("capture of an unknown layer", lambda: _enter(capture(m, "classifer")),
              LayerNotFoundError, ["classifer", "did you mean"], mm),
-        Case("layer_outputs with batch_size 0", lambda: layer_outputs(m, X, "features",
+        Case("layer_outputs with batch_size 0", lambda: layer_outputs(m, "features", X,
                                                                       batch_size=0),
              InvalidParameterError, ["batch_size", ">= 1", "got 0"], mm),
-        Case("layer_outputs of NaN inputs", lambda: layer_outputs(m, _nan(X), "features"),
+        Case("layer_outputs of NaN inputs", lambda: layer_outputs(m, "features", _nan(X)),
              NonFiniteError, ["features", "nan", "rows 1"], mm),
         Case("layer_outputs with an unknown pooling", lambda: layer_outputs(
-            m, X, "features", pooling="median"), InvalidParameterError,
+            m, "features", X, pooling="median"), InvalidParameterError,
              ["pooling", "median", "max"], mm),
         Case("integer images for a float model", lambda: layer_outputs(
-            m, (X * 255).long(), "features"), InvalidParameterError,
+            m, "features", (X * 255).long()), InvalidParameterError,
              ["int64", "float"], mm),
         Case("a model on the meta device", lambda: layer_outputs(
-            DigitCNN().to("meta"), X, "features"), InvalidParameterError, ["meta"]),
-        Case("analysis on another device", lambda: layer_outputs(m, X, "features", device="meta"),
+            DigitCNN().to("meta"), "features", X), InvalidParameterError, ["meta"]),
+        Case("analysis on another device", lambda: layer_outputs(m, "features", X, device="meta"),
              DeviceMismatchError, ["device", "cpu", "meta"], mm),
         Case("store path that is a file", lambda: ActivationStore.extract(
             m, X, "features", store / "manifest.json", progress=False), StoreError,
@@ -235,7 +235,10 @@ def cases(store) -> list[Case]:
         Case("artifact relevance without masks", lambda: artifact_relevance(m, X), Exception,
              ["artifact_relevance", "masks"], mm),
         Case("artifact relevance with a target out of range", lambda: artifact_relevance(
-            m, X, MASKS, targets=14), InvalidParameterError, ["targets", "14"], mm),
+            m, X, MASKS, target=14), InvalidParameterError, ["target", "14"], mm),
+        Case("artifact relevance with every mask empty", lambda: artifact_relevance(
+            m, X, torch.zeros_like(MASKS)), InvalidParameterError,
+             ["artifact_relevance", "no sample has a share", "masks are empty"], mm),
         Case("artifact relevance with an unknown method", lambda: artifact_relevance(
             m, X, MASKS, method="lrp"), InvalidParameterError, ["method", "input_x_gradient",
                                                                  "lrp"], mm),
