@@ -80,8 +80,8 @@ def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | N
     A call is in the old order when it passes more positional arguments than the new signature
     takes positionally, or when ``is_old(args)`` says so (for a swap of two arguments, told apart
     by their values: a layer selector is never data). Such arguments are passed by their ``old``
-    names; old names that were renamed as well reach the canonical one through :func:`aliased`
-    when that decorator sits below this one.
+    names, or by the canonical name when :func:`aliased` (sitting below this decorator) renamed
+    one, so a call warns once.
     """
     def decorate(fn: F) -> F:
         owner = fn.__qualname__.replace(".__init__", "")
@@ -91,6 +91,8 @@ def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | N
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         bound_method = bool(positional) and positional[0] == "self"
         new_order = ", ".join(n for n in positional if n != "self")
+        # an old name renamed by aliased() below goes straight to its canonical name: one warning
+        renamed = getattr(fn, "__aliases__", {})
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -102,8 +104,9 @@ def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | N
                     f"{owner}: takes at most {len(old)} positional arguments in its earlier order "
                     f"({', '.join(old)}); got {len(rest)}. Pass {new_order} positionally and the "
                     "rest by keyword.")
-            for name, value in zip(old, rest, strict=False):
-                if name in kwargs:
+            for old_name, value in zip(old, rest, strict=False):
+                name = renamed.get(old_name, old_name)
+                if name in kwargs or old_name in kwargs:
                     raise InvalidParameterError(
                         f"{owner}: {name} was given both positionally (in the earlier order "
                         f"{', '.join(old)}) and by keyword.")

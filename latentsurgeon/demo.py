@@ -86,8 +86,8 @@ def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) 
             acts_marked[layer], acts_clean[layer])
         common = dict(n_runs=config.tcav_runs, pooling="flatten", seed=config.seed,
                       progress=False)
-        found = tcav(model, layer, class_inputs, k, concept, random_pool, **common)
-        control = tcav(model, layer, class_inputs, k, random_concept, random_pool, **common)
+        found = tcav(model, layer, class_inputs, k, concept, random=random_pool, **common)
+        control = tcav(model, layer, class_inputs, k, random_concept, random=random_pool, **common)
         row = {"layer": layer, "cav_accuracy": cav.scores_["accuracy"],
                "cav_auc": cav.scores_["auc"], "tcav": found.mean, "tcav_p": found.p_value,
                "tcav_significant": bool(found.significant), "random_tcav": control.mean,

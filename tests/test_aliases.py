@@ -42,8 +42,7 @@ def test_old_order_recognised_by_value_is_mapped_with_a_warning():
 def test_old_order_recognised_by_count_reaches_a_renamed_parameter():
     with pytest.warns(FutureWarning) as record:
         assert _test("m", "l", [1], 4) == ("m", "l", [1], 4)
-    messages = " ".join(str(w.message) for w in record)
-    assert "(model, layer, inputs, target)" in messages and "inputs= is deprecated" in messages
+    assert len(record) == 1 and "(model, layer, inputs, target)" in str(record[0].message)
 
 
 def test_too_many_positional_arguments_and_duplicates_are_refused():

@@ -122,7 +122,7 @@ def resnet_case() -> Case:
     target = 3
 
     def ours() -> np.ndarray:
-        return tcav(model, "layer1", inputs, target, concept, sets, progress=False).sign_count
+        return tcav(model, "layer1", inputs, target, concept, random=sets, progress=False).sign_count
 
     def peer() -> np.ndarray:
         experiments = _captum_experiments(concept, sets)
@@ -187,7 +187,7 @@ def digits_case() -> Case:
     sets = [clean[order[i * 100:(i + 1) * 100]] for i in range(N_SETS)]
 
     def ours() -> np.ndarray:
-        return tcav(model, "features", inputs, 0, concept, sets, method="logistic",
+        return tcav(model, "features", inputs, 0, concept, random=sets, method="logistic",
                     pooling="flatten", progress=False).sign_count
 
     def peer() -> np.ndarray:

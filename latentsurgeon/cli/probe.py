@@ -26,7 +26,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = analysed_model(args, data)
     split = split_of(data, "train", what="probe")
     targets = need(split, "labels" if args.target == "labels" else "artifact", "probe").long()
-    report = probe_layers(model, split.images, targets, args.layers or [nn.Conv2d, nn.Linear],
+    report = probe_layers(model, args.layers or [nn.Conv2d, nn.Linear], split.images, targets,
                           pooling=args.pooling, seed=args.seed, batch_size=args.batch_size,
                           progress=not args.quiet)
     print(f"Linear probes for {args.target!r} (held-out, {args.data}):")

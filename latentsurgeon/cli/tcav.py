@@ -83,7 +83,7 @@ def cmd_tcav(args: argparse.Namespace) -> int:
           f"pooling {args.pooling}):")
     rows = []
     for layer in layers:
-        result = tcav(model, layer, inputs, target, concept, pool, n_runs=args.runs,
+        result = tcav(model, layer, inputs, target, concept, random=pool, n_runs=args.runs,
                       pooling=args.pooling, seed=args.seed, batch_size=args.batch_size,
                       progress=not args.quiet)
         rows.append(result.to_dict())

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from latentsurgeon._aliases import aliased, moved
 from latentsurgeon._validation import Callable as CallableConstraint
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
 from latentsurgeon.activations.access import ModelAccess
@@ -41,7 +42,7 @@ from latentsurgeon.activations.pooling import POOLINGS
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import resolve_layers
-from latentsurgeon.hooks.resolve import LayerSelector
+from latentsurgeon.hooks.resolve import LayerSelector, is_layer_selector
 
 logger = logging.getLogger("latentsurgeon")
 
@@ -209,17 +210,17 @@ def _execution_order(model: nn.Module, names: list[str], data: Any,
     return seen + [n for n in names if n not in seen]
 
 
-def _targets(targets: Any, n: int, task: str) -> np.ndarray:
-    y = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
-    check_finite(y, "targets")
+def _labels(labels: Any, n: int, task: str) -> np.ndarray:
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    check_finite(y, "labels")
     if len(y) != n:
-        raise ShapeMismatchError(f"targets has {len(y)} entries but the data {n} samples.")
+        raise ShapeMismatchError(f"labels has {len(y)} entries but the data {n} samples.")
     if task == "classification":
         if y.ndim != 1:
-            raise ShapeMismatchError(f"Classification targets must be (N,), got {y.shape}.")
+            raise ShapeMismatchError(f"Classification labels must be (N,), got {y.shape}.")
         if len(np.unique(y)) < 2:
             raise InvalidParameterError(
-                "targets: a classification probe needs at least two classes; got only "
+                "labels: a classification probe needs at least two classes; got only "
                 f"{np.unique(y).tolist()}.")
     return y
 
@@ -236,11 +237,14 @@ def _score(task: str, probe: Any, X_tr: np.ndarray, y_tr: np.ndarray, X_te: np.n
             "train_r2": float(r2_score(y_tr, train_pred))}
 
 
+@moved(("model", "data", "targets", "layers"), is_old=lambda args: len(args) >= 2
+       and args[1] is not None and not is_layer_selector(args[1]))
+@aliased(deprecated={"targets": "labels"})
 def probe_layers(
     model: nn.Module | None,
+    layers: LayerSelector | None,
     data: DataLike | ActivationStore,
-    targets: Any,
-    layers: LayerSelector | None = None,
+    labels: Any,
     *,
     task: str = "classification",
     probe_factory: Callable[[str], Any] | None = None,
@@ -252,17 +256,20 @@ def probe_layers(
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ProbeReport:
-    """Fit a linear probe for ``targets`` at every selected layer and score it on held-out data.
+    """Fit a linear probe for ``labels`` at every selected layer and score it on held-out data.
+
+    The order is the library's (model, layer, data); the earlier
+    ``(model, data, targets, layers)`` and ``targets=`` still work, with a ``FutureWarning``.
 
     Args:
         model: the network (may be None when ``data`` is an :class:`ActivationStore`).
+        layers: layer selector (names, globs, ``re:`` regexes, classes); with a store:
+            names or globs of the store's layers, None = all of them.
         data: inputs in a fixed order (tensor, tuple of tensors, Dataset or a non-shuffling
             DataLoader; the model input is a batch's first element), or an existing
-            :class:`ActivationStore` (its rows must follow ``targets``).
-        targets: ``(N,)`` labels (classification) or ``(N,)``/``(N, k)`` values (regression),
+            :class:`ActivationStore` (its rows must follow ``labels``).
+        labels: ``(N,)`` classes (classification) or ``(N,)``/``(N, k)`` values (regression),
             row ``i`` belonging to the ``i``-th sample of ``data``.
-        layers: layer selector (names, globs, ``re:`` regexes, classes); with a store and no
-            model: names or globs of the store's layers, default all of them.
         task: ``"classification"`` or ``"regression"``.
         probe_factory: ``probe_factory(layer_name) -> estimator`` with scikit-learn's
             ``fit(X, y)``/``predict(X)``; default :func:`default_probe`.
@@ -281,7 +288,7 @@ def probe_layers(
 
     Raises:
         InvalidParameterError: a parameter outside what it accepts (named in the message).
-        NonFiniteError: NaN or Inf in the targets or the activations.
+        NonFiniteError: NaN or Inf in the labels or the activations.
     """
     validate_params({"task": task, "probe_factory": probe_factory, "pooling": pooling,
                      "test_size": test_size, "seed": seed, "progress": progress},
@@ -289,7 +296,7 @@ def probe_layers(
     check_batch_size(batch_size)
     if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
         raise LatentSurgeonError(
-            "probe_layers needs the data in a fixed order to align it with targets; pass a "
+            "probe_layers needs the data in a fixed order to align it with labels; pass a "
             "DataLoader with shuffle=False (or the tensors).")
     tmp: tempfile.TemporaryDirectory | None = None
     try:
@@ -314,7 +321,7 @@ def probe_layers(
                                             progress=progress)
             names = _execution_order(model, list(resolve_layers(model, layers)), data,
                                      device)
-        y = _targets(targets, store.n_samples, task)
+        y = _labels(labels, store.n_samples, task)
         index = np.arange(store.n_samples)
         stratify = None
         if task == "classification":

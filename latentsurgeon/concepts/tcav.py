@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentsurgeon._aliases import aliased
+from latentsurgeon._aliases import aliased, moved
 from latentsurgeon._validation import Interval, Options, validate_params
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
@@ -131,15 +131,16 @@ def _refuse_empty_inputs(model: nn.Module, target: Any, head: Any, sources: list
                              "class whose output is tested.")
 
 
-@aliased(deprecated={"alpha": "significance"})
+@moved(("model", "layer", "inputs", "target", "concept", "random"))
+@aliased(deprecated={"alpha": "significance", "inputs": "data"})
 def tcav(
     model: nn.Module,
     layer: str,
-    inputs: DataLike,
+    data: DataLike,
     target: int,
     concept: Any,
-    random: Any = None,
     *,
+    random: Any = None,
     random_cavs: Sequence[CAV] | None = None,
     n_runs: int | None = None,
     set_size: int | None = None,
@@ -157,10 +158,14 @@ def tcav(
 ) -> TCAVResult:
     """Test whether class ``target``'s output is sensitive to a concept at ``layer`` (TCAV).
 
+    The order is the library's (model, layer, data, then what is tested); options are
+    keyword-only. The earlier ``inputs=`` and a positional ``random`` still work, with a
+    ``FutureWarning``.
+
     Args:
         model: the classifier; run in eval mode (its mode and hooks are restored).
         layer: one layer name (``model.named_modules()``).
-        inputs: inputs of the class to explain ``(N, ...)`` (tensor, tuple, Dataset or loader).
+        data: inputs of the class to explain ``(N, ...)`` (tensor, tuple, Dataset or loader).
         target: index of the output (logit) whose sensitivity is measured; a negative index
             counts from the end (``-1`` is the last class) and is reported as the non-negative
             index. Checked against the model's outputs before any CAV is fitted.
@@ -208,7 +213,7 @@ def tcav(
 
     Example::
 
-        res = tcav(model, "features", class0_images, 0, watermarked_images, train_images)
+        res = tcav(model, "features", class0_images, 0, watermarked_images, random=train_images)
         res.mean, res.p_value, res.significant
         again = tcav(model, "features", new_images, 0, res.concept_cavs,
                      random_cavs=res.random_cavs)       # no refitting
@@ -243,7 +248,7 @@ def tcav(
             raise InvalidParameterError(
                 "tcav(): fitting concept CAVs needs random inputs: pass random= (a tensor of "
                 "random inputs or a list of random sets), or pass fitted CAVs as the concept.")
-    if count_samples(inputs) == 0:
+    if count_samples(data) == 0:
         _refuse_empty_inputs(model, target, head, [concept, random], device)
     sets = None
     if (given is None or null_given is None) and random is not None:
@@ -254,14 +259,14 @@ def tcav(
         sets = RandomSets(random, n_runs, size, seed)
         n_runs = sets.n_runs if given is None else n_runs
 
-    total = ((n_batches(inputs, batch_size) or 0) + 1
+    total = ((n_batches(data, batch_size) or 0) + 1
              + (sets.n_batches(batch_size) if sets is not None else 0)
              + ((n_batches(concept, batch_size) or 0) if given is None else 0))
     bar = tqdm(total=total, desc="tcav", unit="step", disable=None if progress else True,
                leave=False)
     try:
         grads, shape, target, dtype = gradients_and_target(
-            model, layer, inputs, target, pooling=pooling, head=head, batch_size=batch_size,
+            model, layer, data, target, pooling=pooling, head=head, batch_size=batch_size,
             device=device, bar=bar)
         concept_cavs, null_cavs = _fit_cavs(model, layer, concept, given, null_given, sets,
                                             params, shape, grads.shape[1], dtype, n_runs,

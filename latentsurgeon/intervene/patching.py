@@ -24,12 +24,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon._aliases import moved
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import count_samples
 from latentsurgeon.activations.capture import capture
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
-from latentsurgeon.hooks.resolve import LayerSelector, resolve_layers
+from latentsurgeon.hooks.resolve import LayerSelector, is_layer_selector, resolve_layers
 from latentsurgeon.intervene._common import (
     ForwardFn,
     Positions,
@@ -237,11 +238,13 @@ def _row_label(names: list[str]) -> str:
     return " + ".join(names)
 
 
+@moved(("model", "clean_inputs", "corrupted_inputs", "layers", "metric"),
+       is_old=lambda args: len(args) >= 2 and not is_layer_selector(args[1]))
 def patch(
     model: nn.Module,
+    layers: LayerSelector,
     clean_inputs: Any,
     corrupted_inputs: Any,
-    layers: LayerSelector,
     metric: Metric,
     *,
     patch_fn: PatchFn | None = None,
@@ -258,18 +261,21 @@ def patch(
     With ``direction="clean_to_corrupted"`` (default, "denoising") the source is the clean run and
     the target the corrupted run: a layer with effect 1 restores the clean behaviour on its own.
     With ``"corrupted_to_clean"`` ("noising") corrupted activations go into the clean run.
+    The order is the library's (model, layer, data); the earlier
+    ``(model, clean_inputs, corrupted_inputs, layers, metric)`` still works, with a
+    ``FutureWarning``.
 
     Args:
         model: the network (run in eval mode under ``torch.no_grad``; its mode, hooks and
             ``requires_grad`` flags are restored).
+        layers: layer selector (names, globs such as ``"transformer.h.*"``, ``re:`` regexes,
+            classes). Rows follow the model's module order.
         clean_inputs: ``(N, ...)`` tensor, dict of tensors (``input_ids``/``attention_mask``:
             called as ``model(**inputs)``), Dataset or DataLoader (not shuffled).
         corrupted_inputs: the same kind, paired sample by sample with ``clean_inputs`` (row ``i``
             of one is the counterpart of row ``i`` of the other); a single source sample is
             broadcast to every target sample. Both must give activations of the same shape at
             the patched layers (for text: the same number of tokens).
-        layers: layer selector (names, globs such as ``"transformer.h.*"``, ``re:`` regexes,
-            classes). Rows follow the model's module order.
         metric: ``metric(model_output) -> float | tensor``, e.g. a logit difference. A tensor
             value (per sample) is kept in ``*_raw`` and averaged for the table and the effect.
             With ``batch_size`` it is called per batch (see below).

@@ -98,7 +98,7 @@ def test_probe_layers_orders_layers_without_a_whole_pass(tiny_cnn, images):
     labels = torch.arange(40) % 2
     model[4] = nn.Sequential(Counter(), model[4])
     counter = model[4][0]
-    table = probe_layers(model, x, labels, ["1", "3"], batch_size=10, progress=False)
+    table = probe_layers(model, ["1", "3"], x, labels, batch_size=10, progress=False)
     assert counter.calls == 1  # only the extraction's first (learning) pass ran past layer 3
     assert table.layers == ["1", "3"]
 
@@ -122,11 +122,11 @@ def test_early_exit_changes_nothing_but_the_time(setup, whole_passes):
     model, inputs, concept, pool_ = setup
     labels = torch.arange(len(pool_)) % 2
     kwargs = {"n_runs": 4, "set_size": 30, "seed": 0, "progress": False}
-    stopped = tcav(model, "3", inputs, 0, concept, pool_, **kwargs)
-    probes = probe_layers(model, pool_, labels, ["1", "3"], progress=False)
+    stopped = tcav(model, "3", inputs, 0, concept, random=pool_, **kwargs)
+    probes = probe_layers(model, ["1", "3"], pool_, labels, progress=False)
     whole_passes()
-    whole = tcav(model, "3", inputs, 0, concept, pool_, **kwargs)
-    whole_probes = probe_layers(model, pool_, labels, ["1", "3"], progress=False)
+    whole = tcav(model, "3", inputs, 0, concept, random=pool_, **kwargs)
+    whole_probes = probe_layers(model, ["1", "3"], pool_, labels, progress=False)
     for name in ("sign_count", "magnitude", "random_sign_count", "cav_accuracy"):
         assert np.array_equal(getattr(stopped, name), getattr(whole, name)), name
     assert stopped.p_value == whole.p_value

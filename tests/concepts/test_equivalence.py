@@ -65,7 +65,7 @@ def float64_setup():
                                              ("mass_mean", "mean")])
 def test_tcav_does_not_depend_on_the_batch_size(float64_setup, method, pooling):
     model, inputs, concept, random = float64_setup
-    results = [tcav(model, "3", inputs, 2, concept, random, n_runs=4, method=method,
+    results = [tcav(model, "3", inputs, 2, concept, random=random, n_runs=4, method=method,
                     pooling=pooling, batch_size=size, progress=False)
                for size in (1, 7, len(random))]
     for other in results[1:]:
@@ -79,8 +79,8 @@ def test_negative_control_tcav(float64_setup):
     model, inputs, concept, random = float64_setup
     moved = concept.clone()
     moved[5] += 1e-6
-    a = tcav(model, "3", inputs, 2, concept, random, n_runs=4, batch_size=7, progress=False)
-    b = tcav(model, "3", inputs, 2, moved, random, n_runs=4, batch_size=7, progress=False)
+    a = tcav(model, "3", inputs, 2, concept, random=random, n_runs=4, batch_size=7, progress=False)
+    b = tcav(model, "3", inputs, 2, moved, random=random, n_runs=4, batch_size=7, progress=False)
     with pytest.raises(AssertionError):
         assert_tcav_equivalent(a, b)
 
@@ -88,7 +88,7 @@ def test_negative_control_tcav(float64_setup):
 def test_probes_do_not_depend_on_the_batch_size(float64_setup):
     model, _, _, random = float64_setup
     labels = (random[:, 0, :4, :4].mean((1, 2)) > 0.5).long()
-    reports = [probe_layers(model, random, labels, ["0", "3", "6"], pooling="mean",
+    reports = [probe_layers(model, ["0", "3", "6"], random, labels, pooling="mean",
                             batch_size=size, progress=False)
                for size in (1, 7, len(random))]
     for other in reports[1:]:
@@ -98,9 +98,9 @@ def test_probes_do_not_depend_on_the_batch_size(float64_setup):
 def test_negative_control_probes(float64_setup):
     model, _, _, random = float64_setup
     labels = (random[:, 0, :4, :4].mean((1, 2)) > 0.5).long()
-    a = probe_layers(model, random, labels, ["3"], pooling="mean", progress=False)
+    a = probe_layers(model, ["3"], random, labels, pooling="mean", progress=False)
     moved = random.clone()
     moved[:, :, 0, 0] += 1e-3
-    b = probe_layers(model, moved, labels, ["3"], pooling="mean", progress=False)
+    b = probe_layers(model, ["3"], moved, labels, pooling="mean", progress=False)
     with pytest.raises(AssertionError):
         assert_probes_equivalent(a, b)

@@ -45,7 +45,7 @@ def data():
 def test_sign_of_product_readable_only_after_the_layer_that_computes_it(data):
     x, sign, _ = data
     model = product_model()
-    report = probe_layers(model, x, sign, ["0", "1", "2"], progress=False)
+    report = probe_layers(model, ["0", "1", "2"], x, sign, progress=False)
     assert isinstance(report, ProbeReport)
     assert report.layers == ["0", "1", "2"]
     assert report.score("0") < 0.65  # a linear function of the input: near chance
@@ -59,7 +59,7 @@ def test_sign_of_product_readable_only_after_the_layer_that_computes_it(data):
 
 def test_regression_r2(data):
     x, _, product = data
-    report = probe_layers(product_model(), x, product, ["0", "1"], task="regression",
+    report = probe_layers(product_model(), ["0", "1"], x, product, task="regression",
                           progress=False)
     assert report.metric == "r2"
     assert report.score("0") < 0.1
@@ -76,7 +76,7 @@ def test_custom_probe_factory(data):
         calls.append(layer)
         return DecisionTreeClassifier(max_depth=4, random_state=0)
 
-    report = probe_layers(product_model(), x, sign, ["0", "1"], probe_factory=factory,
+    report = probe_layers(product_model(), ["0", "1"], x, sign, probe_factory=factory,
                           progress=False)
     assert calls == ["0", "1"]
     assert all(isinstance(p, DecisionTreeClassifier) for p in report.probes.values())
@@ -87,16 +87,16 @@ def test_custom_probe_factory(data):
 def test_from_an_existing_store_and_store_path(data, tmp_path):
     x, sign, _ = data
     model = product_model()
-    report = probe_layers(model, x, sign, ["0", "1"], store_path=tmp_path / "s", progress=False)
+    report = probe_layers(model, ["0", "1"], x, sign, store_path=tmp_path / "s", progress=False)
     store = ActivationStore(tmp_path / "s")  # kept
     assert store.layers == ["0", "1"]
-    again = probe_layers(None, store, sign, "1", progress=False)
+    again = probe_layers(None, "1", store, sign, progress=False)
     assert again.layers == ["1"]
     assert again.score("1") == pytest.approx(report.score("1"))
-    assert probe_layers(model, store, sign, progress=False).layers == ["0", "1"]
+    assert probe_layers(model, None, store, sign, progress=False).layers == ["0", "1"]
     # without a model only names select a store's layers; a class cannot be resolved
     with pytest.raises(InvalidParameterError, match=r"layers: .*names or globs \(str\)"):
-        probe_layers(None, store, sign, nn.Linear, progress=False)
+        probe_layers(None, nn.Linear, store, sign, progress=False)
 
 
 def test_conv_layers_are_pooled(tmp_path):
@@ -107,16 +107,16 @@ def test_conv_layers_are_pooled(tmp_path):
     images = torch.rand(120, 1, 4, 4, generator=g)
     y = (torch.arange(120) % 2).long()
     images[y == 1] += 0.5
-    report = probe_layers(model, images, y, ["0", "1", "3"], pooling="mean", progress=False)
+    report = probe_layers(model, ["0", "1", "3"], images, y, pooling="mean", progress=False)
     dims = {row["layer"]: row["dim"] for row in report.table()}
     assert dims == {"0": 3, "1": 3, "3": 2}
-    flat = probe_layers(model, images, y, "0", pooling="flatten", progress=False)
+    flat = probe_layers(model, "0", images, y, pooling="flatten", progress=False)
     assert flat.table()[0]["dim"] == 48
 
 
 def test_table_format_and_plot(data):
     x, sign, _ = data
-    report = probe_layers(product_model(), x, sign, ["0", "1"], progress=False)
+    report = probe_layers(product_model(), ["0", "1"], x, sign, progress=False)
     rows = report.table()
     assert [r["layer"] for r in rows] == ["0", "1"]
     assert set(rows[0]) == {"layer", "dim", "accuracy", "balanced_accuracy", "train_accuracy"}
@@ -136,7 +136,7 @@ def test_table_format_and_plot(data):
 def test_data_loader_input(data):
     x, sign, _ = data
     loader = DataLoader(TensorDataset(x, sign), batch_size=100)
-    report = probe_layers(product_model(), loader, sign, "1", progress=False)
+    report = probe_layers(product_model(), "1", loader, sign, progress=False)
     assert report.score("1") > 0.95
 
 
@@ -145,21 +145,21 @@ def test_errors(data):
     model = product_model()
     shuffled = DataLoader(TensorDataset(x), batch_size=100, shuffle=True)
     with pytest.raises(LatentSurgeonError, match="fixed order"):
-        probe_layers(model, shuffled, sign, "1", progress=False)
+        probe_layers(model, "1", shuffled, sign, progress=False)
     with pytest.raises(InvalidParameterError, match="task must be one of"):
-        probe_layers(model, x, sign, "1", task="ranking", progress=False)
+        probe_layers(model, "1", x, sign, task="ranking", progress=False)
     with pytest.raises(InvalidParameterError, match="test_size must be"):
-        probe_layers(model, x, sign, "1", test_size=0.0, progress=False)
+        probe_layers(model, "1", x, sign, test_size=0.0, progress=False)
     with pytest.raises(InvalidParameterError, match="pooling must be"):
-        probe_layers(model, x, sign, "1", pooling="sum", progress=False)
+        probe_layers(model, "1", x, sign, pooling="sum", progress=False)
     with pytest.raises(InvalidParameterError, match="batch_size must be"):
-        probe_layers(model, x, sign, "1", batch_size=0, progress=False)
-    with pytest.raises(ShapeMismatchError, match="targets has 10"):
-        probe_layers(model, x, sign[:10], "1", progress=False)
-    with pytest.raises(InvalidParameterError, match=r"targets: .*two classes; got only \[0.0\]"):
-        probe_layers(model, x, torch.zeros(800), "1", progress=False)
+        probe_layers(model, "1", x, sign, batch_size=0, progress=False)
+    with pytest.raises(ShapeMismatchError, match="labels has 10"):
+        probe_layers(model, "1", x, sign[:10], progress=False)
+    with pytest.raises(InvalidParameterError, match=r"labels: .*two classes; got only \[0.0\]"):
+        probe_layers(model, "1", x, torch.zeros(800), progress=False)
     with pytest.raises(LatentSurgeonError, match="needs a model"):
-        probe_layers(None, x, sign, "1", progress=False)
+        probe_layers(None, "1", x, sign, progress=False)
 
 
 def test_layers_are_reported_in_execution_order():
@@ -168,7 +168,7 @@ def test_layers_are_reported_in_execution_order():
     model = nn.Sequential(nn.Sequential(nn.Linear(2, 4), nn.ReLU()), nn.Linear(4, 2)).eval()
     x = torch.randn(100, 2)
     y = (x[:, 0] > 0).long()
-    report = probe_layers(model, x, y, ["0", "0.0", "1"], progress=False)
+    report = probe_layers(model, ["0", "0.0", "1"], x, y, progress=False)
     assert report.layers == ["0.0", "0", "1"]
 
 
@@ -178,8 +178,21 @@ def test_non_finite_inputs_and_targets(data, tmp_path):
     broken = x.clone()
     broken[10, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="layer"):
-        probe_layers(model, broken, sign, "1", progress=False)
+        probe_layers(model, "1", broken, sign, progress=False)
     bad_targets = product.clone()
     bad_targets[3] = float("inf")
-    with pytest.raises(NonFiniteError, match="targets"):
-        probe_layers(model, x, bad_targets, "1", task="regression", progress=False)
+    with pytest.raises(NonFiniteError, match="labels"):
+        probe_layers(model, "1", x, bad_targets, task="regression", progress=False)
+
+
+def test_earlier_order_and_targets_spelling_give_the_same_report_with_a_warning(data):
+    x, sign, _ = data
+    model = product_model()
+    new = probe_layers(model, ["0", "1"], x, sign, progress=False)
+    with pytest.warns(FutureWarning) as record:
+        old = probe_layers(model, x, sign, ["0", "1"], progress=False)
+        keyword = probe_layers(model, ["0", "1"], x, targets=sign, progress=False)
+    messages = " ".join(str(w.message) for w in record)
+    assert "positional arguments in the order (model, data, targets, layers)" in messages
+    assert "targets= is deprecated; use labels=" in messages
+    assert old.rows == new.rows == keyword.rows

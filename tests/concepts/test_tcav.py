@@ -150,14 +150,14 @@ class TestNoWaste:
         model = _CountingModel(tiny_cnn())
         inputs, concept = images(30, 1), images(40, 2, patch=True)
         sets = [images(25, 10 + i) for i in range(5)]
-        tcav(model, "inner.3", inputs, 2, concept, sets, method="logistic", progress=False)
+        tcav(model, "inner.3", inputs, 2, concept, random=sets, method="logistic", progress=False)
         expected = [inputs, concept, *sets]
         assert sorted(model.seen) == sorted(torch.cat(expected)[:, 0, 0, 0].tolist())
 
     def test_random_pool_rows_drawn_by_several_runs_pass_once(self, tiny_cnn, images):
         model = _CountingModel(tiny_cnn())
         inputs, concept, random = images(30, 1), images(20, 2, patch=True), images(60, 3)
-        tcav(model, "inner.3", inputs, 2, concept, random, n_runs=8, method="mass_mean",
+        tcav(model, "inner.3", inputs, 2, concept, random=random, n_runs=8, method="mass_mean",
              progress=False)
         drawn = [v for v in model.seen if v in set(random[:, 0, 0, 0].tolist())]
         assert len(drawn) == len(set(drawn)) == 60  # 8 runs x 2 sets of 20 cover the pool
@@ -166,7 +166,7 @@ class TestNoWaste:
 @pytest.fixture(scope="module")
 def result(setup):
     model, inputs, concept, random = setup
-    return tcav(model, "3", inputs, 2, concept, random, n_runs=6, method="mass_mean",
+    return tcav(model, "3", inputs, 2, concept, random=random, n_runs=6, method="mass_mean",
                 pooling="flatten", seed=0, progress=False)
 
 
@@ -189,15 +189,15 @@ class TestTCAV:
 
     def test_same_seed_same_result(self, setup, result):
         model, inputs, concept, random = setup
-        again = tcav(model, "3", inputs, 2, concept, random, n_runs=6, method="mass_mean",
+        again = tcav(model, "3", inputs, 2, concept, random=random, n_runs=6, method="mass_mean",
                      seed=0, progress=False)
         np.testing.assert_array_equal(again.sign_count, result.sign_count)
         np.testing.assert_array_equal(again.random_sign_count, result.random_sign_count)
         assert again.p_value == result.p_value
-        other = tcav(model, "3", inputs, 2, concept, random, n_runs=6, method="mass_mean",
+        other = tcav(model, "3", inputs, 2, concept, random=random, n_runs=6, method="mass_mean",
                      seed=1, progress=False)
         assert not np.array_equal(other.random_mean_derivative, result.random_mean_derivative)
-        fresh = [tcav(model, "3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+        fresh = [tcav(model, "3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
                       seed=None, progress=False) for _ in range(2)]
         assert not np.array_equal(fresh[0].random_mean_derivative,
                                   fresh[1].random_mean_derivative)
@@ -219,19 +219,19 @@ class TestTCAV:
 
     def test_reused_cavs_with_a_fresh_null(self, setup, result):
         model, inputs, _, random = setup
-        res = tcav(model, "3", inputs, 2, result.concept_cavs, random, seed=5, progress=False)
+        res = tcav(model, "3", inputs, 2, result.concept_cavs, random=random, seed=5, progress=False)
         assert len(res.random_cavs) == 6
         assert res.random_cavs[0].method == "mass_mean"
 
     def test_explicit_random_sets(self, setup):
         model, inputs, concept, random = setup
         sets = [random[i * 50:(i + 1) * 50] for i in range(5)]
-        res = tcav(model, "3", inputs, 2, concept, sets, method="mass_mean", pooling="mean",
+        res = tcav(model, "3", inputs, 2, concept, random=sets, method="mass_mean", pooling="mean",
                    progress=False)
         assert res.n_runs == 4 and len(res.random_cavs) == 4
         assert res.concept_cavs[0].direction_.shape == (6,)
         with pytest.raises(InvalidParameterError, match="needs 7 random sets"):
-            tcav(model, "3", inputs, 2, concept, sets, n_runs=6, progress=False)
+            tcav(model, "3", inputs, 2, concept, random=sets, n_runs=6, progress=False)
 
     def test_loaders_and_unsized_data_give_the_same_result(self, setup):
         model, inputs, concept, random = setup
@@ -247,10 +247,10 @@ class TestTCAV:
         def loader(x: torch.Tensor, sized: bool) -> torch.utils.data.DataLoader:
             return torch.utils.data.DataLoader(x if sized else Stream(x), batch_size=16)
 
-        base = tcav(model, "3", inputs, 2, concept, sets, method="logistic", progress=False)
+        base = tcav(model, "3", inputs, 2, concept, random=sets, method="logistic", progress=False)
         for sized in (True, False):
             res = tcav(model, "3", loader(inputs, sized), 2, loader(concept, sized),
-                       [loader(s, sized) for s in sets], method="logistic", progress=False)
+                       random=[loader(s, sized) for s in sets], method="logistic", progress=False)
             np.testing.assert_array_equal(res.sign_count, base.sign_count)
             torch.testing.assert_close(res.derivatives, base.derivatives, rtol=0, atol=1e-12)
 
@@ -264,7 +264,7 @@ class TestTCAV:
         model, inputs, concept, random = setup
         model.train()
         try:
-            tcav(model, "3", inputs, 2, concept, random, n_runs=2, method="mass_mean",
+            tcav(model, "3", inputs, 2, concept, random=random, n_runs=2, method="mass_mean",
                  progress=False)
             assert model.training
             assert hook_count(model) == 0
@@ -277,9 +277,9 @@ class TestTCAV:
         with pytest.raises(InvalidParameterError, match="needs random inputs"):
             tcav(model, "3", inputs, 2, concept, progress=False)
         with pytest.raises(InvalidParameterError, match="test must be one of"):
-            tcav(model, "3", inputs, 2, concept, random, test="z", progress=False)
+            tcav(model, "3", inputs, 2, concept, random=random, test="z", progress=False)
         with pytest.raises(InvalidParameterError, match="method must be one of"):
-            tcav(model, "3", inputs, 2, concept, random, method="lda", progress=False)
+            tcav(model, "3", inputs, 2, concept, random=random, method="lda", progress=False)
         with pytest.raises(ShapeMismatchError, match="does not fit"):
             tcav(model, "0", inputs, 2, result.concept_cavs[0], progress=False)  # other layer
         flat = CAV("mass_mean").fit(torch.randn(20, 5), torch.arange(20) % 2)
@@ -309,21 +309,21 @@ class TestValidation:
         model, inputs, concept, random = setup
         counting = _CountingModel(model)
         with pytest.raises(InvalidParameterError, match=match):
-            tcav(counting, "inner.3", inputs, 2, concept, random, progress=False, **kwargs)
+            tcav(counting, "inner.3", inputs, 2, concept, random=random, progress=False, **kwargs)
         assert counting.seen == []  # refused before any forward pass
 
     def test_target_must_be_an_int(self, setup):
         model, inputs, concept, random = setup
         with pytest.raises(InvalidParameterError, match="target must be an int"):
-            tcav(model, "3", inputs, 2.0, concept, random, progress=False)
+            tcav(model, "3", inputs, 2.0, concept, random=random, progress=False)
         with pytest.raises(InvalidParameterError, match="target must be an int"):
-            tcav(model, "3", inputs, True, concept, random, progress=False)
+            tcav(model, "3", inputs, True, concept, random=random, progress=False)
 
     def test_negative_target_is_the_index_from_the_end_and_reported_as_such(self, setup):
         model, inputs, concept, random = setup
-        last = tcav(model, "3", inputs, -1, concept, random, n_runs=3, method="mass_mean",
+        last = tcav(model, "3", inputs, -1, concept, random=random, n_runs=3, method="mass_mean",
                     progress=False)
-        two = tcav(model, "3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+        two = tcav(model, "3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
                    progress=False)
         assert last.target == 2 and "class 2" in last.summary()
         np.testing.assert_array_equal(last.sign_count, two.sign_count)
@@ -333,28 +333,28 @@ class TestValidation:
         model, inputs, concept, random = setup
         with pytest.raises(InvalidParameterError, match="target=42 is out of range: the model "
                                                         "has 3 outputs"):
-            tcav(model, "3", inputs, 42, concept, random, progress=False)
+            tcav(model, "3", inputs, 42, concept, random=random, progress=False)
         with pytest.raises(InvalidParameterError, match="target=-4 is out of range"):
-            tcav(model, "3", inputs, -4, concept, random, progress=False)
+            tcav(model, "3", inputs, -4, concept, random=random, progress=False)
 
     def test_target_out_of_range_with_no_inputs_of_that_class(self, setup):
         # The CLI selects the class inputs by label: a class that does not exist gives no
         # inputs, and the error must name the target, not the empty inputs.
         model, inputs, concept, random = setup
         with pytest.raises(InvalidParameterError, match="target=42 is out of range"):
-            tcav(model, "3", inputs[:0], 42, concept, random, progress=False)
+            tcav(model, "3", inputs[:0], 42, concept, random=random, progress=False)
         with pytest.raises(LatentSurgeonError, match="class inputs hold no samples"):
-            tcav(model, "3", inputs[:0], 1, concept, random, progress=False)
+            tcav(model, "3", inputs[:0], 1, concept, random=random, progress=False)
 
     def test_device_other_than_the_models_is_refused(self, setup):
         model, inputs, concept, random = setup
         with pytest.raises(LatentSurgeonError, match="never move"):
-            tcav(model, "3", inputs, 2, concept, random, device="meta", progress=False)
+            tcav(model, "3", inputs, 2, concept, random=random, device="meta", progress=False)
 
     def test_alpha_is_a_deprecated_alias_of_significance(self, setup):
         model, inputs, concept, random = setup
         with pytest.warns(FutureWarning, match="alpha= is deprecated; use significance="):
-            res = tcav(model, "3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+            res = tcav(model, "3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
                        alpha=0.01, progress=False)
         assert res.significance == 0.01
         with pytest.warns(FutureWarning, match="TCAVResult.alpha is deprecated"):
@@ -362,7 +362,7 @@ class TestValidation:
         with pytest.warns(FutureWarning, match="alpha= is deprecated"):
             assert res.significant_at(alpha=0.5) == res.significant_at(significance=0.5)
         with pytest.raises(InvalidParameterError, match="not both"):
-            tcav(model, "3", inputs, 2, concept, random, alpha=0.01, significance=0.01,
+            tcav(model, "3", inputs, 2, concept, random=random, alpha=0.01, significance=0.01,
                  progress=False)
 
 
@@ -376,21 +376,21 @@ class TestNonFinite:
         broken = inputs.clone()
         broken[3, 0, 2, 2] = bad
         with pytest.raises(NonFiniteError, match="class inputs"):
-            tcav(model, "3", broken, 2, concept, random, n_runs=3, progress=False)
+            tcav(model, "3", broken, 2, concept, random=random, n_runs=3, progress=False)
         with pytest.raises(NonFiniteError):
-            tcav(model, "3", torch.full_like(inputs, math.nan), 2, concept, random, n_runs=3,
+            tcav(model, "3", torch.full_like(inputs, math.nan), 2, concept, random=random, n_runs=3,
                  progress=False)
         assert hook_count(model) == 0
 
     def test_concept_and_random_inputs(self, setup):
         model, inputs, concept, random = setup
         with pytest.raises(NonFiniteError, match="concept inputs"):
-            tcav(model, "3", inputs, 2, torch.full_like(concept, math.nan), random, n_runs=3,
+            tcav(model, "3", inputs, 2, torch.full_like(concept, math.nan), random=random, n_runs=3,
                  progress=False)
         broken = random.clone()
         broken[:, 0, 0, 0] = math.inf
         with pytest.raises(NonFiniteError, match="random inputs"):
-            tcav(model, "3", inputs, 2, concept, broken, n_runs=3, progress=False)
+            tcav(model, "3", inputs, 2, concept, random=broken, n_runs=3, progress=False)
 
     def test_activations_and_gradients(self, tiny_cnn, images):
         class Overflow(nn.Module):
@@ -400,20 +400,20 @@ class TestNonFinite:
         model = tiny_cnn()
         model[4] = Overflow()
         with pytest.raises(NonFiniteError):
-            tcav(model, "3", images(10, 1), 0, images(10, 2, patch=True), images(40, 3),
+            tcav(model, "3", images(10, 1), 0, images(10, 2, patch=True), random=images(40, 3),
                  n_runs=2, progress=False)
 
 
 class TestStructuredOutputs:
     def test_tuple_output_with_head_equals_the_plain_model(self, setup, with_extras):
         model, inputs, concept, random = setup
-        plain = tcav(model, "3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+        plain = tcav(model, "3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
                      progress=False)
         wrapped = with_extras(model, "tuple")
-        res = tcav(wrapped, "inner.3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+        res = tcav(wrapped, "inner.3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
                    head=1, progress=False)
         torch.testing.assert_close(res.derivatives, plain.derivatives, rtol=0, atol=0)
-        keyed = tcav(with_extras(model, "dict"), "inner.3", inputs, 2, concept, random,
+        keyed = tcav(with_extras(model, "dict"), "inner.3", inputs, 2, concept, random=random,
                      n_runs=3, method="mass_mean", head="logits", progress=False)
         torch.testing.assert_close(keyed.derivatives, plain.derivatives, rtol=0, atol=0)
 
@@ -422,7 +422,7 @@ class TestStructuredOutputs:
         model, inputs, concept, random = setup
         for kind in ("tuple", "dict"):
             with pytest.raises(LatentSurgeonError, match="Pass head="):
-                tcav(with_extras(model, kind), "inner.3", inputs, 2, concept, random, n_runs=3,
+                tcav(with_extras(model, kind), "inner.3", inputs, 2, concept, random=random, n_runs=3,
                      progress=False)
 
 
@@ -454,7 +454,7 @@ def test_agrees_with_captum_given_the_same_cavs(setup, tmp_path):
     # captum is a core dependency: an API change fails here instead of skipping.
     model, inputs, concept, random = setup
     sets = [random[i * 40:(i + 1) * 40] for i in range(5)]
-    ours = tcav(model, "3", inputs, 2, concept, sets, method="logistic", progress=False)
+    ours = tcav(model, "3", inputs, 2, concept, random=sets, method="logistic", progress=False)
 
     def loader(x: torch.Tensor) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(x, batch_size=64)
@@ -498,7 +498,7 @@ def test_batched_logistic_cavs_make_the_decisions_scikit_learn_cavs_make(setup):
     gives the same directions to solver tolerance and the same sign counts."""
     model, inputs, concept, random = setup
     sets = [random[i * 40:(i + 1) * 40] for i in range(5)]
-    ours = tcav(model, "3", inputs, 2, concept, sets, method="logistic", progress=False)
+    ours = tcav(model, "3", inputs, 2, concept, random=sets, method="logistic", progress=False)
     acts = [_acts(model, "3", s).flatten(1).double().numpy() for s in [concept, *sets]]
     reference = []
     for i in range(1, len(sets)):
@@ -538,12 +538,12 @@ class TestPlantedWatermark:
         model, data = decoy_model
         class_inputs, concept, random, random_concept = decoy_sets
         shortcut = data.shortcut_class
-        found = tcav(model, "features", class_inputs, shortcut, concept, random, seed=0,
+        found = tcav(model, "features", class_inputs, shortcut, concept, random=random, seed=0,
                      progress=False)
         assert found.significant and found.p_value < 1e-3
         assert found.mean >= 0.95 and found.magnitude_mean >= 0.95
         assert float(np.mean(found.cav_accuracy)) > 0.9
-        null = tcav(model, "features", class_inputs, shortcut, random_concept, random, seed=0,
+        null = tcav(model, "features", class_inputs, shortcut, random_concept, random=random, seed=0,
                     progress=False)
         assert not null.significant and null.p_value > 0.05
 
@@ -558,8 +558,25 @@ class TestPlantedWatermark:
             g = torch.Generator().manual_seed(5000 + k)
             random_concept = random[torch.randperm(len(random), generator=g)[:100]]
             res = tcav(model, "features", class_inputs, data.shortcut_class, random_concept,
-                       random, method="mass_mean", seed=k, progress=False)
+                       random=random, method="mass_mean", seed=k, progress=False)
             flagged["ttest"] += res.p_value_ttest < 0.05
             flagged["set"] += res.p_value_set < 0.05
         assert flagged["set"] <= 1  # 0.05: about 1 in 20 is expected by chance
         assert flagged["ttest"] >= 3
+
+
+def test_earlier_spellings_give_the_same_result_with_a_warning(setup):
+    model, inputs, concept, random = setup
+    new = tcav(model, "3", inputs, 2, concept, random=random, n_runs=3, method="mass_mean",
+               progress=False)
+    with pytest.warns(FutureWarning) as record:
+        positional = tcav(model, "3", inputs, 2, concept, random, n_runs=3, method="mass_mean",
+                          progress=False)
+        keyword = tcav(model, "3", inputs=inputs, target=2, concept=concept, random=random,
+                       n_runs=3, method="mass_mean", progress=False)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert "(model, layer, inputs, target, concept, random)" in messages[0]
+    assert "inputs= is deprecated; use data=" in messages[1]
+    for other in (positional, keyword):
+        assert np.array_equal(other.sign_count, new.sign_count) and other.p_value == new.p_value

@@ -60,32 +60,32 @@ def test_layer_names_resolve(model):
 def test_patching_all_blocks_recovers_clean_logits_exactly(model, prompts):
     clean, corrupted = prompts
     ident = lambda out: out.logits  # noqa: E731
-    res = patch(model, {"input_ids": clean}, {"input_ids": corrupted}, BLOCKS, ident,
+    res = patch(model, BLOCKS, {"input_ids": clean}, {"input_ids": corrupted}, ident,
                 per_layer=False)
     row = "transformer.h.0 + transformer.h.1"
     assert res.layers == [row]
     assert torch.equal(res.patched_raw[row], logits(model, clean).double())
     assert not torch.equal(res.corrupted_raw, res.clean_raw)
-    res = patch(model, {"input_ids": clean}, {"input_ids": corrupted}, "transformer.ln_f", ident)
+    res = patch(model, "transformer.ln_f", {"input_ids": clean}, {"input_ids": corrupted}, ident)
     assert torch.equal(res.patched_raw["transformer.ln_f"], res.clean_raw)
 
 
 def test_patching_per_block_and_positions(model, prompts):
     clean, corrupted = prompts
-    res = patch(model, {"input_ids": clean}, {"input_ids": corrupted}, BLOCKS, last_logit_diff)
+    res = patch(model, BLOCKS, {"input_ids": clean}, {"input_ids": corrupted}, last_logit_diff)
     assert res.clean != res.corrupted
     # Each block's output is the whole residual stream: a complete cut on its own.
     assert res.effect == {"transformer.h.0": 1.0, "transformer.h.1": 1.0}
     # Positions before the changed token (index 2) are the same in both runs (causal attention):
     # patching them is a no-op; patching the changed position moves the metric.
-    res = patch(model, {"input_ids": clean}, {"input_ids": corrupted}, "transformer.h.0",
+    res = patch(model, "transformer.h.0", {"input_ids": clean}, {"input_ids": corrupted},
                 lambda out: out.logits, positions=[0, 1])
     assert torch.equal(res.patched_raw["transformer.h.0"], res.corrupted_raw)
-    res = patch(model, {"input_ids": clean}, {"input_ids": corrupted}, "transformer.h.0",
+    res = patch(model, "transformer.h.0", {"input_ids": clean}, {"input_ids": corrupted},
                 last_logit_diff, positions=[2])
     assert res.patched["transformer.h.0"] != res.corrupted
     # Only the last position of the last block: after it, every layer works per position.
-    res = patch(model, clean, corrupted, "transformer.h.1", lambda out: out.logits, positions=-1,
+    res = patch(model, "transformer.h.1", clean, corrupted, lambda out: out.logits, positions=-1,
                 forward_fn=lambda m, ids: m(input_ids=ids))
     out = res.patched_raw["transformer.h.1"]
     assert torch.equal(out[:, -1], res.clean_raw[:, -1])
@@ -95,10 +95,10 @@ def test_patching_per_block_and_positions(model, prompts):
 def test_dict_inputs_with_attention_mask_match_forward_fn(model, prompts):
     clean, corrupted = prompts
     mask = torch.ones_like(clean)
-    as_dicts = patch(model, {"input_ids": clean, "attention_mask": mask},
-                     {"input_ids": corrupted, "attention_mask": mask}, BLOCKS, last_logit_diff,
+    as_dicts = patch(model, BLOCKS, {"input_ids": clean, "attention_mask": mask},
+                     {"input_ids": corrupted, "attention_mask": mask}, last_logit_diff,
                      batch_size=3)
-    as_fn = patch(model, clean, corrupted, BLOCKS, last_logit_diff,
+    as_fn = patch(model, BLOCKS, clean, corrupted, last_logit_diff,
                   forward_fn=lambda m, ids: m(input_ids=ids))
     for row in as_fn.layers:
         assert as_dicts.patched[row] == pytest.approx(as_fn.patched[row], abs=1e-5)
@@ -139,7 +139,7 @@ def test_alpha_zero_identity_hooks_gone_and_modes_kept(model, prompts):
     model.transformer.wte.weight.requires_grad_(False)
     try:
         SteeringVector("transformer.h.0").fit(model, pos, neg)
-        patch(model, pos, neg, BLOCKS, lambda o: o.logits.mean(),
+        patch(model, BLOCKS, pos, neg, lambda o: o.logits.mean(),
               forward_fn=lambda m, ids: m(input_ids=ids))
         assert all(m.training for m in model.modules())
         assert not model.transformer.wte.weight.requires_grad
@@ -207,7 +207,7 @@ def test_hidden_states_output_sees_interventions_and_keeps_working():
 
     # transformers installs its own capture hooks lazily, at the first output_hidden_states
     # call; patching with such a forward must not leave the model without them.
-    res = patch(model, ids, ids.flip(0), "transformer.h.0", lambda o: o.hidden_states[1],
+    res = patch(model, "transformer.h.0", ids, ids.flip(0), lambda o: o.hidden_states[1],
                 forward_fn=lambda m, x: m(input_ids=x, output_hidden_states=True))
     assert torch.equal(res.patched_raw["transformer.h.0"], res.clean_raw)
     base = hidden()

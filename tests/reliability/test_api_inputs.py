@@ -158,10 +158,10 @@ def cases(store) -> list[Case]:
              InvalidParameterError, ["dtype", "float32", "int8"], mm),
         # -- intervene ----------------------------------------------------------------------------
         Case("patch with an unknown direction", lambda: patch(
-            m, X, X, "features", lambda o: o.sum(), direction="up", progress=False),
+            m, "features", X, X, lambda o: o.sum(), direction="up", progress=False),
              InvalidParameterError, ["direction", "clean_to_corrupted", "up"], mm),
         Case("patch of unpaired inputs", lambda: patch(
-            m, X, X[:3], "features", lambda o: o.sum(), progress=False), ShapeMismatchError,
+            m, "features", X, X[:3], lambda o: o.sum(), progress=False), ShapeMismatchError,
              ["paired", "8 source", "3 target"], mm),
         Case("a steering vector of the wrong size", lambda: _steer(
             m, SteeringVector.from_vector("features", torch.ones(7))), ShapeMismatchError,
@@ -305,19 +305,19 @@ def cases(store) -> list[Case]:
              InvalidParameterError, ["k", "4", "7"]),
         # -- concepts -----------------------------------------------------------------------------
         Case("tcav of a class the model does not have", lambda: tcav(
-            m, "features", X, 12, X, X, n_runs=2, set_size=4, progress=False),
+            m, "features", X, 12, X, random=X, n_runs=2, set_size=4, progress=False),
              InvalidParameterError, ["target=12", "10 outputs"], mm),
         Case("tcav of NaN concept inputs", lambda: tcav(
-            m, "features", X, 0, _nan(X), X, n_runs=2, set_size=4, progress=False),
+            m, "features", X, 0, _nan(X), random=X, n_runs=2, set_size=4, progress=False),
              NonFiniteError, ["concept inputs", "nan", "samples 1"], mm),
         Case("tcav with a significance above 1", lambda: tcav(
-            m, "features", X, 0, X, X, n_runs=2, set_size=4, significance=1.5, progress=False),
+            m, "features", X, 0, X, random=X, n_runs=2, set_size=4, significance=1.5, progress=False),
              InvalidParameterError, ["significance", "(0, 1)", "1.5"], mm),
         Case("tcav with sets too small to hold out", lambda: tcav(
-            m, "features", X, 0, X[:2], X, n_runs=2, set_size=2, progress=False),
+            m, "features", X, 0, X[:2], random=X, n_runs=2, set_size=2, progress=False),
              InvalidParameterError, ["test_size", "2 concept", "2 negative"], mm),
         Case("tcav at a misspelt layer", lambda: tcav(
-            m, "featurs", X, 0, X, X, n_runs=2, set_size=4, progress=False),
+            m, "featurs", X, 0, X, random=X, n_runs=2, set_size=4, progress=False),
              LayerNotFoundError, ["featurs", "did you mean"], mm),
         Case("a CAV of an unknown method", lambda: CAV(method="svm2").fit(
             torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError,
@@ -336,8 +336,8 @@ def cases(store) -> list[Case]:
             torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError,
              ["pooling", "channel", "median"]),
         Case("probes with a target missing", lambda: probe_layers(
-            m, X, torch.arange(7) % 2, "features", progress=False), ShapeMismatchError,
-             ["targets", "7 entries", "8 samples"], mm),
+            m, "features", X, torch.arange(7) % 2, progress=False), ShapeMismatchError,
+             ["labels", "7 entries", "8 samples"], mm),
         # -- cbm ----------------------------------------------------------------------------------
         Case("a CBM with an unknown scheme", lambda: ConceptBottleneckModel(
             4, 2, 2, scheme="greedy").fit(torch.rand(10, 4), torch.randint(0, 2, (10,)),
