@@ -23,7 +23,7 @@ PACKAGE = ROOT / "latentsurgeon"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("<root>",),
-    ("_validation", "_aliases", "_io"),
+    ("_validation", "_aliases", "_io", "_vocabulary"),
     ("_estimator",),
     ("hooks",),
     ("activations",),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon._aliases import moved
 from latentsurgeon._validation import Interval, check_finite, validate_params
 from latentsurgeon.cbm.masks import Concepts, build_mask
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
@@ -149,12 +150,18 @@ class InterventionModule(nn.Module):
 
 
 @contextmanager
+@moved(("model", "layer", "strategy", "policy", "concepts", "quantile", "build_context",
+        "extra_modules"))
 def intervention(model: nn.Module, layer: str, strategy: Callable[..., torch.Tensor],
-                 policy: Callable[..., torch.Tensor], concepts: Concepts = None,
+                 policy: Callable[..., torch.Tensor], *, concepts: Concepts = None,
                  quantile: float = 1.0, build_context: BuildContext | None = None,
-                 extra_modules: Mapping[str, nn.Module] | None = None, *, k: int | None = None,
+                 extra_modules: Mapping[str, nn.Module] | None = None, k: int | None = None,
                  fraction: float | None = None) -> Iterator[nn.Module]:
     """Intervene on ``model``'s concept layer ``layer`` for the duration of a ``with`` block.
+
+    Positional: model, layer, strategy, policy; the options are keyword-only (passing
+    ``concepts``, ``quantile``, ``build_context``, ``extra_modules`` positionally, the earlier
+    form, still works with a ``FutureWarning``).
 
     Every forward pass inside the block replaces the layer's output as an
     :class:`InterventionModule` with the same arguments would (``build_context`` receives that

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import Interval, Options, Seed, check_finite, validate_params
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.hooks.outputs import select_logits
@@ -167,23 +168,27 @@ def _float(t: torch.Tensor) -> torch.dtype:
 BuildContext = Callable[..., dict]
 
 
-def task_gradients(head: str | Callable[..., Any] = "task_head", *,
+@aliased(deprecated={"head": "task_head"})
+def task_gradients(task_head: str | Callable[..., Any] = "task_head", *,
                    target: str | int = "predicted", output: str | int | None = "logits"
                    ) -> BuildContext:
     """A ``build_context`` for :class:`GradientPolicy`: the gradient of the task output with
     respect to the concept layer's output, per sample.
 
     Args:
-        head: how to get task logits from the concept layer's output ``pred``: the name of a
-            module registered on the :class:`~latentsurgeon.cbm.InterventionModule` (its
-            ``extra_modules``; called as ``module.<head>(pred)``, as in pytorch_concepts'
-            example), or a callable: ``head(pred)`` if it takes one argument, else
-            ``head(pred, *layer_inputs, **layer_kwargs)`` (e.g. a CEM's ``predict_task``, which
-            also needs what the concept layer received).
+        task_head: how to get task logits from the concept layer's output ``pred``: the name
+            of a module registered on the :class:`~latentsurgeon.cbm.InterventionModule` (its
+            ``extra_modules``; called as ``module.<task_head>(pred)``, as in pytorch_concepts'
+            example), or a callable: ``task_head(pred)`` if it takes one argument, else
+            ``task_head(pred, *layer_inputs, **layer_kwargs)`` (e.g. a CEM's ``predict_task``,
+            which also needs what the concept layer received). ``head=`` is its deprecated
+            spelling (``head`` means where the logits are, everywhere else).
         target: the output differentiated. ``"predicted"``: the log-probability of each sample's
             predicted class (``log_softmax``; a single-logit head is differentiated as it is); an
             int: the log-probability of that class.
-        output: where the logits are if the head returns a tuple or dict (``select_logits``).
+        output: where the logits are if the task head returns a tuple or dict
+            (``select_logits``; the concept other calls spell ``head``, which names the task head
+            here until its deprecated alias is removed).
 
     Returns:
         ``build_context(module, predictions, *args, **kwargs) -> {"concept_grads": (N, K)}``.
@@ -197,25 +202,26 @@ def task_gradients(head: str | Callable[..., Any] = "task_head", *,
     validate_params({"target": target}, {"target": [Options(["predicted"]),
                                                    Interval(int, 0, None)]},
                     owner="task_gradients()")
-    if not (isinstance(head, str) or callable(head)):
+    if not (isinstance(task_head, str) or callable(task_head)):
         raise InvalidParameterError(
-            f"task_gradients(): head must be a module name or a callable; got {head!r}.")
-    pass_inputs = not isinstance(head, str) and _takes_more_than_one(head)
+            "task_gradients(): task_head must be a module name or a callable; got "
+            f"{task_head!r}.")
+    pass_inputs = not isinstance(task_head, str) and _takes_more_than_one(task_head)
 
     def build_context(module: nn.Module, predictions: torch.Tensor, *args: Any,
                       **kwargs: Any) -> dict:
         with torch.enable_grad():
             pred = predictions.detach().requires_grad_(True)
-            if isinstance(head, str):
-                if not hasattr(module, head):
+            if isinstance(task_head, str):
+                if not hasattr(module, task_head):
                     raise InvalidParameterError(
-                        f"task_gradients(): the intervention has no module {head!r}; register "
-                        f"it with extra_modules={{{head!r}: task_head}}.")
-                out = getattr(module, head)(pred)
+                        f"task_gradients(): the intervention has no module {task_head!r}; "
+                        f"register it with extra_modules={{{task_head!r}: task_head}}.")
+                out = getattr(module, task_head)(pred)
             elif pass_inputs:
-                out = head(pred, *args, **kwargs)
+                out = task_head(pred, *args, **kwargs)
             else:
-                out = head(pred)
+                out = task_head(pred)
             logits = select_logits(out, output)
             if logits.dim() == 1 or logits.shape[1] == 1:
                 objective = logits.reshape(len(logits), -1)[:, 0]

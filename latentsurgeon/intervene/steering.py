@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from latentsurgeon._aliases import moved
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Callable, Options, check_finite
 from latentsurgeon.activations.batching import batch_inputs, batch_size_of, iter_batches
@@ -322,8 +323,12 @@ class SteeringVector(Estimator):
         return obj
 
     # -- use -------------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, alpha: float | None = None) -> HookGroup:
+    @moved(("model", "alpha"))
+    def attach(self, model: nn.Module, *, alpha: float | None = None) -> HookGroup:
         """Steer ``model`` until the returned handle's ``remove()`` (idempotent) is called.
+
+        ``attach(model)`` is every attachable's form; a positional ``alpha`` (the earlier form)
+        still works, with a ``FutureWarning``.
 
         Args:
             model: the network; the layers of ``vectors_`` must exist in it.
@@ -370,10 +375,11 @@ class SteeringVector(Estimator):
         return group
 
     @contextmanager
-    def applied(self, model: nn.Module, alpha: float | None = None) -> Iterator[nn.Module]:
+    @moved(("model", "alpha"))
+    def applied(self, model: nn.Module, *, alpha: float | None = None) -> Iterator[nn.Module]:
         """Steer ``model`` inside a ``with`` block (which yields the model, as every
         ``applied`` does); the hooks are removed on exit, also on error."""
-        group = self.attach(model, alpha)
+        group = self.attach(model, alpha=alpha)
         try:
             yield model
         finally:

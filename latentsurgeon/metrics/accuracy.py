@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon._aliases import aliased
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
@@ -23,20 +24,22 @@ __all__ = ["accuracy", "class_accuracies", "gap_closed", "predict", "shortcut_ga
            "worst_class_accuracy"]
 
 
-def predict(model: nn.Module, inputs: Any, *, batch_size: int = 256,
+@aliased(deprecated={"inputs": "data"})
+def predict(model: nn.Module, data: Any, *, batch_size: int = 256,
             device: str | torch.device | None = None, head: str | int | None = "logits"
             ) -> torch.Tensor:
     """Argmax class of every input: ``(N, ...) -> (N,)`` int64 on CPU.
 
-    ``inputs``: a tensor, or any data :func:`~latentsurgeon.activations.batching.iter_batches`
-    reads (the model input is a batch's first element). The model runs in eval mode without
-    gradients on its own device; its mode, hooks and flags are restored.
+    ``data``: a tensor, or any data :func:`~latentsurgeon.activations.batching.iter_batches`
+    reads (the model input is a batch's first element; ``inputs=`` is the deprecated
+    spelling). The model runs in eval mode without gradients on its own device; its mode, hooks
+    and flags are restored.
     """
     access = ModelAccess(model, head=head, device=device)
     preds = []
     with preserve_model_state(model), torch.no_grad():
         model.eval()
-        for batch in iter_batches(getattr(inputs, "images", inputs), batch_size):
+        for batch in iter_batches(getattr(data, "images", data), batch_size):
             logits = access.logits(batch_inputs(batch))
             check_finite(logits, "the model's outputs")
             preds.append(logits.argmax(dim=1).cpu())

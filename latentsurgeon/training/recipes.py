@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentsurgeon._aliases import moved
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.metrics.accuracy import accuracy
@@ -127,7 +128,8 @@ def train_autoencoder(
                  checkpoint_dir=checkpoint_dir, optimizer=optimizer, desc="train_autoencoder")
 
 
-def evaluate_accuracy(model: nn.Module, data: TrainingData, batch_size: int = 256,
+@moved(("model", "data", "batch_size", "device", "head"))
+def evaluate_accuracy(model: nn.Module, data: TrainingData, *, batch_size: int = 256,
                       device: str | torch.device | None = None,
                       head: str | int | None = "logits") -> float:
     """Fraction of samples whose argmax logit equals the label: the same function as

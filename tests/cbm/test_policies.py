@@ -111,3 +111,13 @@ def test_gradient_policy_with_task_gradients_picks_the_most_influential_concept(
         task_gradients("missing")(module, torch.zeros(1, 3))
     with pytest.raises(InvalidParameterError, match="target"):
         task_gradients(target="max")
+
+
+def test_task_gradients_head_spelling_is_a_deprecated_alias_of_task_head():
+    module = nn.Module()
+    module.task_head = _linear_head([[0.0, 0.0, 0.0], [0.5, -4.0, 1.0]])
+    pred = torch.zeros(4, 3)
+    new = task_gradients(task_head="task_head")(module, pred)
+    with pytest.warns(FutureWarning, match="head= is deprecated; use task_head="):
+        old = task_gradients(head="task_head")(module, pred)
+    assert torch.equal(old["concept_grads"], new["concept_grads"])

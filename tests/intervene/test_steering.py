@@ -25,7 +25,7 @@ def run(model: nn.Module, *args, **kwargs) -> torch.Tensor:
 
 def steered_capture(model, sv, layer, x, alpha=None):
     """The layer's output as the rest of the network sees it while ``sv`` is applied."""
-    with torch.no_grad(), sv.applied(model, alpha), capture(model, layer) as cap:
+    with torch.no_grad(), sv.applied(model, alpha=alpha), capture(model, layer) as cap:
         out = model(x)
     return cap[layer], out
 
@@ -322,3 +322,21 @@ def test_sklearn_contract():
     assert sv.set_params(alpha=3.0).alpha == 3.0
     with pytest.raises(InvalidParameterError, match="token"):
         SteeringVector("features.3", token="first").fit(None, None, None)
+
+
+def test_a_positional_alpha_still_steers_with_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.randn(6, 4)
+    sv = SteeringVector(layers="0").fit(model, x + 1.0, x)
+    with torch.no_grad(), sv.applied(model, alpha=2.0):
+        new = model(x)
+    with pytest.warns(FutureWarning, match=r"positional arguments in the order \(model, alpha\)"):
+        with torch.no_grad(), sv.applied(model, 2.0):
+            old = model(x)
+    assert torch.equal(new, old)
+    with pytest.warns(FutureWarning):
+        handle = sv.attach(model, 2.0)
+    with torch.no_grad():
+        assert torch.equal(model(x), new)
+    handle.remove()
