@@ -217,7 +217,9 @@ class LeaceEraser(Estimator):
                 concept matrix, or, with ``pooling="channel"``, ``(N, *positions)`` labels per
                 position.
             sample_mask: ``(N,)`` bool, fit only on these samples.
-            layer: the store layer to read when ``activations`` is a store.
+            layer: the layer the activations come from: the store layer to read when
+            ``activations`` is a store (default its only layer), and the layer
+            :meth:`attach` erases by default (recorded as ``layer_``).
 
         Returns:
             self
@@ -260,6 +262,8 @@ class LeaceEraser(Estimator):
         self.n_features_ = d
         self.classes_ = classes
         self.n_samples_ = rows_seen
+        self.layer_ = layer if layer is not None else (
+            activations.layers[0] if isinstance(activations, ActivationStore) else None)
         self._cache: dict[tuple, _PackageEraser] = {}
         logger.debug("LEACE (%s) fitted on %d rows of dimension %d, rank %d", self.method,
                      rows_seen, d, self.proj_left_.shape[1])
@@ -360,19 +364,30 @@ class LeaceEraser(Estimator):
         self._check_fitted()
         return self.proj_left_ @ self.proj_right_
 
-    def attach(self, model: nn.Module, layer: LayerSelector) -> HookGroup:
+    def attach(self, model: nn.Module, layer: LayerSelector | None = None) -> HookGroup:
         """Erase ``layer``'s output on every forward pass until the returned handle's
         ``remove()`` (idempotent) is called.
 
         Args:
             model: the network.
             layer: one layer (name, pattern, class or module) whose output has the shape the
-                eraser was fitted on. Tuple/dict outputs get their primary tensor erased.
+                eraser was fitted on; None (default) = the layer given to :meth:`fit`
+                (``layer_``), so ``attach(model)`` works as for every other attachable.
+                Tuple/dict outputs get their primary tensor erased.
 
         Returns:
             A :class:`HookGroup`; also a context manager.
+
+        Raises:
+            InvalidParameterError: no ``layer`` given and none recorded at fit.
         """
         self._check_fitted()
+        if layer is None:
+            layer = self.__dict__.get("layer_")
+            if layer is None:
+                raise InvalidParameterError(
+                    "LeaceEraser.attach: layer is needed: the eraser was fitted on activations "
+                    "without a layer name; pass attach(model, layer) or fit(..., layer=name).")
         found = resolve_layers(model, layer)
         if len(found) != 1:
             raise LatentSurgeonError(
@@ -384,7 +399,8 @@ class LeaceEraser(Estimator):
         return HookGroup().forward(model, list(found), erase)
 
     @contextmanager
-    def applied(self, model: nn.Module, layer: LayerSelector) -> Iterator[nn.Module]:
+    def applied(self, model: nn.Module, layer: LayerSelector | None = None
+                ) -> Iterator[nn.Module]:
         """``with eraser.applied(model, "features") as erased: erased(x)`` runs the model with
         the concept erased at ``layer``; yields the model (as every ``applied`` does; use
         :meth:`attach` for the hook handle). The hook is removed on exit, also after an

@@ -220,6 +220,26 @@ class TestHooks:
             eraser.attach(model, nn.Conv2d)
 
 
+    def test_attach_defaults_to_the_layer_given_to_fit(self):
+        model = small_cnn()
+        images = torch.rand(40, 1, 6, 6)
+        y = (torch.arange(40) % 2).long()
+        with capture(model, "2") as cap, torch.no_grad():
+            model(images)
+        eraser = LeaceEraser().fit(cap["2"], y, layer="2")
+        assert eraser.layer_ == "2"
+        with torch.no_grad(), eraser.applied(model, "2"):
+            named = model(images)
+        with torch.no_grad(), eraser.applied(model):
+            default = model(images)
+        assert torch.equal(named, default)
+        unnamed = LeaceEraser().fit(cap["2"], y)
+        assert unnamed.layer_ is None
+        with pytest.raises(InvalidParameterError, match=r"layer is needed.*fit\(\.\.\., layer="):
+            unnamed.attach(model)
+        assert hook_count(model) == 0
+
+
 class TestStoreAndPersistence:
     def test_fit_from_store_streams_in_batches(self, tmp_path):
         model = small_cnn()

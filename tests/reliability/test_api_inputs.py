@@ -335,6 +335,9 @@ def cases(store) -> list[Case]:
         Case("LEACE with an unknown pooling", lambda: LeaceEraser(pooling="median").fit(
             torch.rand(10, 4), torch.arange(10) % 2), InvalidParameterError,
              ["pooling", "channel", "median"]),
+        Case("LEACE attached without a layer it knows", lambda: LeaceEraser().fit(
+            torch.rand(10, 4), torch.arange(10) % 2).attach(m), InvalidParameterError,
+             ["layer is needed", "fit(..., layer="], mm),
         Case("probes with a target missing", lambda: probe_layers(
             m, "features", X, torch.arange(7) % 2, progress=False), ShapeMismatchError,
              ["labels", "7 entries", "8 samples"], mm),
