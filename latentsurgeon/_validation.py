@@ -182,10 +182,11 @@ def check_seed(seed: Any, what: str = "seed") -> None:
 
 def draw_seed(seed: int | torch.Generator | None) -> int | None:
     """The int a seed stands for: None stays None (fresh randomness), an int is itself, a
-    ``torch.Generator`` gives one draw in ``[0, 2**63)`` (its state advances; the same state gives
-    the same int). Where a seed feeds several draws, each takes its own int from the generator."""
+    ``torch.Generator`` gives one draw in ``[0, 2**32)`` (its state advances; the same state gives
+    the same int; 32 bits, so NumPy and scikit-learn take it too). Where a seed feeds several
+    draws, each takes its own int from the generator."""
     if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**63 - 1, (1,), generator=seed, device=seed.device))
+        return int(torch.randint(0, 2**32, (1,), generator=seed, device=seed.device))
     return None if seed is None else int(seed)
 
 
