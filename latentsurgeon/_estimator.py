@@ -415,7 +415,8 @@ class Estimator:
                 f"{path} holds a {stored.__name__}, not a {cls.__name__}; "
                 f"use {stored.__name__}.load().")
         arguments = {k: params.pop(k) for k in list(params) if k in stored._load_arguments}
-        return stored._from_payload(payload, params, arguments, where=str(path))  # type: ignore[return-value]
+        loaded = stored._from_payload(payload, params, arguments, where=str(path))
+        return loaded  # type: ignore[return-value]
 
     @staticmethod
     def _from_payload(payload: dict[str, Any], overrides: dict[str, Any],

@@ -274,7 +274,8 @@ class ConceptBottleneckModel(_ConceptModelBase):
     def __init__(self, n_features: int, n_concepts: int, n_classes: int, *, head: str = "linear",
                  scheme: str = "joint", hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
-                 batch_size: int = 128, weight_decay: float = 0.0, seed: int | torch.Generator | None = 0,
+                 batch_size: int = 128, weight_decay: float = 0.0,
+                 seed: int | torch.Generator | None = 0,
                  progress: bool = False) -> None:
         super().__init__()
         self.n_features = n_features
@@ -402,7 +403,8 @@ class ConceptEmbeddingModel(_ConceptModelBase):
                  embedding_size: int = 16, rand_int: float = 0.25,
                  hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
-                 batch_size: int = 128, weight_decay: float = 0.0, seed: int | torch.Generator | None = 0,
+                 batch_size: int = 128, weight_decay: float = 0.0,
+                 seed: int | torch.Generator | None = 0,
                  progress: bool = False) -> None:
         super().__init__()
         self.n_features = n_features
