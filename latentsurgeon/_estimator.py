@@ -43,7 +43,8 @@ import importlib
 import inspect
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path, PurePath
 from typing import Any, ClassVar, TypeVar
@@ -194,6 +195,19 @@ def _stored_class(key: str, where: str) -> type[Estimator]:
             "(load() imports only latentsurgeon's own modules; import the module that defines "
             "the class first).")
     return _CLASSES[key]
+
+
+@contextmanager
+def _damaged(where: str) -> Iterator[None]:
+    """Turn what a damaged (or another version's) file makes decoding raise into one error."""
+    try:
+        yield
+    except LatentSurgeonError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise LatentSurgeonError(
+            f"{where} is damaged or does not fit this version of its class: "
+            f"{type(exc).__name__}: {exc}") from exc
 
 
 def _join(prefix: str, name: str) -> str:
@@ -441,11 +455,12 @@ class Estimator:
         stored = payload["params"]
         kwargs: dict[str, Any] = {}
         late: dict[str, Any] = {}
-        for name, value in stored.items():
-            if name in top:
-                continue
-            is_nested = isinstance(value, dict) and value.get(_MARK) == "estimator"
-            kwargs[name] = _Codec.decode(value, nested.pop(name, {}) if is_nested else None)
+        with _damaged(where):
+            for name, value in stored.items():
+                if name in top:
+                    continue
+                is_nested = isinstance(value, dict) and value.get(_MARK) == "estimator"
+                kwargs[name] = _Codec.decode(value, nested.pop(name, {}) if is_nested else None)
         for name, sub_params in nested.items():
             late.update({f"{name}__{k}": v for k, v in sub_params.items()})
         kwargs.update(top)
@@ -459,17 +474,8 @@ class Estimator:
                     f"{klass.__name__}.load: {', '.join(required)} was excluded when {where} "
                     f"was saved and has no default; pass load(path, "
                     f"{', '.join(f'{n}=...' for n in required)}).")
-            warnings.warn(
-                f"{klass.__name__}.load: {', '.join(missing)} was excluded when {where} was "
-                "saved and not given to load(); the constructor default is used (pass "
-                f"load(path, {', '.join(f'{n}=...' for n in missing)}) to give it back).",
-                UserWarning, stacklevel=3)
-        try:
+        with _damaged(where):
             obj = klass(**kwargs)
-        except TypeError as exc:
-            raise LatentSurgeonError(
-                f"{where} does not fit {klass.__name__} (saved by another version?): {exc}"
-            ) from exc
         for key in late:
             name = key.partition("__")[0]
             if not isinstance(getattr(obj, name), Estimator):
@@ -478,9 +484,16 @@ class Estimator:
                     f"not an estimator (it is {_kind(getattr(obj, name))}).")
         if late:
             obj.set_params(**late)
-        for key, value in payload["learned"].items():
-            setattr(obj, key, _Codec.decode(value))
-        obj._restore_extra_state(_Codec.decode(payload["extra"]), **arguments)
+        with _damaged(where):
+            for key, value in payload["learned"].items():
+                setattr(obj, key, _Codec.decode(value))
+            obj._restore_extra_state(_Codec.decode(payload["extra"]), **arguments)
+        if missing:  # warned once the load has succeeded
+            warnings.warn(
+                f"{klass.__name__}.load: {', '.join(missing)} was excluded when {where} was "
+                "saved and not given to load(); the constructor default is used (pass "
+                f"load(path, {', '.join(f'{n}=...' for n in missing)}) to give it back).",
+                UserWarning, stacklevel=3)
         return obj
 
     def __repr__(self) -> str:

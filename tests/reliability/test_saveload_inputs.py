@@ -106,6 +106,10 @@ def _damaged(saved, how):
             payload["format"] = "latentsurgeon-estimator/0"
         elif how == "bad learned":
             payload["learned"] = [1, 2]
+        elif how == "unknown parameter":
+            payload["params"]["bogus"] = 1
+        elif how == "bad marker":
+            payload["params"]["lr"] = {"__latentsurgeon__": "device"}
         torch.save(payload, bad)
     return bad
 
@@ -124,6 +128,13 @@ def _load_cases(saved):
              LatentSurgeonError, ["not a saved latentsurgeon estimator"]),
         Case("load of damaged learned state", lambda: Estimator.load(
             _damaged(saved, "bad learned")), LatentSurgeonError, ["damaged", "'learned'"]),
+        Case("load of parameters the class does not have", lambda: Estimator.load(
+            _damaged(saved, "unknown parameter")), LatentSurgeonError,
+             ["bad.pt", "damaged", "bogus"]),
+        Case("load of a damaged encoded value", lambda: Estimator.load(
+            _damaged(saved, "bad marker")), LatentSurgeonError, ["bad.pt", "damaged"]),
+        Case("load of a concept model with damaged weights", lambda: Estimator.load(
+            _cbm_with_bad_weights(saved)), LatentSurgeonError, ["cbm.pt", "damaged", "size"]),
         Case("load of a missing file", lambda: Estimator.load(saved.with_name("none.pt")),
              LatentSurgeonError, ["cannot load", "none.pt"]),
         Case("load with an unknown parameter", lambda: ExplanationRegularization.load(
@@ -140,6 +151,16 @@ def _load_cases(saved):
     ]
 
 
+def _cbm_with_bad_weights(saved):
+    path = saved.with_name("cbm.pt")
+    ConceptBottleneckModel(3, 2, 2, epochs=1, hidden=(4,)).fit(
+        torch.randn(8, 3), torch.arange(8) % 2, torch.ones(8, 2)).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["extra"]["state_dict"]["concepts.weight"] = torch.zeros(5, 5)
+    torch.save(payload, path)
+    return path
+
+
 def _tracin(saved):
     path = saved.with_name("tracin.pt")
     torch.manual_seed(0)
@@ -148,7 +169,7 @@ def _tracin(saved):
     return path
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(13))
 def test_bad_loads_are_refused_clearly(saved, index):
     cases = _load_cases(saved)
     before = _digest(saved)
@@ -157,7 +178,7 @@ def test_bad_loads_are_refused_clearly(saved, index):
 
 
 def test_the_load_corpus_is_complete(saved):
-    assert len(_load_cases(saved)) == 10
+    assert len(_load_cases(saved)) == 13
 
 
 @pytest.mark.parametrize("seed", [-1, 2.5, "7", True, [0]])
