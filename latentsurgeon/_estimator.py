@@ -81,24 +81,30 @@ class _Codec:
     def encode(self, value: Any, where: str, exclude: Iterable[str] = ()) -> Any:
         """``value`` as stored; ``where`` names it in messages (``"cav"``, ``"cav__C"``);
         ``exclude``: the parameters of a nested estimator ``value`` to leave out."""
-        if value is None or isinstance(value, (str, bool, int, float, complex)):
+        # exact types only: a subclass (an enum that is also a str, numpy's float64) would be
+        # pickled as its class, which torch.load(weights_only=True) refuses
+        if value is None or type(value) in (str, bool, int, float, complex):
             return value
         if isinstance(value, Estimator):
             payload = value._payload(self, exclude, prefix=where, require_fitted=False)
             return {_MARK: "estimator", "payload": payload}
+        if isinstance(value, Enum):
+            return self.encode(value.value, where)  # the constructor takes the value
         if isinstance(value, torch.Tensor):
-            return value.detach()
+            return value.detach().as_subclass(torch.Tensor)
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 self.code.append((where, "an object array"))
                 return None
             return {_MARK: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(value).copy())}
         if isinstance(value, np.generic):
-            return value.item()
+            return self.encode(value.item(), where)
+        if isinstance(value, str):
+            return str.__str__(value)  # a str subclass as a plain str
+        if isinstance(value, numbers.Integral):
+            return int(value)
         if isinstance(value, numbers.Real):  # other real numbers (fractions): as floats
             return float(value)
-        if isinstance(value, Enum):
-            return self.encode(value.value, where)  # the constructor takes the value
         if isinstance(value, torch.device):
             return {_MARK: "device", "value": str(value)}
         if isinstance(value, PurePath):

@@ -161,3 +161,21 @@ def test_modules_and_classes_are_code(tmp_path):
         warnings.simplefilter("error")
         Toy(weights=[1.0], fn=None).fit().save(tmp_path / "toy.pt")
         Toy.load(tmp_path / "toy.pt")  # nothing excluded: no warning
+
+
+class Level(str, enum.Enum):
+    LOW = "low"
+
+
+class Count(int):
+    pass
+
+
+def test_subclasses_of_plain_types_are_stored_as_the_plain_type(tmp_path):
+    toy = Toy(weights=[np.float64(1.5), Count(2)], colour=Level.LOW,
+              table={"n": np.int64(3), "p": torch.nn.Parameter(torch.ones(2))}).fit()
+    toy.save(tmp_path / "toy.pt")
+    loaded = Toy.load(tmp_path / "toy.pt")  # weights_only=True reads every value back
+    assert loaded.colour == "low" and type(loaded.colour) is str
+    assert loaded.weights == [1.5, 2] and [type(w) for w in loaded.weights] == [float, int]
+    assert type(loaded.table["n"]) is int and type(loaded.table["p"]) is torch.Tensor
