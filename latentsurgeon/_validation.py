@@ -23,7 +23,7 @@ import torch
 
 from latentsurgeon.errors import InvalidParameterError, NonFiniteError
 
-__all__ = ["Callable", "Interval", "Options", "Seed", "check_finite", "check_seed",
+__all__ = ["Callable", "Interval", "Options", "Seed", "check_finite", "check_seed", "draw_seed",
            "describe", "validate_params"]
 
 
@@ -178,6 +178,16 @@ def check_seed(seed: Any, what: str = "seed") -> None:
     """Raise unless ``seed`` is None, an int >= 0 or a ``torch.Generator``."""
     if not Seed().accepts(seed):
         raise InvalidParameterError(f"{what} must be {Seed()}; got {describe(seed)}.")
+
+
+def draw_seed(seed: int | torch.Generator | None) -> int | None:
+    """The int a seed stands for: None stays None (fresh randomness), an int is itself, a
+    ``torch.Generator`` gives one draw in ``[0, 2**32)`` (its state advances; the same state gives
+    the same int; 32 bits, so NumPy and scikit-learn take it too). Where a seed feeds several
+    draws, each takes its own int from the generator."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**32, (1,), generator=seed, device=seed.device))
+    return None if seed is None else int(seed)
 
 
 def check_finite(value: Any, what: str) -> Any:

@@ -22,22 +22,18 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from latentsurgeon._estimator import Estimator
-from latentsurgeon._io import torch_save_atomic
-from latentsurgeon._validation import Interval, Options, check_finite
+from latentsurgeon._validation import Interval, Options, Seed, check_finite, draw_seed
 from latentsurgeon.activations.batching import model_device, to_tensor
 from latentsurgeon.cbm.policies import task_gradients
 from latentsurgeon.errors import (
     InvalidParameterError,
-    LatentSurgeonError,
-    NotFittedError,
     ShapeMismatchError,
 )
 from latentsurgeon.training import TrainingHistory, train
@@ -45,8 +41,6 @@ from latentsurgeon.training import TrainingHistory, train
 __all__ = ["BlackBoxModel", "ConceptBottleneckModel", "ConceptEmbeddingModel", "ConceptOutput"]
 
 logger = logging.getLogger(__name__)
-M = TypeVar("M", bound="_ConceptModelBase")
-_FORMAT = "latentsurgeon-concept-model/1"
 
 
 class ConceptOutput(NamedTuple):
@@ -100,13 +94,17 @@ _TRAINING_CONSTRAINTS = {
     "lr": Interval(float, 0, None, closed="neither"),
     "batch_size": Interval(int, 1, None),
     "weight_decay": Interval(float, 0, None),
-    "seed": [None, Interval(int, 0, None)],
+    "seed": Seed(),
     "progress": bool,
 }
 
 
 class _ConceptModelBase(nn.Module, Estimator, ABC):
-    """Shared machinery: seeded initialisation, data checks, save/load, the fitted state."""
+    """Shared machinery: seeded initialisation, data checks, the fitted state (saved and loaded
+    as every estimator's, the weights as extra state: a loaded model is in eval mode)."""
+
+    #: ``_ConceptModelBase.load(path)`` loads any of the concept models
+    _loads_subclasses = True
 
     _parameter_constraints: dict[str, Any] = {
         "n_features": Interval(int, 1, None),
@@ -130,12 +128,14 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
 
     def _init_layers(self) -> None:
         """Build the layers and give them the initialisation ``fit`` starts from: a function of
-        ``seed`` (torch's global RNG is left as it was), or fresh with ``seed=None``."""
+        ``seed`` (torch's global RNG is left as it was), or fresh with ``seed=None``. A
+        ``torch.Generator`` seed is read, not advanced, here (the constructor changes no state
+        of the caller's); each ``fit`` draws its initialisation from it."""
         self._validate_params()
         with torch.random.fork_rng(devices=[]):
             self._build()  # these draws are discarded: _reinitialise sets every weight
         self._built_for = self._architecture()
-        self._reinitialise()
+        self._reinitialise(advance=False)
 
     def _start(self) -> None:
         """What ``fit`` starts from: the seeded initialisation, of rebuilt layers (on the
@@ -143,19 +143,27 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
         if self._architecture() != self._built_for:
             device = model_device(self)
             self._init_layers()
+            if isinstance(self.seed, torch.Generator):  # fit draws from it (see _init_layers)
+                self._reinitialise()
             self.to(device)
         else:
             self._reinitialise()
 
-    def _reinitialise(self) -> None:
-        """Reset every layer to the seeded initialisation (fresh draws with ``seed=None``)."""
+    def _reinitialise(self, advance: bool = True) -> None:
+        """Reset every layer to the seeded initialisation (fresh draws with ``seed=None``; with
+        a ``torch.Generator``, from an int drawn from it, or from a copy of it when not
+        ``advance``)."""
         layers = [m for m in self.modules() if m is not self and hasattr(m, "reset_parameters")]
-        if self.seed is None:
+        seed = self.seed
+        if isinstance(seed, torch.Generator) and not advance:
+            seed = torch.Generator(device=seed.device).set_state(seed.get_state())
+        seed = draw_seed(seed)
+        if seed is None:
             for layer in layers:
                 layer.reset_parameters()
             return
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))
+            torch.manual_seed(seed)
             for layer in layers:
                 layer.reset_parameters()
 
@@ -209,39 +217,13 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
         return {k: v for k, v in vars(self).items()
                 if k.endswith("_") and not k.startswith("_")}
 
-    def save(self, path: str | Path) -> None:
-        """Save the parameters, the weights and the training history (atomically)."""
-        if not self.is_fitted():
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() first.")
-        payload = {
-            "format": _FORMAT,
-            "class": type(self).__name__,
-            "params": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in self.get_params(deep=False).items()},
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "history": {k: v for k, v in self.history_.items()},
-        }
-        torch_save_atomic(payload, path)
+    def _extra_state(self) -> dict[str, Any]:
+        """The weights (CPU copies), stored beside the parameters and ``history_``."""
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
 
-    @classmethod
-    def load(cls: type[M], path: str | Path) -> M:
-        """Load a model saved by :meth:`save` (the class must match)."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a damaged file
-            raise LatentSurgeonError(f"Cannot load {path}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise LatentSurgeonError(f"{path} is not a saved latentsurgeon concept model.")
-        if payload["class"] != cls.__name__:
-            raise LatentSurgeonError(
-                f"{path} holds a {payload['class']}, not a {cls.__name__}; "
-                f"use {payload['class']}.load().")
-        params = {k: (tuple(v) if k == "hidden" else v) for k, v in payload["params"].items()}
-        model = cls(**params)
-        model.load_state_dict(payload["state_dict"])
-        model.history_ = payload["history"]
-        model.eval()
-        return model
+    def _restore_extra_state(self, state: dict[str, Any], **arguments: Any) -> None:
+        self.load_state_dict(state["state_dict"])
+        self.eval()
 
     __repr__ = nn.Module.__repr__
 
@@ -277,7 +259,8 @@ class ConceptBottleneckModel(_ConceptModelBase):
         epochs, lr, batch_size, weight_decay: Adam's training (each of the two stages of the
             sequential and independent schemes runs ``epochs``).
         seed: the initial weights, the batch order and any dropout are a function of it
-            (None: fresh randomness).
+            (None: fresh randomness; a ``torch.Generator``: each ``fit`` draws from it, so the
+            same generator state gives the same model).
         progress: tqdm bars while training.
     """
 
@@ -291,7 +274,8 @@ class ConceptBottleneckModel(_ConceptModelBase):
     def __init__(self, n_features: int, n_concepts: int, n_classes: int, *, head: str = "linear",
                  scheme: str = "joint", hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
-                 batch_size: int = 128, weight_decay: float = 0.0, seed: int | None = 0,
+                 batch_size: int = 128, weight_decay: float = 0.0,
+                 seed: int | torch.Generator | None = 0,
                  progress: bool = False) -> None:
         super().__init__()
         self.n_features = n_features
@@ -419,7 +403,8 @@ class ConceptEmbeddingModel(_ConceptModelBase):
                  embedding_size: int = 16, rand_int: float = 0.25,
                  hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
-                 batch_size: int = 128, weight_decay: float = 0.0, seed: int | None = 0,
+                 batch_size: int = 128, weight_decay: float = 0.0,
+                 seed: int | torch.Generator | None = 0,
                  progress: bool = False) -> None:
         super().__init__()
         self.n_features = n_features
@@ -517,7 +502,7 @@ class BlackBoxModel(_ConceptModelBase):
     def __init__(self, n_features: int, n_classes: int, *, head: str = "mlp",
                  hidden: Sequence[int] = (64, 64), head_hidden: int = 64, epochs: int = 60,
                  lr: float = 5e-3, batch_size: int = 128, weight_decay: float = 0.0,
-                 seed: int | None = 0, progress: bool = False) -> None:
+                 seed: int | torch.Generator | None = 0, progress: bool = False) -> None:
         super().__init__()
         self.n_features = n_features
         self.n_classes = n_classes

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from latentsurgeon.activations.fingerprint import model_fingerprint
@@ -32,18 +31,21 @@ def correction_path(weights: str | Path) -> Path:
 
 
 def load_correction(path: str | Path) -> Any:
-    """A correction saved with ``save()``, whichever registry class it is."""
-    from latentsurgeon.correct import REGISTRY
+    """A correction saved with ``save()``, whichever class it is (the one load,
+    :meth:`Estimator.load <latentsurgeon._estimator.Estimator.load>`); errors name
+    ``--correction``."""
+    from latentsurgeon._estimator import Estimator
+    from latentsurgeon.correct import Correction
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LatentSurgeonError(f"--correction: cannot read {path}: {exc}") from exc
-    classes = {entry.cls.__name__: entry.cls for entry in REGISTRY.values()}
-    name = payload.get("class") if isinstance(payload, dict) else None
-    if name not in classes:
-        raise LatentSurgeonError(f"--correction: {path} is not a saved latentsurgeon correction.")
-    return classes[name].load(path)
+        loaded = Estimator.load(path)
+    except LatentSurgeonError as exc:
+        raise LatentSurgeonError(f"--correction: {exc}") from exc
+    if not isinstance(loaded, Correction):
+        raise LatentSurgeonError(
+            f"--correction: {path} is not a saved latentsurgeon correction (it holds a "
+            f"{type(loaded).__name__}).")
+    return loaded
 
 
 def measure(models: dict[str, nn.Module], data: Any, *, batch_size: int) -> dict[str, dict]:

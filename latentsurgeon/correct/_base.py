@@ -5,12 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from enum import Enum
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +17,7 @@ from sklearn.base import clone
 from torch import nn
 
 from latentsurgeon._estimator import Estimator
-from latentsurgeon._validation import Callable, Interval, Options, check_finite
+from latentsurgeon._validation import Callable, Interval, Options, Seed, check_finite, draw_seed
 from latentsurgeon.activations import layer_outputs
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
@@ -129,7 +126,7 @@ class _Optimizer:
         return "'adam', 'adamw', 'sgd', a callable params -> Optimizer or an Optimizer"
 
 
-SEED = [None, Interval(int, 0, None)]
+SEED = Seed()
 TRAINABLE = _Trainable()
 TRAINING_CONSTRAINTS: dict[str, Any] = {
     "epochs": Interval(int, 0, None),
@@ -145,10 +142,13 @@ TRAINING_CONSTRAINTS: dict[str, Any] = {
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def random_stream(seed: int | None, stream: int) -> torch.Generator:
+def random_stream(seed: int | torch.Generator | None, stream: int) -> torch.Generator:
     """An independent generator per purpose (augmentation, random signs): reproducible for an
-    int ``seed``, fresh randomness for None."""
+    int ``seed`` (``SeedSequence([seed, stream])``), fresh randomness for None; a
+    ``torch.Generator`` gives the int that seeds the stream (so its state advances by one draw,
+    and the same generator state gives the same stream)."""
     generator = torch.Generator()
+    seed = draw_seed(seed)
     if seed is None:
         generator.seed()
         return generator
@@ -195,16 +195,6 @@ def layer_activations(model: nn.Module, layers: Sequence[str], inputs: torch.Ten
     return layer_outputs(model, list(layers), inputs, batch_size=batch_size, progress=progress)
 
 
-def _storable(value: Any) -> bool:
-    if value is None or isinstance(value, (str, bool, numbers.Number, torch.device, Enum)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_storable(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _storable(v) for k, v in value.items())
-    return False
-
-
 # -- the base classes --------------------------------------------------------------------------
 class Correction(Estimator):
     """Base of the corrections, one protocol for all of them.
@@ -231,6 +221,8 @@ class Correction(Estimator):
 
     #: True when ``fit`` changes the model's weights (the correction lives in them).
     modifies_weights: ClassVar[bool] = False
+    #: ``Correction.load(path)`` loads any saved correction
+    _loads_subclasses: ClassVar[bool] = True
 
     def _record_weights(self, model: nn.Module | None) -> None:
         self.fingerprint_ = None if model is None else model_fingerprint(model)
@@ -293,27 +285,6 @@ class Correction(Estimator):
         target = copy.deepcopy(model) if self.modifies_weights else model
         self.fit(target, data, **fit_params)
         return self.export(target)
-
-    def save(self, path: str | Path) -> None:
-        """Save parameters and learned state. Parameters that are objects rather than data (a
-        CAV, a criterion module, an optimizer callable) are saved as their constructor defaults;
-        the learned state (the direction vectors, the history) is saved in full."""
-        import inspect
-
-        defaults = {name: p.default for name, p in
-                    inspect.signature(type(self).__init__).parameters.items()}
-        replaced = {name: value for name, value in self.get_params(deep=False).items()
-                    if not _storable(value)}
-        if replaced:
-            logger.info("%s.save: %s saved as the defaults (objects, not data)",
-                        type(self).__name__, ", ".join(replaced))
-        try:
-            for name in replaced:
-                setattr(self, name, defaults[name])
-            super().save(path)
-        finally:
-            for name, value in replaced.items():
-                setattr(self, name, value)
 
 
 class ClarcCorrection(Correction):
@@ -496,7 +467,7 @@ class ClarcCorrection(Correction):
                 mask = self._sample_mask(flags.labels, flags.artifact)
                 recipe = clone(cav) if isinstance(cav, CAV) else CAV(
                     method=self.cav_method, pooling=self.pooling,
-                    seed=getattr(self, "seed", 0))
+                    seed=draw_seed(getattr(self, "seed", 0)))
                 cav = recipe.fit(acts[layer], flags.artifact, sample_mask=mask)
                 logger.info("%s: CAV at %s fitted on %d samples, held-out accuracy %.3f",
                             type(self).__name__, layer,

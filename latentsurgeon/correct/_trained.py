@@ -39,7 +39,7 @@ class TrainedClarc(ClarcCorrection):
     lr: float
     optimizer: OptimizerSpec
     trainable: Trainable
-    seed: int | None
+    seed: int | torch.Generator | None
     head: str | int | None
     criterion: Any
 

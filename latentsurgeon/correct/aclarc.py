@@ -52,7 +52,8 @@ class AClarc(TrainedClarc):
         augment_fraction: share of each batch that gets the artifact (exact count, random,
             seeded); 1.0 reproduces detoxai.
         seed: seeds batch order, augmentation and torch's RNG during ``fit``; None = fresh
-            randomness on every call.
+            randomness on every call; a ``torch.Generator`` gives each of these its int (the
+            same generator state, the same correction).
         batch_size: samples per step (also per forward pass when extracting activations).
         cav_method, pooling, cav_samples: how the CAV is fitted (see :class:`PClarc`).
         device: where to train; None = the model's device. The model is moved there for the
@@ -76,7 +77,8 @@ class AClarc(TrainedClarc):
     def __init__(self, layer: str | None = None, cav: Any = None, alpha: float = 1.0, *,
                  layers: LayerSelector | None = None, epochs: int = 5, lr: float = 1e-3,
                  optimizer: OptimizerSpec = "adam", trainable: Trainable = "above",
-                 augment_fraction: float = 0.5, seed: int | None = 0, batch_size: int = 64,
+                 augment_fraction: float = 0.5, seed: int | torch.Generator | None = 0,
+                 batch_size: int = 64,
                  cav_method: str = "mass_mean", pooling: str = "flatten",
                  cav_samples: str | int = "artifact_classes",
                  device: str | torch.device | None = None, progress: bool = True,

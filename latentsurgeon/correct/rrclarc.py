@@ -77,7 +77,8 @@ class RRClarc(TrainedClarc):
                  masking: RRMaskingPattern | str = RRMaskingPattern.MAX_LOGIT,
                  target: int | None = None, *, epochs: int = 5, lr: float = 1e-3,
                  optimizer: OptimizerSpec = "adam", trainable: Trainable = "above",
-                 seed: int | None = 0, batch_size: int = 64, cav_method: str = "mass_mean",
+                 seed: int | torch.Generator | None = 0, batch_size: int = 64,
+                 cav_method: str = "mass_mean",
                  pooling: str = "flatten", cav_samples: str | int = "artifact_classes",
                  device: str | torch.device | None = None, progress: bool = True,
                  head: str | int | None = "logits", criterion: Any = None) -> None:

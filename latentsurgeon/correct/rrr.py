@@ -92,7 +92,8 @@ class ExplanationRegularization(Correction):
              deprecated={"target": "masking"})
     def __init__(self, lambda_rrr: float = 1.0, lr: float = 1e-3, epochs: int = 15,
                  batch_size: int = 64, head: str | int | None = "logits",
-                 device: str | torch.device | None = None, seed: int | None = 0,
+                 device: str | torch.device | None = None,
+                 seed: int | torch.Generator | None = 0,
                  masking: str = "true_label", normalize: bool = False,
                  progress: bool = True, *, criterion: Any = None) -> None:
         self.lambda_rrr = lambda_rrr

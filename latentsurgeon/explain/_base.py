@@ -24,9 +24,10 @@ from torch import nn
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import count_samples
+from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.activations.sharding import batch_block, current_shard, shard_loader
 from latentsurgeon.activations.store import ActivationStore
-from latentsurgeon.errors import LatentSurgeonError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ModelMismatchError
 
 __all__ = ["Block", "ExampleExplainer", "gather", "local_block"]
 
@@ -113,12 +114,21 @@ class ExampleExplainer(Estimator, ABC):
     ``fit(train, model=None)`` prepares what the training side needs and returns self;
     ``explain(test)`` returns the ``(n_test, n_train)`` score matrix (row ``i``: how much each
     training example matters to test example ``i``); ``scores(train, test, model=None)`` is both.
+
+    Saving. The model is code and is not saved; ``fit`` records ``fingerprint_``, the
+    fingerprint of its weights (None when fitted without a model). ``load(path, model=model)``
+    re-attaches it (refusing other weights with a
+    :class:`~latentsurgeon.errors.ModelMismatchError`) and the loaded explainer gives the
+    scores the saved one gave; loaded without ``model=``, its learned attributes are there but
+    ``explain`` raises, saying how to load it. ``ExampleExplainer.load`` loads any of them.
     """
 
     #: ``"train"``: ranks split the training set; ``"test"``: they split the test set.
     _shard_over: ClassVar[str] = "train"
     #: the model given to ``fit`` (not learned state: it is not saved with the explainer)
     _model: nn.Module | None = None
+    _load_arguments: ClassVar[tuple[str, ...]] = ("model",)
+    _loads_subclasses: ClassVar[bool] = True
 
     # -- subclass hooks ------------------------------------------------------------------------
     @abstractmethod
@@ -128,6 +138,44 @@ class ExampleExplainer(Estimator, ABC):
     @abstractmethod
     def _explain(self, test: Any) -> torch.Tensor:
         """``(n_test, n_local_train)`` scores against the fitted training block."""
+
+    def _explainer_state(self) -> dict[str, Any]:
+        """What ``explain`` needs beyond the learned attributes and the model (tensors and
+        plain data); raise a :class:`LatentSurgeonError` when that cannot be saved."""
+        return {}
+
+    def _reattach(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Rebuild what ``explain`` needs from :meth:`_explainer_state`'s ``state`` and the
+        model (already checked to have the fitted weights)."""
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        if self._model is None and self.__dict__.get("fingerprint_") is not None:
+            return self.__dict__.get("_loaded_state", {})  # loaded without its model
+        return self._explainer_state()
+
+    def _restore_extra_state(self, state: dict[str, Any], **arguments: Any) -> None:
+        name = type(self).__name__
+        model = arguments.get("model")
+        expected = self.__dict__.get("fingerprint_")
+        if model is None:
+            self._loaded_state = state
+            return
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError(
+                f"{name}.load: model must be a torch.nn.Module; got {type(model).__name__}.")
+        if expected is None:
+            raise InvalidParameterError(
+                f"{name}.load: this {name} was fitted without a model (on representations); "
+                "load it without model=.")
+        found = model_fingerprint(model)
+        if found != expected:
+            raise ModelMismatchError(
+                f"{name}.load: model has other weights than the ones it was fitted on "
+                f"(expected fingerprint {expected[:16]}, got {found[:16]}); its scores explain "
+                "that model only. Pass the model it was fitted on, or fit it on this one.")
+        self._model = model
+        self._reattach(state, model)
 
     # -- the interface -------------------------------------------------------------------------
     def fit(self, train: Any, model: nn.Module | None = None) -> ExampleExplainer:
@@ -150,6 +198,7 @@ class ExampleExplainer(Estimator, ABC):
             local = Block(train, 0, n, n)
         self._model = model
         self._fit(train, local, model)
+        self.fingerprint_ = None if model is None else model_fingerprint(model)
         self.n_train_ = local.total
         self.train_block_ = (local.start, local.end)
         return self
@@ -157,6 +206,11 @@ class ExampleExplainer(Estimator, ABC):
     def explain(self, test: Any) -> torch.Tensor:
         """``(n_test, n_train)`` scores of every training example for every test example."""
         self._check_fitted()
+        if self._model is None and self.__dict__.get("fingerprint_") is not None:
+            name = type(self).__name__
+            raise LatentSurgeonError(
+                f"This {name} was loaded without the model it was fitted on, which it needs to "
+                f"explain; load it with {name}.load(path, model=model) (or fit it again).")
         rank, world = current_shard()
         if world == 1:
             scores = self._explain(test)

@@ -395,3 +395,21 @@ def inner(test: Any, train: Any) -> torch.Tensor:
     if isinstance(test, LinearFactors):
         return test.dot(train)
     return test @ train.T
+
+
+def gradients_to_data(gradients: Any) -> dict[str, Any]:
+    """A gradient block (flat ``(N, P)`` or :class:`LinearFactors`) as CPU tensors and plain
+    data, for saving an explainer; :func:`gradients_from_data` is the inverse."""
+    if isinstance(gradients, LinearFactors):
+        return {"kind": "factors", "inputs": [a.detach().cpu() for a in gradients.inputs],
+                "grads": [d.detach().cpu() for d in gradients.grads],
+                "bias": list(gradients.bias)}
+    return {"kind": "flat", "tensor": gradients.detach().cpu()}
+
+
+def gradients_from_data(data: dict[str, Any], device: torch.device) -> Any:
+    """The gradient block :func:`gradients_to_data` stored, on ``device``."""
+    if data["kind"] == "factors":
+        return LinearFactors([a.to(device) for a in data["inputs"]],
+                             [d.to(device) for d in data["grads"]], list(data["bias"]))
+    return data["tensor"].to(device)

@@ -198,16 +198,8 @@ class InfluenceFunctions(ExampleExplainer):
         if model is None:
             raise LatentSurgeonError(
                 "InfluenceFunctions.fit needs the model: fit(train, model=model).")
-        device = analysis_device(model, self.device)
-        layer = None if self.layer is None else resolve_layer(model, self.layer)
-        names = parameter_names(model, self.params)
-        self._device = device
-        self._state = current_state(model)
-        self._train_spec = GradientSpec(ModelAccess(model, head=self.head, loss=self.loss), names,
-                                        layer=layer)
-        test_loss = self.loss if self.test_loss is None else self.test_loss
-        self._test_spec = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
-                                       layer=layer)
+        self._set_model(model)
+        names = self._train_spec.names
         self._train_block = local
         self.n_params_ = sum(self._state[n].numel() for n in names)
         exact = self.solver == "exact" or (self.solver == "auto"
@@ -227,6 +219,20 @@ class InfluenceFunctions(ExampleExplainer):
             self.gradients_cached_ = needed_mb <= self.cache_mb
             if self.gradients_cached_:
                 self._train_gradients, self._train_bounds = self._compute_train_gradients()
+
+    def _set_model(self, model: nn.Module) -> torch.device:
+        """The device, the weights and the gradient specs of ``model``; returns the device."""
+        device = analysis_device(model, self.device)
+        layer = None if self.layer is None else resolve_layer(model, self.layer)
+        names = parameter_names(model, self.params)
+        self._device = device
+        self._state = current_state(model)
+        self._train_spec = GradientSpec(ModelAccess(model, head=self.head, loss=self.loss), names,
+                                        layer=layer)
+        test_loss = self.loss if self.test_loss is None else self.test_loss
+        self._test_spec = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
+                                       layer=layer)
+        return device
 
     def _compute_train_gradients(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         return gradient_matrix(self._train_spec, self._state, self._train_block.data,
@@ -340,13 +346,35 @@ class InfluenceFunctions(ExampleExplainer):
             return self._solve(rhs.T).T
         return self._conjugate_gradient(rhs)
 
+    # -- saving ----------------------------------------------------------------------------------
+    def _explainer_state(self) -> dict[str, Any]:
+        """The training gradients (the Hessian is learned state; the weights are the model's)."""
+        if self.solver_ == "cg":
+            raise LatentSurgeonError(
+                "InfluenceFunctions.save: the conjugate-gradient solver reads the training data "
+                "at every explain(), so a loaded one could not explain; save one fitted with "
+                "solver='exact' (or 'auto' within max_exact_params), or fit it again after "
+                "loading.")
+        if not self.gradients_cached_:
+            raise LatentSurgeonError(
+                f"InfluenceFunctions.save: the training gradients were not kept after fit (they "
+                f"need more than cache_mb={self.cache_mb} MiB), and without them a loaded one "
+                "could not explain; fit with a larger cache_mb to save it.")
+        assert self._train_gradients is not None
+        return {"gradients": self._train_gradients.detach().cpu(),
+                "bounds": [list(b) for b in self._train_bounds]}
+
+    def _reattach(self, state: dict[str, Any], model: nn.Module) -> None:
+        device = self._set_model(model)
+        if self.hessian_ is not None:
+            self.hessian_ = self.hessian_.to(device)
+        self._train_gradients = state["gradients"].to(device)
+        self._train_bounds = [(int(a), int(b)) for a, b in state["bounds"]]
+
     # -- scoring ---------------------------------------------------------------------------------
     def _explain(self, test: Any) -> torch.Tensor:
         model = self._model
-        if model is None or not hasattr(self, "_state"):
-            raise LatentSurgeonError(
-                "This InfluenceFunctions has no model loaded (it was loaded from disk?); call "
-                "fit(train, model=model) first.")
+        assert model is not None  # explain() refuses one loaded without its model
         with preserve_model_state(model):
             model.eval()
             test_grads, _ = gradient_matrix(self._test_spec, self._state, test, self.batch_size,

@@ -21,6 +21,8 @@ from latentsurgeon.explain._gradients import (
     GradientSpec,
     NotFactorable,
     gradient_matrix,
+    gradients_from_data,
+    gradients_to_data,
     inner,
     linear_layers,
     load_checkpoints,
@@ -208,13 +210,37 @@ class TracIn(ExampleExplainer):
                                    self.batch_size, self._device, desc="training gradients",
                                    progress=self.progress)
 
+    # -- saving ----------------------------------------------------------------------------------
+    def _explainer_state(self) -> dict[str, Any]:
+        """The checkpoints' weights and the training gradients (a saved TracIn needs neither
+        the checkpoint files nor the training data)."""
+        if not self.gradients_cached_:
+            raise LatentSurgeonError(
+                f"TracIn.save: the training gradients were not kept after fit (they need more "
+                f"than cache_mb={self.cache_mb} MiB), and without them a loaded TracIn could not "
+                "explain: every explain() recomputes them from the training data. Fit with a "
+                "larger cache_mb (or projection_dim) to save it.")
+        assert self._train_gradients is not None
+        return {"states": [{k: v.detach().cpu() for k, v in state.items()}
+                           for state, _ in self._states],
+                "linear": self._train_spec.linear,
+                "gradients": [gradients_to_data(g) for g in self._train_gradients],
+                "bounds": [list(b) for b in self._train_bounds]}
+
+    def _reattach(self, state: dict[str, Any], model: nn.Module) -> None:
+        device = analysis_device(model, self.device)
+        self._device = device
+        self._states = [({k: v.to(device) for k, v in weights.items()}, rate)
+                        for weights, rate in zip(state["states"], self.lrs_, strict=True)]
+        self._train_spec, self._test_spec = self._specs(model, device)
+        self._train_spec.linear = self._test_spec.linear = state["linear"]  # as fit found
+        self._train_gradients = [gradients_from_data(g, device) for g in state["gradients"]]
+        self._train_bounds = [(int(a), int(b)) for a, b in state["bounds"]]
+
     # -- scoring ---------------------------------------------------------------------------------
     def _explain(self, test: Any) -> torch.Tensor:
         model = self._model
-        if model is None or not hasattr(self, "_states"):
-            raise LatentSurgeonError(
-                "This TracIn has no model or checkpoints loaded (it was loaded from disk?); "
-                "call fit(train, model=model) first.")
+        assert model is not None  # explain() refuses a TracIn loaded without its model
         scores: torch.Tensor | None = None
         with preserve_model_state(model):
             model.eval()

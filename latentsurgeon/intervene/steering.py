@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable as CallableT
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -386,27 +385,16 @@ class SteeringVector(Estimator):
             group.remove()
 
     # -- persistence -----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Save the vectors and parameters (see :meth:`Estimator.save`).
-
-        A custom ``steer_fn`` is code and is not stored: saving raises. Set ``steer_fn=None``
-        before saving and assign it again after :meth:`load`. Layer selectors that are not
-        strings (classes, modules) are stored as the fitted layer names.
-        """
-        if self.steer_fn is not None:
-            raise LatentSurgeonError(
-                f"A {type(self).__name__} with a custom steer_fn cannot be saved (functions are "
-                "not stored); set .steer_fn = None, save, and assign it again after load()."
-            )
+    def _params_to_save(self) -> dict[str, Any]:
+        """Layer selectors that are not strings (classes, modules) are stored as the layer names
+        they resolved to at ``fit``. A custom ``steer_fn`` is code: ``save`` refuses it unless
+        excluded (``save(path, exclude="steer_fn")``, then ``load(path, steer_fn=...)``)."""
+        params = super()._params_to_save()
         layers = self.layers
-        storable = isinstance(layers, str) or (
-            isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers))
-        if not storable:
-            self.layers = list(getattr(self, "vectors_", {}))
-        try:
-            super().save(path)
-        finally:
-            self.layers = layers
+        if not (isinstance(layers, str) or (isinstance(layers, (list, tuple))
+                                            and all(isinstance(x, str) for x in layers))):
+            params["layers"] = list(getattr(self, "vectors_", {}))
+        return params
 
 
 class ActivationAddition(SteeringVector):

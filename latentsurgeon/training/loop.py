@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentsurgeon._io import torch_save_atomic
-from latentsurgeon._validation import Interval, Seed, validate_params
+from latentsurgeon._validation import Interval, Seed, draw_seed, validate_params
 from latentsurgeon.activations.batching import (
     batch_size_of,
     count_samples,
@@ -72,7 +72,8 @@ class TrainingHistory:
             corrections.
         checkpoints: paths of the checkpoints written, one per epoch, in order.
         lr: the learning rate of the (first parameter group of the) optimizer.
-        seed: the seed that drove shuffling and any dropout (None: fresh randomness).
+        seed: the seed that drove shuffling and any dropout (None: fresh randomness; the int
+            drawn from a ``torch.Generator`` given as the seed).
     """
 
     metrics: dict[str, list[float]] = field(default_factory=lambda: {"loss": []})
@@ -196,7 +197,7 @@ def train(
     epochs: int,
     lr: float = 1e-3,
     batch_size: int = 64,
-    seed: int | None = 0,
+    seed: int | torch.Generator | None = 0,
     params: Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]] | None = None,
     optimizer: OptimizerSpec = "adam",
     weight_decay: float = 0.0,
@@ -224,8 +225,9 @@ def train(
         lr: learning rate (ignored for a given optimizer instance).
         batch_size: samples per step (ignored for a DataLoader).
         seed: drives the batch order and torch's global RNG (dropout) inside the call only
-            (the caller's RNG state is restored); None draws fresh randomness. It does not
-            initialise the model.
+            (the caller's RNG state is restored); None draws fresh randomness; a
+            ``torch.Generator`` gives the int seed of the run (one draw: the same generator
+            state gives the same run). It does not initialise the model.
         params: the parameters to train (others are frozen during the call and their
             ``requires_grad`` flags restored after); default: every parameter that requires grad.
         optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, a callable
@@ -267,6 +269,9 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     opt_lr = float(optimizer.param_groups[0]["lr"]) if isinstance(
         optimizer, torch.optim.Optimizer) else float(lr)
+    # a Generator gives the run's int seed here, after the checks (a refused call leaves its
+    # state alone); the history records that int, which reproduces the run
+    seed = draw_seed(seed)
     history = TrainingHistory(metrics={"loss": []}, lr=opt_lr, seed=seed)
     training_flags = [(m, m.training) for m in model.modules()]
     moved = dev != home

@@ -141,8 +141,8 @@ BAD = [
     ("aclarc", "lr", 0.0, "lr must be a number in (0, inf)"),
     ("aclarc", "optimizer", "lbfgs", "optimizer must be 'adam', 'adamw', 'sgd'"),
     ("aclarc", "trainable", "head", "trainable must be 'above', 'all'"),
-    ("aclarc", "seed", -1, "seed must be None or an int in [0, inf]"),
-    ("aclarc", "seed", 1.5, "seed must be None or an int"),
+    ("aclarc", "seed", -1, "seed must be None, an int >= 0 or a torch.Generator; got -1"),
+    ("aclarc", "seed", 1.5, "seed must be None, an int >= 0 or a torch.Generator; got 1.5"),
     ("aclarc", "head", 1.5, "head must be"),
     ("aclarc", "criterion", 3, "criterion must be None or a callable"),
     ("rrclarc", "lambda_rr", -1.0, "lambda_rr must be a number in [0, inf]"),
@@ -153,7 +153,7 @@ BAD = [
     ("rrr", "masking", "all", "masking must be one of 'true_label', 'sum_log_probs'"),
     ("rrr", "normalize", "yes", "normalize must be a bool"),
     ("rrr", "epochs", 2.5, "epochs must be an int"),
-    ("rrr", "seed", "0", "seed must be None or an int"),
+    ("rrr", "seed", "0", "seed must be None, an int >= 0 or a torch.Generator"),
 ]
 
 

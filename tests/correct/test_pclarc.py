@@ -243,13 +243,22 @@ def test_save_load_round_trip(tmp_path, fitted, base_model, watermark):
         torch.testing.assert_close(getattr(loaded, attr), getattr(fitted, attr))
     x = watermark.poisoned.images[:16]
     torch.testing.assert_close(loaded.export(base_model)(x), fitted.export(base_model)(x))
-    # a CAV object given to the constructor is stored through its vectors
-    cav = CAV().fit(torch.randn(30, 512), torch.arange(30) % 2)
+    # a CAV given to the constructor is a nested estimator: stored and rebuilt, fitted
+    cav = CAV(C=0.5).fit(torch.randn(30, 512), torch.arange(30) % 2)
     with_cav = PClarc("features", cav=cav).fit(None)
     with_cav.save(path)
     again = PClarc.load(path)
-    assert again.cav is None and with_cav.cav is cav
-    torch.testing.assert_close(again.direction_, cav.direction_)
+    assert isinstance(again.cav, CAV) and again.cav is not cav and with_cav.cav is cav
+    assert again.cav.get_params() == cav.get_params()
+    torch.testing.assert_close(again.cav.direction_, cav.direction_, rtol=0, atol=0)
+    torch.testing.assert_close(again.direction_, with_cav.direction_, rtol=0, atol=0)
+    acts = torch.randn(5, 512)
+    torch.testing.assert_close(again.cav.project(acts), cav.project(acts), rtol=0, atol=0)
+    # refitting the loaded one from its CAV gives the same correction
+    torch.testing.assert_close(PClarc.load(path).fit(None).direction_, with_cav.direction_,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(again.export(base_model)(x), with_cav.export(base_model)(x),
+                               rtol=0, atol=0)
 
 
 def test_errors_say_what_is_expected(base_model, watermark):

@@ -189,11 +189,25 @@ def test_save_load_and_export(tmp_path, nets):
     model = nets.Linear2d()
     rrr = ExplanationRegularization(epochs=2, batch_size=5, progress=False,
                                     criterion=nn.CrossEntropyLoss()).fit(model, x, y, masks)
-    rrr.save(tmp_path / "rrr.pt")
-    loaded = ExplanationRegularization.load(tmp_path / "rrr.pt")
-    assert loaded.history_ == rrr.history_ and loaded.criterion is None  # objects: defaults
+    # the criterion is code: refused (nothing written) unless excluded and given back to load
+    with pytest.raises(InvalidParameterError, match=r"criterion is a module CrossEntropyLoss"):
+        rrr.save(tmp_path / "rrr.pt")
+    assert not (tmp_path / "rrr.pt").exists()
+    rrr.save(tmp_path / "rrr.pt", exclude=("criterion",))
+    criterion = nn.CrossEntropyLoss()
+    loaded = ExplanationRegularization.load(tmp_path / "rrr.pt", criterion=criterion)
+    assert loaded.history_ == rrr.history_ and loaded.criterion is criterion
     assert {k: v for k, v in loaded.get_params().items() if k != "criterion"} == \
         {k: v for k, v in rrr.get_params().items() if k != "criterion"}
+    # the loaded one does what the saved one does: refit on the same start gives the same model
+    again = nets.Linear2d()
+    refit = copy.deepcopy(again)
+    ExplanationRegularization(epochs=2, batch_size=5, progress=False,
+                              criterion=nn.CrossEntropyLoss()).fit(again, x, y, masks)
+    loaded.fit(refit, x, y, masks)
+    torch.testing.assert_close(refit(x), again(x), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="criterion was excluded"):
+        assert ExplanationRegularization.load(tmp_path / "rrr.pt").criterion is None
     exported = rrr.export(model)
     assert exported is not model
     torch.testing.assert_close(exported(x), model(x))

@@ -6,7 +6,13 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from latentsurgeon.errors import InvalidParameterError, NotFittedError, ShapeMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    ModelMismatchError,
+    NotFittedError,
+    ShapeMismatchError,
+)
 from latentsurgeon.explain import (
     InfluenceFunctions,
     NearestNeighbours,
@@ -16,6 +22,7 @@ from latentsurgeon.explain import (
     top_examples,
     top_examples_by_method,
 )
+from latentsurgeon.explain._base import ExampleExplainer
 
 from .conftest import make_classifier, tabular
 
@@ -44,6 +51,23 @@ def test_estimator_contract(explainer, tmp_path):
     loaded = type(explainer).load(tmp_path / "e.pt")
     assert loaded.get_params().keys() == params.keys()
     assert loaded.n_train_ == 14
+    # without its model it says how to load it; with it, it gives the saved one's scores
+    with pytest.raises(LatentSurgeonError, match=r"load\(path, model=model\)"):
+        loaded.explain(test)
+    for again in (type(explainer).load(tmp_path / "e.pt", model=model),
+                  ExampleExplainer.load(tmp_path / "e.pt", model=model)):
+        assert type(again) is type(explainer)
+        torch.testing.assert_close(again.explain(test), scores, rtol=0, atol=0)
+        again.save(tmp_path / "again.pt")  # and saves again
+        torch.testing.assert_close(
+            type(explainer).load(tmp_path / "again.pt", model=model).explain(test), scores,
+            rtol=0, atol=0)
+    loaded.save(tmp_path / "twice.pt")  # loaded without the model, it still saves what it has
+    torch.testing.assert_close(type(explainer).load(tmp_path / "twice.pt", model=model).explain(
+        test), scores, rtol=0, atol=0)
+    other = make_classifier(seed=1)
+    with pytest.raises(ModelMismatchError, match="other weights"):
+        type(explainer).load(tmp_path / "e.pt", model=other)
 
 
 def test_set_params_is_validated_at_fit():

@@ -149,5 +149,12 @@ def test_saved_exact_solver_reloads_its_hessian(tmp_path):
     torch.testing.assert_close(loaded.hessian_, explainer.hessian_)
     g = torch.randn(2, explainer.n_params_, dtype=torch.float64)
     torch.testing.assert_close(loaded.inverse_hvp(g), explainer.inverse_hvp(g))
-    with pytest.raises(LatentSurgeonError, match="fit"):
+    with pytest.raises(LatentSurgeonError, match=r"without the model .* model=model"):
         loaded.explain(test)
+    again = InfluenceFunctions.load(tmp_path / "if.pt", model=model)
+    torch.testing.assert_close(again.explain(test), explainer.explain(test), rtol=0, atol=0)
+    # the CG solver reads the training data at every explain: a saved one could not explain
+    cg = InfluenceFunctions("cross_entropy", damping=1.0, solver="cg").fit(train, model)
+    with pytest.raises(LatentSurgeonError, match="conjugate-gradient"):
+        cg.save(tmp_path / "cg.pt")
+    assert not (tmp_path / "cg.pt").exists()

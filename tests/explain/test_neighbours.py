@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from latentsurgeon.activations import ActivationStore
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
@@ -95,3 +96,6 @@ def test_contract_errors_and_save_load(tmp_path):
     fitted.save(tmp_path / "nn.pt")
     loaded = NearestNeighbours.load(tmp_path / "nn.pt")
     torch.testing.assert_close(loaded.explain(reps(3, seed=5)), fitted.explain(reps(3, seed=5)))
+    # fitted on representations, it has no model to re-attach
+    with pytest.raises(InvalidParameterError, match="fitted without a model"):
+        NearestNeighbours.load(tmp_path / "nn.pt", model=nn.Linear(2, 2))

@@ -272,3 +272,34 @@ def test_a_layer_that_runs_twice_falls_back_to_flat_gradients():
                            lambda m, s: F.cross_entropy(m(s[0][None]), s[1][None]))
     torch.testing.assert_close(explainer.explain((x[:4], y[:4])), expected @ train.T,
                                rtol=1e-10, atol=1e-14)
+
+
+def test_a_loaded_tracin_explains_as_the_saved_one(ae_checkpoints, tmp_path):
+    """The ``explain`` of a loaded TracIn failed although it reported fitted: it now stores the
+    checkpoints' weights and the training gradients, and ``load(path, model=)`` re-attaches the
+    model; a user loss (code) is excluded and given back."""
+    model, ckpt, x = ae_checkpoints
+
+    def energy(z: torch.Tensor, batch) -> torch.Tensor:
+        return (z ** 2).sum()
+
+    for explainer, exclude, again in [
+            (TracIn(ckpt, params="encoder", projection_dim=16), (), {}),
+            (TracIn(ckpt, energy, params="encoder", layer="encoder"), ("loss",), {"loss": energy})]:
+        scores = explainer.scores(x, x[:6], model=model)
+        explainer.save(tmp_path / "t.pt", exclude=exclude)
+        for path in sorted(ckpt.glob("epoch_*.pt")):  # the checkpoint files are not needed
+            path.rename(path.with_suffix(".moved"))
+        loaded = TracIn.load(tmp_path / "t.pt", model=model, **again)
+        assert loaded.is_fitted() and loaded.lrs_ == explainer.lrs_
+        torch.testing.assert_close(loaded.explain(x[:6]), scores, rtol=0, atol=0)
+        for path in sorted(ckpt.glob("epoch_*.moved")):
+            path.rename(path.with_suffix(".pt"))
+    with pytest.raises(InvalidParameterError, match="loss is the function"):
+        TracIn(ckpt, energy, params="encoder", layer="encoder").fit(x, model).save(
+            tmp_path / "fn.pt")
+    # without the training gradients a loaded TracIn could not explain: saving says so
+    uncached = TracIn(ckpt, params="encoder", cache_mb=0.0).fit(x, model)
+    with pytest.raises(LatentSurgeonError, match="cache_mb"):
+        uncached.save(tmp_path / "uncached.pt")
+    assert not (tmp_path / "uncached.pt").exists()

@@ -195,9 +195,19 @@ def test_save_load_round_trip(cnn, images, tmp_path):
     with loaded.applied(cnn):
         b = run(cnn, pos)
     assert torch.equal(a, b)
-    sv.steer_fn = lambda n, act, v, al: act
-    with pytest.raises(LatentSurgeonError, match="custom steer_fn cannot be saved"):
+    # a custom steer_fn is code: refused unless excluded, then given back to load()
+    sv.steer_fn = lambda n, act, v, al: act + 2 * al * v.reshape(-1, 1, 1)
+    with pytest.raises(InvalidParameterError, match=r"steer_fn.*exclude=\('steer_fn',\)"):
         sv.save(tmp_path / "fn.pt")
+    assert not (tmp_path / "fn.pt").exists()
+    sv.save(tmp_path / "fn.pt", exclude="steer_fn")
+    with pytest.warns(UserWarning, match="steer_fn was excluded"):
+        assert SteeringVector.load(tmp_path / "fn.pt").steer_fn is None
+    again = SteeringVector.load(tmp_path / "fn.pt", steer_fn=sv.steer_fn)
+    with sv.applied(cnn):
+        a = run(cnn, pos)
+    with again.applied(cnn):
+        assert torch.equal(run(cnn, pos), a)
 
 
 def test_fit_runs_in_eval_mode_and_restores_the_mode(images):
