@@ -72,8 +72,8 @@ def aliased(supported: Mapping[str, str] | None = None, *,
     return decorate
 
 
-def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | None = None
-          ) -> Callable[[F], F]:
+def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | None = None,
+          defaults: Mapping[str, Any] | None = None) -> Callable[[F], F]:
     """Accept positional arguments in the earlier order ``old`` (deprecated, with a
     ``FutureWarning``).
 
@@ -81,7 +81,8 @@ def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | N
     takes positionally, or when ``is_old(args)`` says so (for a swap of two arguments, told apart
     by their values: a layer selector is never data). Such arguments are passed by their ``old``
     names, or by the canonical name when :func:`aliased` (sitting below this decorator) renamed
-    one, so a call warns once.
+    one, so a call warns once. ``defaults`` are the earlier form's defaults for parameters
+    that the new form requires (used only for a call in the earlier order).
     """
     def decorate(fn: F) -> F:
         owner = fn.__qualname__.replace(".__init__", "")
@@ -111,6 +112,8 @@ def moved(old: tuple[str, ...], *, is_old: Callable[[tuple[Any, ...]], bool] | N
                         f"{owner}: {name} was given both positionally (in the earlier order "
                         f"{', '.join(old)}) and by keyword.")
                 kwargs[name] = value
+            for name, value in (defaults or {}).items():
+                kwargs.setdefault(name, value)
             warnings.warn(
                 f"{owner}: positional arguments in the order ({', '.join(old[:len(rest)])}) are "
                 f"deprecated; the order is ({new_order}), the rest by keyword.",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentsurgeon._aliases import aliased, moved
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.batching import count_samples
@@ -108,12 +109,20 @@ def gather(block: torch.Tensor, dim: int) -> torch.Tensor:
     return joined.movedim(0, dim).to(block.device)
 
 
+def _data_first(args: tuple[Any, ...]) -> bool:
+    """The earlier order (training data first): the first argument is neither a model nor None."""
+    return bool(args) and args[0] is not None and not isinstance(args[0], nn.Module)
+
+
 class ExampleExplainer(Estimator, ABC):
     """Base of the example explainers.
 
-    ``fit(train, model=None)`` prepares what the training side needs and returns self;
-    ``explain(test)`` returns the ``(n_test, n_train)`` score matrix (row ``i``: how much each
-    training example matters to test example ``i``); ``scores(train, test, model=None)`` is both.
+    ``fit(model, data)`` prepares what the training side needs and returns self (``model`` may
+    be None for the explainers that work on representations: ``fit(None, reps)``);
+    ``explain(data)`` returns the ``(n_test, n_train)`` score matrix (row ``i``: how much each
+    training example matters to test example ``i``); ``scores(model, train, test)`` is both.
+    The earlier ``fit(train, model)``, ``explain(test=...)`` and ``scores(train, test, model)``
+    still work, with a ``FutureWarning``.
 
     Saving. The model is code and is not saved; ``fit`` records ``fingerprint_``, the
     fingerprint of its weights (None when fitted without a model). ``load(path, model=model)``
@@ -178,16 +187,24 @@ class ExampleExplainer(Estimator, ABC):
         self._reattach(state, model)
 
     # -- the interface -------------------------------------------------------------------------
-    def fit(self, train: Any, model: nn.Module | None = None) -> ExampleExplainer:
+    @moved(("train", "model"), is_old=_data_first)
+    @aliased(deprecated={"train": "data"})
+    def fit(self, model: nn.Module | None = None, data: Any = None) -> ExampleExplainer:
         """Prepare the training side.
 
         Args:
-            train: the training data (see the subclass for what it accepts).
-            model: the network, for explainers that need one.
+            model: the network, for explainers that need one (None for those that work on
+                representations given as ``data``).
+            data: the training data (see the subclass for what it accepts).
 
         Returns:
             self.
         """
+        if data is None:
+            raise InvalidParameterError(
+                f"{type(self).__name__}.fit: data (the training data) is needed; got None. "
+                "Call fit(model, data), or fit(None, representations).")
+        train = data
         self._validate_params()
         rank, world = current_shard()
         batch_size = getattr(self, "batch_size", 64)
@@ -203,8 +220,11 @@ class ExampleExplainer(Estimator, ABC):
         self.train_block_ = (local.start, local.end)
         return self
 
-    def explain(self, test: Any) -> torch.Tensor:
-        """``(n_test, n_train)`` scores of every training example for every test example."""
+    @aliased(deprecated={"test": "data"})
+    def explain(self, data: Any) -> torch.Tensor:
+        """``(n_test, n_train)`` scores of every training example for every test example of
+        ``data``."""
+        test = data
         self._check_fitted()
         if self._model is None and self.__dict__.get("fingerprint_") is not None:
             name = type(self).__name__
@@ -221,6 +241,7 @@ class ExampleExplainer(Estimator, ABC):
                             dim=0)
         return check_finite(scores, f"the {type(self).__name__} scores")
 
-    def scores(self, train: Any, test: Any, model: nn.Module | None = None) -> torch.Tensor:
-        """``fit(train, model).explain(test)``."""
-        return self.fit(train, model).explain(test)
+    @moved(("train", "test", "model"), is_old=_data_first, defaults={"model": None})
+    def scores(self, model: nn.Module | None, train: Any, test: Any) -> torch.Tensor:
+        """``fit(model, train).explain(test)``."""
+        return self.fit(model, train).explain(test)
