@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from latentsurgeon._io import write_json_atomic
+from latentsurgeon._io import save_figure_atomic, write_json_atomic
 from latentsurgeon._validation import Interval, Options, validate_params
 from latentsurgeon.cbm.curves import InterventionCurves, intervention_curve
 from latentsurgeon.cbm.models import BlackBoxModel, ConceptBottleneckModel, ConceptEmbeddingModel
@@ -61,9 +61,6 @@ class ExperimentResult:
         """Write ``<stem>.csv`` (mean curves and intervals), ``.png``, ``.json`` (the summary and
         every run's curve) and ``.html`` (a self-contained section) into ``out``; returns their
         paths. ``stem`` is ``cbm_<dataset>_<model>``."""
-        import matplotlib.pyplot as plt
-
-        from latentsurgeon._io import atomic_write
         from latentsurgeon.report.html import HtmlReport
 
         out = Path(out)
@@ -75,9 +72,7 @@ class ExperimentResult:
         self.curves.to_csv(paths["csv"])
         references = {"black box": float(np.mean(self.black_box))}
         figure = self.curves.plot(self._title(), references)
-        atomic_write(paths["png"], lambda handle: figure.savefig(handle, format="png", dpi=110,
-                                                                   bbox_inches="tight"))
-        plt.close(figure)
+        save_figure_atomic(figure, paths["png"])
         runs = {"task_runs": {p: v.tolist() for p, v in self.curves.task.items()},
                 "concept_runs": {p: v.tolist() for p, v in self.curves.concept.items()}}
         write_json_atomic(paths["json"], {**self.summary(), **runs}, sort_keys=False)

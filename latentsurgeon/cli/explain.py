@@ -169,7 +169,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
             blank = torch.zeros_like(masks[:1])
             grid_masks = torch.cat([torch.cat([blank, masks[top[i]]]) for i in range(rows)])
         fig = figures.image_grid(images, titles, masks=grid_masks, ncols=args.top + 1)
-        fig.savefig(out / "top_examples.png", dpi=110, bbox_inches="tight")
+        save_figure_atomic(fig, out / "top_examples.png", close=False)  # the report closes it
         report.figure(fig, "Each row: a test input, then its top training examples (artifact "
                            "outlined where known).", alt="top examples")
         print(f"image grid: {out / 'top_examples.png'}")
