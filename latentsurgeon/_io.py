@@ -1,7 +1,7 @@
 """The one atomic writer: a reader sees the old file or the new one, never half of one.
 
 Every file latentsurgeon writes (store manifests and progress, checkpoints, saved estimators,
-reports, ``results.json``) goes through :func:`atomic_write`: the content is written to a
+reports, figures, ``results.json``) goes through :func:`atomic_write`: the content is written to a
 temporary file in the same folder, flushed (and fsynced when ``durable``), given ordinary
 permissions and renamed over the target.
 """
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "fsync_dir", "readable_mode", "torch_save_atomic", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["atomic_write", "fsync_dir", "readable_mode", "save_figure_atomic", "torch_save_atomic",
+           "write_json_atomic", "write_text_atomic"]
 
 
 def readable_mode() -> int:
@@ -83,3 +83,29 @@ def torch_save_atomic(obj: Any, path: str | Path, *, durable: bool = True) -> Pa
     import torch
 
     return atomic_write(path, lambda handle: torch.save(obj, handle), durable=durable)
+
+
+def save_figure_atomic(figure: Any, path: str | Path, *, dpi: int = 110, close: bool = True,
+                       durable: bool = True) -> Path:
+    """Save a matplotlib figure atomically, in the format its suffix names (``.png`` when it
+    has none matplotlib knows), cropped to its content; then close it (``close=False`` keeps it
+    open, for a caller that embeds it in a report afterwards and closes it there).
+
+    A failing ``savefig`` leaves an existing file at ``path`` as it was. Matplotlib is imported
+    here, not at the top, so importing latentsurgeon stays light.
+
+    Raises:
+        OSError: the folder is missing or not writable (nothing is left behind).
+    """
+    path = Path(path)
+    suffix = path.suffix.lstrip(".").lower()
+    # savefig on a handle cannot see the name, so the format is passed from the suffix
+    fmt = suffix if suffix in figure.canvas.get_supported_filetypes() else "png"
+    try:
+        return atomic_write(path, lambda handle: figure.savefig(
+            handle, format=fmt, dpi=dpi, bbox_inches="tight"), durable=durable)
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)

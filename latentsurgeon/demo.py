@@ -23,6 +23,7 @@ from torch import nn
 from latentsurgeon._io import torch_save_atomic, write_json_atomic
 from latentsurgeon.activations import ActivationStore, layer_outputs
 from latentsurgeon.data import DecoyDigits, decoy_digits, paste_watermark, watermark_concept_sets
+from latentsurgeon.explain import methods as example_methods
 from latentsurgeon.models import DigitCNN, evaluate_accuracy, train_classifier
 
 Echo = Callable[[str], None]
@@ -119,8 +120,9 @@ def reveal(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: Echo) 
 
 
 # -- explain -------------------------------------------------------------------------------------
-#: The example-importance methods of the explain stage, in the order the report shows them.
-EXPLAIN_METHODS = ("nearest_neighbours", "simplex", "tracin", "tracin_normalized")
+#: The example-importance methods of the explain stage, in the order the report shows them:
+#: the default methods of the one table of methods.
+EXPLAIN_METHODS = example_methods.DEFAULT_METHODS
 
 
 def misled_inputs(model: nn.Module, data: DecoyDigits) -> torch.Tensor:
@@ -348,7 +350,9 @@ def _finish(out: Path, results: dict[str, Any], echo: Echo, started: float, data
 
     results["report"] = str(out / "report.html")
     results["seconds_total"] = round(time.perf_counter() - started, 2)
-    write_demo_report(out / "report.html", data, models, results, explained)
+    write_demo_report(out / "report.html", data, models, results, explained,
+                      method_labels={name: example_methods.METHODS[name].label
+                                     for name in EXPLAIN_METHODS})
     write_json_atomic(out / "results.json", results, sort_keys=False)
     echo(f"Report: {results['report']}")
     echo(f"Results: {out / 'results.json'}  ({results['seconds_total']:.0f} s); "

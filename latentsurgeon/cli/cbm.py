@@ -7,15 +7,15 @@ from typing import Any
 
 
 def cmd_cbm(args: argparse.Namespace) -> int:
-    from latentsurgeon.cbm.experiment import run_experiment
+    from latentsurgeon.experiments import cbm
 
-    result = run_experiment(args.dataset, args.model, seeds=args.seeds, head=args.head,
-                            scheme=args.scheme, noise=args.noise, epochs=args.epochs,
-                            quick=args.quick, progress=not args.quiet)
+    settings = cbm.Settings(dataset=args.dataset, model=args.model, head=args.head,
+                            scheme=args.scheme, noise=args.noise, epochs=args.epochs)
+    result = cbm.run(args.seeds, settings=settings, quick=args.quick, progress=not args.quiet)
     paths = result.write(args.out)
-    print(result.headline())
+    print(result.headline[0])
     print(f"{'policy':<12} {'none':>6} {'25%':>6} {'50%':>6} {'all':>6} {'AUC':>6}")
-    for policy, s in result.summary()["policies"].items():
+    for policy, s in result.measurements()["policies"].items():
         print(f"{policy:<12} {s['task_none']:6.3f} {s['task_at_25']:6.3f} {s['task_at_50']:6.3f} "
               f"{s['task_all']:6.3f} {s['task_auc']:6.3f}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -23,7 +23,7 @@ def cmd_cbm(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from latentsurgeon.cbm.experiment import DATASETS
+    from latentsurgeon.experiments.cbm import DATASETS
 
     p = sub.add_parser(
         "cbm", help="train a concept bottleneck/embedding model and plot intervention curves",

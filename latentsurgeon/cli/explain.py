@@ -20,11 +20,13 @@ from latentsurgeon.cli._common import (
     split_of,
 )
 from latentsurgeon.errors import InvalidParameterError
+from latentsurgeon.explain.methods import METHODS, cli_name, method_from_cli
 
 FEATURE_METHODS = {"integrated-gradients": "IntegratedGradients", "saliency": "Saliency",
                    "gradient-shap": "GradientShap", "deeplift": "DeepLift",
                    "input-x-gradient": "InputXGradient"}
-EXAMPLE_METHODS = ("nearest-neighbours", "simplex", "tracin", "tracin-normalized", "influence")
+#: ``--method`` of ``explain examples``: the table's names, spelled with hyphens.
+EXAMPLE_METHODS = tuple(cli_name(name) for name in METHODS)
 DEFAULT_LAYER = "classifier.1"  # the reference DigitCNN's first hidden layer
 
 
@@ -104,26 +106,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _example_explainer(args: argparse.Namespace, layer: str) -> Any:
-    from latentsurgeon.explain import InfluenceFunctions, NearestNeighbours, SimplEx, TracIn
-
-    if args.method == "nearest-neighbours":
-        return NearestNeighbours("cosine", layer, batch_size=args.batch_size,
-                                 progress=not args.quiet)
-    if args.method == "simplex":
-        return SimplEx(layer, progress=not args.quiet)
-    test_loss = "predicted" if args.loss == "cross_entropy" else None
-    if args.method == "influence":
-        return InfluenceFunctions(args.loss, test_loss=test_loss, params=layer,
-                                  damping=args.damping, batch_size=args.batch_size,
-                                  progress=not args.quiet)
-    return TracIn(args.checkpoints or "current", args.loss, test_loss=test_loss, params=layer,
-                  normalize=args.method == "tracin-normalized", batch_size=args.batch_size,
-                  progress=not args.quiet)
-
-
 def cmd_examples(args: argparse.Namespace) -> int:
-    from latentsurgeon.explain import flagged_share, top_examples
+    from latentsurgeon._io import save_figure_atomic
+    from latentsurgeon.explain import flagged_share
     from latentsurgeon.report import figures
     from latentsurgeon.report.html import HtmlReport
 
@@ -136,8 +121,13 @@ def cmd_examples(args: argparse.Namespace) -> int:
     if args.test_indices:
         test = _inputs(load_object(args.test_indices, "--test-inputs"), None)
     train_data = (train.images, train.labels) if args.loss == "cross_entropy" else train.images
-    scores = _example_explainer(args, layer).scores(train_data, test, model=model)
-    top = top_examples(scores, args.top, largest=args.method != "influence")
+    method = method_from_cli(args.method)
+    explainer = method.build(
+        layer, loss=args.loss, test_loss="predicted" if args.loss == "cross_entropy" else None,
+        checkpoints=args.checkpoints or "current", damping=args.damping,
+        batch_size=args.batch_size, progress=not args.quiet)
+    scores = explainer.scores(train_data, test, model=model)
+    top = method.top(scores, args.top)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "scores.npy", scores)
@@ -169,7 +159,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
             blank = torch.zeros_like(masks[:1])
             grid_masks = torch.cat([torch.cat([blank, masks[top[i]]]) for i in range(rows)])
         fig = figures.image_grid(images, titles, masks=grid_masks, ncols=args.top + 1)
-        fig.savefig(out / "top_examples.png", dpi=110, bbox_inches="tight")
+        save_figure_atomic(fig, out / "top_examples.png", close=False)  # the report closes it
         report.figure(fig, "Each row: a test input, then its top training examples (artifact "
                            "outlined where known).", alt="top examples")
         print(f"image grid: {out / 'top_examples.png'}")
@@ -204,7 +194,9 @@ def register(sub: Any) -> None:
                    help=f"representation (nearest neighbours, SimplEx) or parameters (TracIn, "
                         f"influence) (default {DEFAULT_LAYER} for the reference CNN)")
     e.add_argument("--method", default="tracin-normalized", choices=list(EXAMPLE_METHODS),
-                   help="example-importance method (default tracin-normalized)")
+                   help="example-importance method (default tracin-normalized): "
+                        + "; ".join(f"{cli_name(m.name)}: {m.description}"
+                                    for m in METHODS.values()))
     e.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "reconstruction"],
                    help="loss of TracIn/influence: cross-entropy (training labels; test inputs "
                         "with their predicted class) or an autoencoder's reconstruction")

@@ -33,12 +33,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(report.format())
     print(f"best layer: {report.best_layer}")
     if args.plot:
-        import matplotlib.pyplot as plt
+        from latentsurgeon._io import save_figure_atomic
 
         fig = report.plot()
-        fig = getattr(fig, "figure", fig)
-        fig.savefig(args.plot, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        save_figure_atomic(getattr(fig, "figure", fig), args.plot)
         print(f"plot: {args.plot}")
     return 0
 

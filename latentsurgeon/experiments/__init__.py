@@ -16,9 +16,15 @@ summarised as means with 95% t-intervals, and checked against the paper's headli
 :func:`run_experiments` several into one report; the command line is ``latentsurgeon
 explain-experiment NAME``. Each module's ``run(seeds, settings=..., quick=...)`` computes
 without writing anything.
+
+:mod:`.cbm` is the concept-intervention experiment ``latentsurgeon cbm`` runs (concept
+bottleneck and embedding models, intervention curves per policy; not one of lfxai's studies,
+so ``"all"`` leaves it out): ``cbm.run(seeds, settings=cbm.Settings(...))`` and
+``result.write(out)``.
 """
 
 from latentsurgeon.experiments import (
+    cbm,
     consistency_examples,
     consistency_features,
     disvae,
@@ -33,6 +39,7 @@ __all__ = [
     "EXPERIMENTS",
     "ExperimentResult",
     "MeanInterval",
+    "cbm",
     "consistency_examples",
     "consistency_features",
     "disvae",

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from latentsurgeon._io import atomic_write, write_text_atomic
+from latentsurgeon._io import save_figure_atomic, write_text_atomic
 from latentsurgeon._validation import check_finite
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.report.html import HtmlReport
@@ -143,8 +143,7 @@ class Section:
 
     def figure(self, stem: str, figure: Any, caption: str) -> None:
         path = self.folder / f"{stem}.png"
-        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110,
-                                                         bbox_inches="tight"))
+        save_figure_atomic(figure, path, close=False)
         self.files.append(path)
         self.report.figure(figure, caption)  # closes the figure
 

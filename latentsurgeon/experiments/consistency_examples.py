@@ -31,6 +31,7 @@ from latentsurgeon.explain import (
     TracIn,
     top_examples,
 )
+from latentsurgeon.explain.methods import METHODS, ExampleMethod
 from latentsurgeon.models import (
     PerturbedAutoencoder,
     RecurrentAutoencoder,
@@ -50,7 +51,8 @@ CLAIM = ("The training examples that label-free example importance ranks highest
          "(nearest neighbours, SimplEx, TracIn, influence functions; lfxai on MNIST, ECG5000 "
          "and CIFAR-10).")
 
-#: The example-importance methods compared, by name.
+#: The example-importance methods compared, by name: lfxai's variants of the methods of
+#: ``latentsurgeon.explain.methods.METHODS`` (both neighbour metrics, the reconstruction loss).
 EXAMPLE_METHODS = ("nn_cosine", "nn_inverse_distance", "simplex", "tracin", "influence")
 LABELS = {"nn_cosine": "NN cosine", "nn_inverse_distance": "NN inverse distance",
           "simplex": "SimplEx", "tracin": "TracIn", "influence": "influence functions",
@@ -121,21 +123,30 @@ def similarity_rate(scores: torch.Tensor, train_labels: torch.Tensor,
     """Share of the top-``k`` training examples of each test example (by ``scores``
     ``(n_test, n_train)``; ``largest=False``: the lowest scores) that share its label, averaged
     over the test examples."""
-    top = top_examples(scores, k, largest=largest)
+    return _same_label_share(top_examples(scores, k, largest=largest), train_labels,
+                             test_labels)
+
+
+def _same_label_share(top: torch.Tensor, train_labels: torch.Tensor,
+                      test_labels: torch.Tensor) -> float:
     return float((train_labels[top] == test_labels[:, None]).float().mean())
 
 
 def _explainers(checkpoints: list, tracin_params: str, influence_params: str,
-                damping: float) -> dict[str, tuple[Any, bool]]:
-    """``{method: (explainer, higher score = more important)}``. Influence functions follow
-    Koh & Liang's sign: the most negative scores are the most helpful examples."""
+                damping: float) -> dict[str, tuple[Any, ExampleMethod]]:
+    """``{method: (explainer, its entry in the table of methods)}``; the entry's sign
+    convention decides which scores are the most important (influence functions follow Koh &
+    Liang: the most negative scores are the most helpful examples)."""
     return {
-        "nn_cosine": (NearestNeighbours("cosine", layer="encoder"), True),
-        "nn_inverse_distance": (NearestNeighbours("inverse_distance", layer="encoder"), True),
-        "simplex": (SimplEx(layer="encoder"), True),
-        "tracin": (TracIn(checkpoints, "reconstruction", params=tracin_params), True),
+        "nn_cosine": (NearestNeighbours("cosine", layer="encoder"),
+                      METHODS["nearest_neighbours"]),
+        "nn_inverse_distance": (NearestNeighbours("inverse_distance", layer="encoder"),
+                                METHODS["nearest_neighbours"]),
+        "simplex": (SimplEx(layer="encoder"), METHODS["simplex"]),
+        "tracin": (TracIn(checkpoints, "reconstruction", params=tracin_params),
+                   METHODS["tracin"]),
         "influence": (InfluenceFunctions("reconstruction", params=influence_params,
-                                         damping=damping), False),
+                                         damping=damping), METHODS["influence"]),
     }
 
 
@@ -145,12 +156,12 @@ def _rates(model: nn.Module, data: Split, checkpoints: list, tracin_params: str,
     most: dict[str, list[float]] = {}
     least: dict[str, list[float]] = {}
     explainers = _explainers(checkpoints, tracin_params, influence_params, damping)
-    for method, (explainer, higher) in explainers.items():
+    for method, (explainer, entry) in explainers.items():
         scores = explainer.scores(data.train_x, data.test_x, model=model)
-        most[method] = [similarity_rate(scores, data.train_y, data.test_y, k, largest=higher)
+        most[method] = [_same_label_share(entry.top(scores, k), data.train_y, data.test_y)
                         for k in ks]
-        least[method] = [similarity_rate(scores, data.train_y, data.test_y, k,
-                                         largest=not higher) for k in ks]
+        least[method] = [_same_label_share(entry.top(scores, k, least=True), data.train_y,
+                                           data.test_y) for k in ks]
     shape = (len(data.test_x), len(data.train_x))
     noise = torch.rand(shape, generator=torch.Generator().manual_seed(int(seed)))
     most["random"] = [similarity_rate(noise, data.train_y, data.test_y, k) for k in ks]

@@ -109,15 +109,14 @@ def reconstruction_error(model: nn.Module, inputs: torch.Tensor) -> float:
 
 
 def linear_probe_accuracy(model: nn.Module, data: Split) -> float:
-    """Test accuracy of a logistic regression on the standardised codes of the encoder
-    (trained on the training digits' codes)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """Test accuracy of the library's default classification probe (a logistic regression on
+    the standardised codes, :func:`~latentsurgeon.concepts.probe.default_probe`) on the
+    encoder's codes, trained on the training digits' codes."""
+    from latentsurgeon.concepts.probe import default_probe  # scikit-learn: imported on use
 
     train = representations(data.train_x, model, "encoder").numpy()
     test = representations(data.test_x, model, "encoder").numpy()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe = default_probe("classification")
     probe.fit(train, data.train_y.numpy())
     return float(probe.score(test, data.test_y.numpy()))
 

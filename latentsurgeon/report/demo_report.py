@@ -27,13 +27,8 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor,
                                                        target=targets).detach()
 
 
-METHOD_LABELS = {"nearest_neighbours": "nearest neighbours (cosine)", "simplex": "SimplEx",
-                 "tracin": "TracIn (raw gradients)",
-                 "tracin_normalized": "TracIn (unit-normalised gradients)"}
-
-
 def _explain_section(report: HtmlReport, data: Any, results: Mapping[str, Any],
-                     explained: Mapping[str, Any] | None) -> None:
+                     explained: Mapping[str, Any] | None, labels: Mapping[str, str]) -> None:
     info = results["explain"]
     k = data.shortcut_class
     report.heading("3. Explain: what the shortcut decisions rely on")
@@ -45,7 +40,7 @@ def _explain_section(report: HtmlReport, data: Any, results: Mapping[str, Any],
         f"{info['base_rate']:.1%} of the training set, so a share well above that means the "
         "decision leans on the watermark's examples.")
     report.table(["method", "watermarked share of the top examples", "times the base rate"],
-                 [[METHOD_LABELS.get(m, m), v, v / info["base_rate"]]
+                 [[labels.get(m, m), v, v / info["base_rate"]]
                   for m, v in info["shares"].items()], table_id="explain-examples")
     report.paragraph(
         "Raw TracIn (the dot product of loss gradients) ranks the training examples with the "
@@ -75,7 +70,7 @@ def _explain_section(report: HtmlReport, data: Any, results: Mapping[str, Any],
     report.figure(figures.image_grid(torch.stack(images), titles, masks=torch.stack(masks),
                                      ncols=n_top + 1),
                   "For two misled test images (first column), their top training examples by "
-                  f"each method, in the order {', '.join(METHOD_LABELS[m] for m in info['shares'])}"
+                  f"each method, in the order {', '.join(labels.get(m, m) for m in info['shares'])}"
                   " (rows); 'wm' and a red outline mark watermarked training images.",
                   alt="top training examples")
     first = picked[:8]
@@ -88,9 +83,13 @@ def _explain_section(report: HtmlReport, data: Any, results: Mapping[str, Any],
 
 def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Module],
                       results: Mapping[str, Any],
-                      explained: Mapping[str, Any] | None = None) -> Path:
+                      explained: Mapping[str, Any] | None = None, *,
+                      method_labels: Mapping[str, str] | None = None) -> Path:
     """Write the demo's ``report.html``; returns its path. ``explained`` (the explain stage's
-    rankings and attributions) adds the example grids and heatmaps to its section."""
+    rankings and attributions) adds the example grids and heatmaps to its section;
+    ``method_labels`` names the example-importance methods (``{name: label}``, from the
+    explain package's table of methods; a method without one is shown by its name)."""
+    method_labels = dict(method_labels or {})
     k = data.shortcut_class
     unc = results["uncorrected"]
     report = HtmlReport(
@@ -150,7 +149,7 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                       for r in reveal["cav_fits"]], table_id="cav-fits")
 
     if "explain" in results:
-        _explain_section(report, data, results, explained)
+        _explain_section(report, data, results, explained, method_labels)
 
     if "methods" in results:
         methods = results["methods"]
@@ -198,7 +197,7 @@ def write_demo_report(path: str | Path, data: Any, models: Mapping[str, nn.Modul
                 "the share of watermarked training images among their top examples, and of the "
                 "label-free attribution inside the watermark.")
             report.table(
-                ["method", *[METHOD_LABELS.get(m, m) for m in shares], "feature share"],
+                ["method", *[method_labels.get(m, m) for m in shares], "feature share"],
                 [[n, *[methods[n]["reliance"]["shares"][m] for m in shares],
                   methods[n]["reliance"]["feature_share"]] for n in with_reliance],
                 table_id="reliance-after")

@@ -59,6 +59,22 @@ def test_reconstruction_error_and_probe_helpers():
     assert 0.0 <= roar.linear_probe_accuracy(model, data) <= 1.0
 
 
+def test_the_probe_is_the_librarys_default_classification_probe():
+    """ROAR reads its codes with the probe ``probe_layers`` uses by default (one definition):
+    the same fit on the same codes gives the same accuracy, to the bit."""
+    from latentsurgeon.concepts.probe import default_probe
+    from latentsurgeon.explain import representations
+
+    data = digit_split(1, n_train=80, n_test=40)
+    torch.manual_seed(0)
+    model = PerturbedAutoencoder(latent_dim=4)
+    train = representations(data.train_x, model, "encoder").numpy()
+    test = representations(data.test_x, model, "encoder").numpy()
+    probe = default_probe("classification").fit(train, data.train_y.numpy())
+    assert roar.linear_probe_accuracy(model, data) == float(probe.score(test,
+                                                                         data.test_y.numpy()))
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(InvalidParameterError, match="method"):
         roar.run([0], settings=roar.Settings(method="deeplift"))

@@ -8,6 +8,7 @@ import pytest
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.experiments import (
     EXPERIMENTS,
+    ExperimentResult,
     consistency_features,
     pretext,
     run_experiment,
@@ -15,9 +16,26 @@ from latentsurgeon.experiments import (
 )
 
 
-def test_experiment_names():
-    assert EXPERIMENTS == ("consistency-features", "consistency-examples", "roar", "pretext",
-                           "disvae")
+def test_all_runs_every_experiment_once_in_order_under_its_own_name(monkeypatch):
+    """``"all"`` means every name of ``EXPERIMENTS``, each run once, in that order, and each
+    name reaches the experiment that reports under it (the runs are stubbed: this is about
+    the runner's dispatch; every experiment's own run is tested in its own file)."""
+    from latentsurgeon.experiments import _runner
+
+    ran: list[str] = []
+    for name in EXPERIMENTS:
+        module = _runner._MODULES[name]
+
+        def fake(seeds, *, settings, quick, progress, module=module):
+            ran.append(module.NAME)
+            return ExperimentResult(name=module.NAME, title=module.TITLE, claim=module.CLAIM,
+                                    seeds=seeds, quick=quick, settings={})
+        monkeypatch.setattr(module, "run", fake)
+    results = run_experiments("all", seeds=[0], quick=True)
+    assert ran == [r.name for r in results] == list(EXPERIMENTS)
+    assert len(set(EXPERIMENTS)) == len(EXPERIMENTS) >= 1
+    for name in EXPERIMENTS:
+        assert run_experiment(name, seeds=[3]).name == name
 
 
 @pytest.mark.parametrize("kwargs, match", [
