@@ -36,7 +36,8 @@ TERMS: tuple[Term, ...] = (
                                            "layer_names": "supported (detoxai)"}),
     Term("the samples analysed", "data", "a tensor (N, ...), a tuple (inputs, labels, ...), a "
          "dict of tensors, a split, Samples, a Dataset or a DataLoader",
-         {"images": "deprecated", "inputs": "deprecated", "train": "deprecated (explainers)"}),
+         {"images": "deprecated", "inputs": "deprecated", "train": "deprecated (explainers' "
+          "fit)", "test": "deprecated (explainers' explain)"}),
     Term("samples in two roles", "clean_inputs/corrupted_inputs, positive_inputs/"
          "negative_inputs, train/test, clean/poisoned", "a call that compares two sets names "
          "each by its role"),
@@ -51,9 +52,11 @@ TERMS: tuple[Term, ...] = (
          {"target_class": "supported (detoxai)", "targets": "deprecated (artifact_relevance)"}),
     Term("where the logits are", "head", "dict key, attribute or tuple index of the logits in a "
          "structured output; 'logits' on a plain tuple takes element 0"),
-    Term("the task head of a concept model", "task_head", "its kind ('linear', 'mlp') or, in "
-         "task_gradients, the module that maps concepts to task logits",
-         {"head": "deprecated (cbm)"}),
+    Term("the task head of a concept model", "task_head", "the module that maps concepts to "
+         "task logits (a concept model's submodule; task_gradients' first argument)",
+         {"head": "deprecated (task_gradients)"}),
+    Term("the kind of a concept model's task head", "head_kind", "'linear' or 'mlp'; the CLI's "
+         "--task-head", {"head": "deprecated (concept models)"}),
     Term("the scalar a gradient penalty differentiates", "masking", "RR-ClArC: max_logit, "
          "target_logit, ...; RRR: true_label, sum_log_probs", {"target": "deprecated (RRR)"}),
     Term("training passes", "epochs", "passes over the training data",

@@ -75,8 +75,7 @@ def _case(size: str) -> Case:
 
     def ours() -> torch.Tensor:
         return InfluenceFunctions("reconstruction", params="encoder", damping=DAMPING,
-                                  solver="cg", batch_size=64).scores(x_train, x_test,
-                                                                     model=s.model)
+                                  solver="cg", batch_size=64).scores(s.model, x_train, x_test)
 
     def peer() -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)

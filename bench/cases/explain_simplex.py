@@ -31,7 +31,7 @@ def _case(size: str, tol: float = 1e-3) -> Case:
         h_train, h_test = s.model.encoder(x_train), s.model.encoder(x_test)
 
     def ours() -> torch.Tensor:
-        return SimplEx("encoder", tol=tol).scores(x_train, x_test, model=s.model)
+        return SimplEx("encoder", tol=tol).scores(s.model, x_train, x_test)
 
     def peer() -> torch.Tensor:
         return peer_explainer.attribute(x_test, list(range(N_TRAIN)), batch_size=50).detach()

@@ -34,7 +34,7 @@ def _case(size: str) -> Case:
 
     def ours() -> torch.Tensor:
         return TracIn(s.checkpoint_dir, "reconstruction", params="encoder",
-                      batch_size=512).scores(x_train, x_test, model=s.model)
+                      batch_size=512).scores(s.model, x_train, x_test)
 
     def peer() -> torch.Tensor:
         return peer_explainer.attribute(x_test, list(range(n_train)),

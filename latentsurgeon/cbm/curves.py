@@ -279,7 +279,7 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
                        = None, build_context: Callable | None = None,
                        layer_output: str = "logits", head: str | int | None = "logits",
                        batch_size: int = 512, seed: int = 0, confidence: float = 0.95,
-                       progress: bool = False) -> InterventionCurves:
+                       progress: bool = True) -> InterventionCurves:
     """Intervention curves of one or several models (runs) with ground-truth interventions.
 
     Args:

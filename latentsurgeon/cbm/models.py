@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentsurgeon._aliases import aliased
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Interval, Options, Seed, check_finite, draw_seed
 from latentsurgeon.activations.batching import model_device, to_tensor
@@ -110,7 +111,7 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
         "n_features": Interval(int, 1, None),
         "n_classes": Interval(int, 2, None),
         "hidden": _Hidden(),
-        "head": Options(["linear", "mlp"]),
+        "head_kind": Options(["linear", "mlp"]),
         "head_hidden": Interval(int, 1, None),
         **_TRAINING_CONSTRAINTS,
     }
@@ -120,7 +121,7 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
         """Create the layers from the constructor's parameters."""
 
     #: Parameters that shape the layers (``set_params`` of one of them rebuilds them at ``fit``).
-    _ARCHITECTURE = ("n_features", "n_concepts", "n_classes", "head", "hidden", "head_hidden",
+    _ARCHITECTURE = ("n_features", "n_concepts", "n_classes", "head_kind", "hidden", "head_hidden",
                      "embedding_size")
 
     def _architecture(self) -> dict[str, Any]:
@@ -247,7 +248,8 @@ class ConceptBottleneckModel(_ConceptModelBase):
         n_features: input values per sample (``prod(inputs.shape[1:])``).
         n_concepts: concepts ``K``.
         n_classes: task classes (2 for a binary task; the head outputs one logit per class).
-        head: ``"linear"`` or ``"mlp"``.
+        head_kind: the task head, ``"linear"`` or ``"mlp"`` (``head=`` is the deprecated
+            spelling: ``head`` means where the logits are, everywhere else).
         scheme: how it is trained (Koh et al.'s three): ``"joint"`` (task and concept losses
             together, ``task CE + concept_weight * concept BCE``), ``"sequential"`` (the concept
             predictor first, then the head on its frozen predicted probabilities) or
@@ -271,17 +273,19 @@ class ConceptBottleneckModel(_ConceptModelBase):
         "concept_weight": Interval(float, 0, None),
     }
 
-    def __init__(self, n_features: int, n_concepts: int, n_classes: int, *, head: str = "linear",
+    @aliased(deprecated={"head": "head_kind"})
+    def __init__(self, n_features: int, n_concepts: int, n_classes: int, *,
+                 head_kind: str = "linear",
                  scheme: str = "joint", hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
                  batch_size: int = 128, weight_decay: float = 0.0,
                  seed: int | torch.Generator | None = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = True) -> None:
         super().__init__()
         self.n_features = n_features
         self.n_concepts = n_concepts
         self.n_classes = n_classes
-        self.head = head
+        self.head_kind = head_kind
         self.scheme = scheme
         self.hidden = hidden
         self.head_hidden = head_hidden
@@ -297,7 +301,7 @@ class ConceptBottleneckModel(_ConceptModelBase):
     def _build(self) -> None:
         self.encoder = _encoder(self.n_features, self.hidden)
         self.concepts = nn.Linear(self.hidden[-1], self.n_concepts)
-        self.task_head = _head(self.n_concepts, self.n_classes, self.head, self.head_hidden)
+        self.task_head = _head(self.n_concepts, self.n_classes, self.head_kind, self.head_hidden)
 
     def forward(self, x: torch.Tensor) -> ConceptOutput:
         concept_logits = self.concepts(self.encoder(x))
@@ -313,12 +317,13 @@ class ConceptBottleneckModel(_ConceptModelBase):
         """The ``build_context`` of :class:`GradientPolicy` on the ``concepts`` layer."""
         return task_gradients(self.predict_task)
 
-    def fit(self, inputs: Any, labels: Any = None, concepts: Any = None
+    @aliased(deprecated={"inputs": "data"})
+    def fit(self, data: Any, labels: Any = None, concepts: Any = None
             ) -> ConceptBottleneckModel:
         """Train from the seeded initialisation (a second ``fit`` starts over).
 
         Args:
-            inputs: ``(N, ...)`` inputs, or an ``(inputs, labels, concepts)`` triple such as a
+            data: ``(N, ...)`` inputs, or an ``(inputs, labels, concepts)`` triple such as a
                 :class:`~latentsurgeon.data.ConceptSplit` (then leave the others None).
             labels: ``(N,)`` task labels in ``0..n_classes-1``.
             concepts: ``(N, K)`` concept labels in ``[0, 1]``.
@@ -327,7 +332,7 @@ class ConceptBottleneckModel(_ConceptModelBase):
             self, in eval mode, with ``history_``: the per-epoch losses of each stage.
         """
         self._validate_params()
-        x, y, c = self._check_data(inputs, labels, concepts, need_concepts=True)
+        x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
         assert c is not None
         self._start()
         history: dict[str, Any] = {}
@@ -385,7 +390,7 @@ class ConceptEmbeddingModel(_ConceptModelBase):
     concept_weight * concept BCE`` (the concept loss on the predicted logits).
 
     Args:
-        n_features, n_concepts, n_classes, head, hidden, head_hidden, concept_weight, epochs,
+        n_features, n_concepts, n_classes, head_kind, hidden, head_hidden, concept_weight, epochs,
             lr, batch_size, weight_decay, seed, progress: as :class:`ConceptBottleneckModel`.
         embedding_size: ``m``, the size of each concept embedding.
         rand_int: probability of a ground-truth intervention per concept during training.
@@ -399,18 +404,20 @@ class ConceptEmbeddingModel(_ConceptModelBase):
         "concept_weight": Interval(float, 0, None),
     }
 
-    def __init__(self, n_features: int, n_concepts: int, n_classes: int, *, head: str = "linear",
+    @aliased(deprecated={"head": "head_kind"})
+    def __init__(self, n_features: int, n_concepts: int, n_classes: int, *,
+                 head_kind: str = "linear",
                  embedding_size: int = 16, rand_int: float = 0.25,
                  hidden: Sequence[int] = (64, 64), head_hidden: int = 64,
                  concept_weight: float = 1.0, epochs: int = 60, lr: float = 5e-3,
                  batch_size: int = 128, weight_decay: float = 0.0,
                  seed: int | torch.Generator | None = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = True) -> None:
         super().__init__()
         self.n_features = n_features
         self.n_concepts = n_concepts
         self.n_classes = n_classes
-        self.head = head
+        self.head_kind = head_kind
         self.embedding_size = embedding_size
         self.rand_int = rand_int
         self.hidden = hidden
@@ -430,7 +437,7 @@ class ConceptEmbeddingModel(_ConceptModelBase):
         self.embeddings = nn.Sequential(nn.Linear(self.hidden[-1], k * 2 * m), nn.LeakyReLU(),
                                         nn.Unflatten(1, (k, 2, m)))
         self.concepts = _PairScorer(m)
-        self.task_head = _head(k * m, self.n_classes, self.head, self.head_hidden)
+        self.task_head = _head(k * m, self.n_classes, self.head_kind, self.head_hidden)
 
     def forward(self, x: torch.Tensor) -> ConceptOutput:
         embeddings = self.embeddings(self.encoder(x))
@@ -451,12 +458,13 @@ class ConceptEmbeddingModel(_ConceptModelBase):
         """The ``build_context`` of :class:`GradientPolicy` on the ``concepts`` layer."""
         return task_gradients(self.predict_task)
 
-    def fit(self, inputs: Any, labels: Any = None, concepts: Any = None
+    @aliased(deprecated={"inputs": "data"})
+    def fit(self, data: Any, labels: Any = None, concepts: Any = None
             ) -> ConceptEmbeddingModel:
         """Train jointly with RandInt from the seeded initialisation (arguments as
         :meth:`ConceptBottleneckModel.fit`). Returns self, in eval mode, with ``history_``."""
         self._validate_params()
-        x, y, c = self._check_data(inputs, labels, concepts, need_concepts=True)
+        x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
         assert c is not None
         self._start()
         weight, rate = float(self.concept_weight), float(self.rand_int)
@@ -495,18 +503,20 @@ class BlackBoxModel(_ConceptModelBase):
     hidden layer of ``head_hidden``) directly. It returns the task logits ``(N, n_classes)``.
 
     Args:
-        n_features, n_classes, head, hidden, head_hidden, epochs, lr, batch_size,
+        n_features, n_classes, head_kind, hidden, head_hidden, epochs, lr, batch_size,
             weight_decay, seed, progress: as :class:`ConceptBottleneckModel`.
     """
 
-    def __init__(self, n_features: int, n_classes: int, *, head: str = "mlp",
+    @aliased(deprecated={"head": "head_kind"})
+    def __init__(self, n_features: int, n_classes: int, *,
+                 head_kind: str = "mlp",
                  hidden: Sequence[int] = (64, 64), head_hidden: int = 64, epochs: int = 60,
                  lr: float = 5e-3, batch_size: int = 128, weight_decay: float = 0.0,
-                 seed: int | torch.Generator | None = 0, progress: bool = False) -> None:
+                 seed: int | torch.Generator | None = 0, progress: bool = True) -> None:
         super().__init__()
         self.n_features = n_features
         self.n_classes = n_classes
-        self.head = head
+        self.head_kind = head_kind
         self.hidden = hidden
         self.head_hidden = head_hidden
         self.epochs = epochs
@@ -519,16 +529,17 @@ class BlackBoxModel(_ConceptModelBase):
 
     def _build(self) -> None:
         self.encoder = _encoder(self.n_features, self.hidden)
-        self.task_head = _head(self.hidden[-1], self.n_classes, self.head, self.head_hidden)
+        self.task_head = _head(self.hidden[-1], self.n_classes, self.head_kind, self.head_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.task_head(self.encoder(x))
 
-    def fit(self, inputs: Any, labels: Any = None, concepts: Any = None) -> BlackBoxModel:
+    @aliased(deprecated={"inputs": "data"})
+    def fit(self, data: Any, labels: Any = None, concepts: Any = None) -> BlackBoxModel:
         """Train on the task from the seeded initialisation; ``concepts`` are ignored (so a
         :class:`~latentsurgeon.data.ConceptSplit` can be passed as it is). Returns self."""
         self._validate_params()
-        x, y, _ = self._check_data(inputs, labels, None, need_concepts=False)
+        x, y, _ = self._check_data(data, labels, None, need_concepts=False)
 
         def task(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
             xb, yb = batch

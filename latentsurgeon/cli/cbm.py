@@ -9,7 +9,7 @@ from typing import Any
 def cmd_cbm(args: argparse.Namespace) -> int:
     from latentsurgeon.experiments import cbm
 
-    settings = cbm.Settings(dataset=args.dataset, model=args.model, head=args.head,
+    settings = cbm.Settings(dataset=args.dataset, model=args.model, head_kind=args.task_head,
                             scheme=args.scheme, noise=args.noise, epochs=args.epochs)
     result = cbm.run(args.seeds, settings=settings, quick=args.quick, progress=not args.quiet)
     paths = result.write(args.out)
@@ -38,8 +38,10 @@ def register(sub: Any) -> None:
                    help="output directory (default: latentsurgeon-cbm)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="one run per seed; curves are averaged over them (default: 0 1 2)")
-    p.add_argument("--head", default="mlp", choices=["linear", "mlp"],
-                   help="task head on the concepts (default: mlp)")
+    p.add_argument("--task-head", "--head", dest="task_head", default="mlp",
+                   choices=["linear", "mlp"],
+                   help="task head on the concepts (default: mlp; --head is the earlier "
+                        "spelling)")
     p.add_argument("--scheme", default="independent",
                    choices=["joint", "sequential", "independent"],
                    help="CBM training scheme (default: independent; CEM always trains jointly)")

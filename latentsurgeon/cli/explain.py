@@ -126,7 +126,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
         layer, loss=args.loss, test_loss="predicted" if args.loss == "cross_entropy" else None,
         checkpoints=args.checkpoints or "current", damping=args.damping,
         batch_size=args.batch_size, progress=not args.quiet)
-    scores = explainer.scores(train_data, test, model=model)
+    scores = explainer.scores(model, train_data, test)
     top = method.top(scores, args.top)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def run_experiment(
     quick: bool = False,
     settings: Any = None,
     out: str | Path | None = None,
-    progress: bool = False,
+    progress: bool = True,
     threads: int | None = 1,
 ) -> ExperimentResult:
     """Run one experiment over ``seeds``; with ``out``, write its files.
@@ -177,7 +177,7 @@ def run_experiments(
     seeds: Sequence[int] = (0, 1, 2),
     quick: bool = False,
     out: str | Path | None = None,
-    progress: bool = False,
+    progress: bool = True,
     threads: int | None = 1,
 ) -> list[ExperimentResult]:
     """Run several experiments (``"all"``: every one of :data:`EXPERIMENTS`) into one report.

@@ -52,7 +52,7 @@ class Settings:
         dataset: one of :data:`DATASETS`.
         model: ``"cbm"`` (:class:`~latentsurgeon.cbm.ConceptBottleneckModel`) or ``"cem"``
             (:class:`~latentsurgeon.cbm.ConceptEmbeddingModel`).
-        head: the task head, ``"linear"`` or ``"mlp"``.
+        head_kind: the task head, ``"linear"`` or ``"mlp"``.
         scheme: the CBM's training scheme (ignored for CEM, which trains jointly).
         noise: input noise of the toy sets (None: the data set's default).
         epochs: training epochs (None: the models' default, 15 with ``quick``).
@@ -60,7 +60,7 @@ class Settings:
 
     dataset: str = "xor"
     model: str = "cbm"
-    head: str = "mlp"
+    head_kind: str = "mlp"
     scheme: str = "independent"
     noise: float | None = None
     epochs: int | None = None
@@ -69,7 +69,7 @@ class Settings:
 _CONSTRAINTS = {
     "dataset": Options(DATASETS),
     "model": Options(["cbm", "cem"]),
-    "head": Options(["linear", "mlp"]),
+    "head_kind": Options(["linear", "mlp"]),
     "scheme": Options(["joint", "sequential", "independent"]),
     "noise": [None, Interval(float, 0, None)],
     "epochs": [None, Interval(int, 1, None)],
@@ -80,7 +80,7 @@ _CONSTRAINTS = {
 class CbmResult(ExperimentResult):
     """Adds the intervention ``curves`` over seeds, the ``black_box`` accuracy of each seed's
     reference model and the trained ``models``; ``settings`` is the run's configuration
-    (``dataset``, ``model``, ``head``, ``scheme``, ``seeds``, ``noise``, ``epochs``, ``quick``,
+    (``dataset``, ``model``, ``head_kind``, ``scheme``, ``seeds``, ``noise``, ``epochs``, ``quick``,
     ``concepts``) and ``records["curves"]`` the curves' rows."""
 
     curves: InterventionCurves
@@ -131,8 +131,8 @@ class CbmResult(ExperimentResult):
 
 
 def _title(settings: Settings) -> str:
-    what = (f"CBM ({settings.scheme}, {settings.head} head)" if settings.model == "cbm"
-            else f"CEM ({settings.head} head, RandInt 0.25)")
+    what = (f"CBM ({settings.scheme}, {settings.head_kind} head)" if settings.model == "cbm"
+            else f"CEM ({settings.head_kind} head, RandInt 0.25)")
     return f"{what} on {settings.dataset}"
 
 
@@ -162,7 +162,7 @@ def _load(dataset: str, seed: int, noise: float | None, quick: bool) -> Any:
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> CbmResult:
+        quick: bool = False, progress: bool = True) -> CbmResult:
     """Train per seed and draw the intervention curves of every policy.
 
     Args:
@@ -183,7 +183,8 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
     if quick:
         seeds = seeds[:1]
         epochs = epochs or 15
-    options = {"head": settings.head, "progress": progress, **({"epochs": epochs} if epochs else {})}
+    options = {"head_kind": settings.head_kind, "progress": progress,
+               **({"epochs": epochs} if epochs else {})}
     models, tests, black_box = [], [], []
     for seed in seeds:
         data = _load(settings.dataset, seed, settings.noise, quick)
@@ -199,7 +200,8 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
         black_box.append(accuracy(baseline.fit(data.train), data.test))
         logger.info("seed %d: %s trained", seed, settings.model)
     curves = intervention_curve(models, tests, seed=seeds[0], progress=progress)
-    config = {"dataset": settings.dataset, "model": settings.model, "head": settings.head,
+    config = {"dataset": settings.dataset, "model": settings.model,
+              "head_kind": settings.head_kind,
               "scheme": settings.scheme if settings.model == "cbm" else "joint+randint",
               "seeds": list(seeds), "noise": settings.noise, "epochs": models[0].epochs,
               "quick": quick, "concepts": list(data.concept_names)}

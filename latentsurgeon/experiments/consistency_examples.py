@@ -157,7 +157,7 @@ def _rates(model: nn.Module, data: Split, checkpoints: list, tracin_params: str,
     least: dict[str, list[float]] = {}
     explainers = _explainers(checkpoints, tracin_params, influence_params, damping)
     for method, (explainer, entry) in explainers.items():
-        scores = explainer.scores(data.train_x, data.test_x, model=model)
+        scores = explainer.scores(model, data.train_x, data.test_x)
         most[method] = [_same_label_share(entry.top(scores, k), data.train_y, data.test_y)
                         for k in ks]
         least[method] = [_same_label_share(entry.top(scores, k, least=True), data.train_y,
@@ -187,7 +187,7 @@ def _beat_model(seed: int, settings: Settings, data: Split, folder: str) -> tupl
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> ConsistencyExamplesResult:
+        quick: bool = False, progress: bool = True) -> ConsistencyExamplesResult:
     """Run the experiment over ``seeds`` (each: its own data, initialisation and training).
 
     Returns a :class:`ConsistencyExamplesResult`; no file is written (see

@@ -94,13 +94,13 @@ def _shifts(model: torch.nn.Module, inputs: torch.Tensor, reference: torch.Tenso
     out = []
     for fraction in fractions:
         masks = top_feature_masks(scores, int(round(fraction * n_pixels)))
-        masked = representations(inputs * masks, model, "encoder")
+        masked = representations(model, "encoder", inputs * masks)
         out.append(float((reference - masked).norm(dim=1).mean()) / scale)
     return out
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> ConsistencyFeaturesResult:
+        quick: bool = False, progress: bool = True) -> ConsistencyFeaturesResult:
     """Run the experiment over ``seeds`` (each: its own split, initialisation and training).
 
     Returns a :class:`ConsistencyFeaturesResult`; no file is written (see
@@ -119,7 +119,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
         model = seeded(seed, lambda: PerturbedAutoencoder(latent_dim=settings.latent_dim))
         train_autoencoder(model, data.train_x, epochs=settings.epochs, lr=settings.lr,
                           batch_size=settings.batch_size, seed=seed, progress=False)
-        reference = representations(data.test_x, model, "encoder")
+        reference = representations(model, "encoder", data.test_x)
         for method in methods:
             if method == "random":
                 scores = random_scores(data.test_x.shape, seed)

@@ -142,7 +142,7 @@ def _loss(name: str, beta: float, n_data: int, settings: Settings) -> object:
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> DisvaeResult:
+        quick: bool = False, progress: bool = True) -> DisvaeResult:
     """Run the experiment over ``seeds`` (each: its own split and initialisation, shared by
     every loss and beta of that seed, so they differ by their objective alone).
 

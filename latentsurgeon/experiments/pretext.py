@@ -90,7 +90,7 @@ class PretextResult(ExperimentResult):
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> PretextResult:
+        quick: bool = False, progress: bool = True) -> PretextResult:
     """Run the experiment over ``seeds`` (each: its own split; task ``i`` initialised and
     trained with seed ``100 * seed + i``).
 
@@ -121,7 +121,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
             if s == 0:
                 example_attributions[task] = features[:6]
             neighbours = NearestNeighbours("inverse_distance", layer="encoder")
-            scores = neighbours.scores(data.train_x, data.test_x, model=model)
+            scores = neighbours.scores(model, data.train_x, data.test_x)
             importance["features"].append(features.reshape(-1).numpy())
             importance["examples"].append(scores.reshape(-1).numpy())
             bar.update()

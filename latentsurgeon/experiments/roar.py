@@ -114,15 +114,15 @@ def linear_probe_accuracy(model: nn.Module, data: Split) -> float:
     encoder's codes, trained on the training digits' codes."""
     from latentsurgeon.concepts.probe import default_probe  # scikit-learn: imported on use
 
-    train = representations(data.train_x, model, "encoder").numpy()
-    test = representations(data.test_x, model, "encoder").numpy()
+    train = representations(model, "encoder", data.train_x).numpy()
+    test = representations(model, "encoder", data.test_x).numpy()
     probe = default_probe("classification")
     probe.fit(train, data.train_y.numpy())
     return float(probe.score(test, data.test_y.numpy()))
 
 
 def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
-        quick: bool = False, progress: bool = False) -> RoarResult:
+        quick: bool = False, progress: bool = True) -> RoarResult:
     """Run the experiment over ``seeds`` (each: its own split, initialisation and training).
 
     Returns a :class:`RoarResult`; no file is written (see

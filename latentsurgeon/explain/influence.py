@@ -164,7 +164,7 @@ class InfluenceFunctions(ExampleExplainer):
                  solver: str = "auto", max_exact_params: int = 4096, cg_tol: float = 1e-6,
                  cg_max_iter: int = 500, hessian_samples: int | None = None, seed: int = 0,
                  batch_size: int = 64, cache_mb: float = 512.0,
-                 device: str | torch.device | None = None, progress: bool = False) -> None:
+                 device: str | torch.device | None = None, progress: bool = True) -> None:
         self.loss = loss
         self.test_loss = test_loss
         self.params = params

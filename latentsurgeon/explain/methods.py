@@ -67,7 +67,7 @@ class ExampleMethod:
 
     def build(self, layer: str, *, loss: str = "cross_entropy",
               test_loss: str | None = "predicted", checkpoints: Any = "current",
-              damping: float = 0.01, batch_size: int = 64, progress: bool = False
+              damping: float = 0.01, batch_size: int = 64, progress: bool = True
               ) -> ExampleExplainer:
         """The explainer at ``layer``: its output is the representation, or its parameters
         are differentiated. ``loss``/``test_loss`` (training and test losses), ``checkpoints``
@@ -150,7 +150,7 @@ def top_examples_by_method(
     test_loss: str | None = "predicted",
     damping: float = 0.01,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The top-``k`` (most helpful) training examples of every test example by each method,
     at one layer (the methods of :data:`METHODS`; by default :data:`DEFAULT_METHODS`).
@@ -185,5 +185,5 @@ def top_examples_by_method(
         method = METHODS[name]
         explainer = method.build(layer, loss=loss, test_loss=test_loss, checkpoints=checkpoints,
                                  damping=damping, batch_size=batch_size, progress=progress)
-        out[name] = method.top(explainer.scores(train, test, model=model), k)
+        out[name] = method.top(explainer.scores(model, train, test), k)
     return out

@@ -62,7 +62,7 @@ class NearestNeighbours(ExampleExplainer):
 
     def __init__(self, metric: str = "inverse_distance", layer: str | None = None, *,
                  batch_size: int = 256, device: str | torch.device | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = True) -> None:
         self.metric = metric
         self.layer = layer
         self.batch_size = batch_size
@@ -88,7 +88,7 @@ class NearestNeighbours(ExampleExplainer):
         return 1.0 / (dist * dist).clamp_min(torch.finfo(dtype).tiny)
 
     def _explain(self, test: Any) -> torch.Tensor:
-        test_reps = representations(test, self._model, self.layer, batch_size=self.batch_size,
+        test_reps = representations(self._model, self.layer, test, batch_size=self.batch_size,
                                     device=self.device, progress=self.progress)
         train_reps = self.train_representations_
         step = self.batch_size

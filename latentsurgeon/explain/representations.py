@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon._aliases import moved
 from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import (
@@ -56,30 +57,37 @@ def block_representations(block: Any, model: nn.Module | None, layer: str | None
         if model is not None:
             store.check_model(model)
         reps = store.tensor(store_layer(store, layer), slice(block.start, block.end))
-        return representations(reps)
-    return representations(block.data, model, layer, batch_size=batch_size, device=device,
+        return representations(None, None, reps)
+    return representations(model, layer, block.data, batch_size=batch_size, device=device,
                            progress=progress)
 
 
+@moved(("data", "model", "layer"), is_old=lambda args: bool(args) and args[0] is not None
+       and not isinstance(args[0], nn.Module), defaults={"model": None, "layer": None})
 def representations(
+    model: nn.Module | None,
+    layer: str | None,
     data: Any,
-    model: nn.Module | None = None,
-    layer: str | None = None,
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Per-sample representations ``(N, D)`` (each sample's representation flattened).
 
+    The order is the library's (model, layer, data; ``representations(None, None, reps)``
+    for representations given as they are); the earlier ``(data, model, layer)`` still works,
+    with a ``FutureWarning``.
+
     Args:
+        model: the network whose ``layer`` (or output, when ``layer`` is None) represents a
+            sample, or None when ``data`` are the representations. Run in eval mode without
+            gradients; the forward pass stops after ``layer``.
+        layer: one exact layer name (of the model, or of the store).
         data: with ``model``: inputs (a tensor, a tuple ``(inputs, labels, ...)``, a split, a
             Dataset or a DataLoader; see :func:`~latentsurgeon.activations.batching.iter_batches`).
             Without ``model``: the representations themselves, a tensor or array ``(N, ...)``,
             or an :class:`ActivationStore` (its layer ``layer``, or its only layer).
-        model: the network whose ``layer`` (or output, when ``layer`` is None) represents a
-            sample. Run in eval mode without gradients; the forward pass stops after ``layer``.
-        layer: one exact layer name (of the model, or of the store).
         batch_size: samples per forward pass.
         device: None or the model's device (an analysis never moves the model).
         progress: a tqdm bar over batches.

@@ -173,7 +173,7 @@ class SimplEx(ExampleExplainer):
 
     def __init__(self, layer: str | None = None, *, tol: float = 1e-3,
                  max_iter: int = 2000, check_every: int = 10, batch_size: int = 1024,
-                 device: str | torch.device | None = None, progress: bool = False) -> None:
+                 device: str | torch.device | None = None, progress: bool = True) -> None:
         self.layer = layer
         self.tol = tol
         self.max_iter = max_iter
@@ -188,7 +188,7 @@ class SimplEx(ExampleExplainer):
             progress=self.progress)
 
     def _explain(self, test: Any) -> torch.Tensor:
-        test_reps = representations(test, self._model, self.layer, batch_size=self.batch_size,
+        test_reps = representations(self._model, self.layer, test, batch_size=self.batch_size,
                                     device=self.device, progress=self.progress)
         parts, objectives, iters = [], [], []
         starts = range(0, len(test_reps), self.batch_size)

@@ -116,7 +116,7 @@ class TracIn(ExampleExplainer):
                  lr: float | None = None, normalize: bool = False,
                  projection_dim: int | None = None, seed: int = 0, batch_size: int = 64,
                  cache_mb: float = 512.0, device: str | torch.device | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = True) -> None:
         self.checkpoints = checkpoints
         self.loss = loss
         self.test_loss = test_loss

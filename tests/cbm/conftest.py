@@ -45,5 +45,5 @@ def xor_cbm(xor_small):
     """An independent CBM with an MLP head on noisy xor (concept errors to correct)."""
     from latentsurgeon.cbm import ConceptBottleneckModel
 
-    return small_model(ConceptBottleneckModel, xor_small, head="mlp", scheme="independent",
+    return small_model(ConceptBottleneckModel, xor_small, head_kind="mlp", scheme="independent",
                        epochs=40, seed=0)

@@ -77,7 +77,7 @@ def _fit(name, head, seed, *, scheme="independent", n_train=2000, n_test=4000, e
     data = toy_concepts(name, seed=seed, n_train=n_train, n_test=n_test)
     with one_thread():
         kwargs = {"scheme": scheme} if model is ConceptBottleneckModel else {}
-        net = model(data.n_features, data.n_concepts, 2, head=head, seed=seed, epochs=epochs,
+        net = model(data.n_features, data.n_concepts, 2, head_kind=head, seed=seed, epochs=epochs,
                     **kwargs).fit(data.train)
     return net, data
 

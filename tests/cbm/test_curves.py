@@ -124,7 +124,7 @@ def _noisy_runs(name, seeds, noise, **sizes):
         for seed in seeds:
             data = toy_concepts(name, seed=seed, noise=noise, **sizes)
             models.append(ConceptBottleneckModel(
-                data.n_features, data.n_concepts, 2, head="mlp", scheme="independent",
+                data.n_features, data.n_concepts, 2, head_kind="mlp", scheme="independent",
                 seed=seed, epochs=40).fit(data.train))
             tests.append(data.test)
         return intervention_curve(models, tests, policies=["random", "uncertainty", "gradient"])

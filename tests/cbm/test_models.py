@@ -56,7 +56,7 @@ def test_output_structure_and_the_named_concept_layer(cls, trig):
 
 
 def test_estimator_contract(trig, tmp_path):
-    model = ConceptBottleneckModel(7, 3, 2, head="mlp", scheme="sequential", **FAST)
+    model = ConceptBottleneckModel(7, 3, 2, head_kind="mlp", scheme="sequential", **FAST)
     params = model.get_params()
     assert params["scheme"] == "sequential" and params["hidden"] == (16,)
     assert model.set_params(lr=0.01) is model and model.lr == 0.01
@@ -79,7 +79,7 @@ def test_estimator_contract(trig, tmp_path):
     with pytest.raises(LatentSurgeonError, match="ConceptEmbeddingModel.load|not a"):
         ConceptEmbeddingModel.load(tmp_path / "m.pt")
     with pytest.raises(InvalidParameterError, match="head"):
-        ConceptBottleneckModel(7, 3, 2, head="deep")
+        ConceptBottleneckModel(7, 3, 2, head_kind="deep")
     with pytest.raises(InvalidParameterError, match="scheme"):
         ConceptBottleneckModel(7, 3, 2, scheme="hybrid")
 
@@ -138,7 +138,7 @@ def test_every_scheme_trains_through_the_one_loop(trig, monkeypatch):
 def test_independent_head_is_trained_on_the_true_concepts():
     # xor with an MLP head: a head trained on the true concepts predicts them perfectly
     data = toy_concepts("xor", n_train=600, n_test=200, seed=1)
-    model = ConceptBottleneckModel(2, 2, 2, head="mlp", scheme="independent", epochs=40,
+    model = ConceptBottleneckModel(2, 2, 2, head_kind="mlp", scheme="independent", epochs=40,
                                    seed=1).fit(data.train)
     with torch.no_grad():
         logits = model.task_head(data.test.concepts)
@@ -171,7 +171,7 @@ def test_black_box_has_no_concept_layer(trig):
     assert not hasattr(model, "concepts")
     with torch.no_grad():
         assert model(trig.test.inputs).shape == (200, 2)
-    cbm = ConceptBottleneckModel(7, 3, 2, head="mlp", **FAST)
+    cbm = ConceptBottleneckModel(7, 3, 2, head_kind="mlp", **FAST)
     assert [m.out_features for m in model.encoder if hasattr(m, "out_features")] == \
         [m.out_features for m in cbm.encoder if hasattr(m, "out_features")]
 
@@ -246,3 +246,19 @@ def test_a_generator_seed_is_reproducible_and_int_seeds_are_unchanged(trig):
             m.reset_parameters()
     assert all(torch.equal(p, q) for p, q in zip(seeded.state_dict().values(),
                                                  ref.state_dict().values(), strict=True))
+
+
+def test_earlier_spellings_head_and_inputs_build_and_fit_the_same_model(xor_small):
+    new = ConceptBottleneckModel(xor_small.n_features, xor_small.n_concepts, 2, head_kind="mlp",
+                                 **FAST).fit(xor_small.train)
+    with pytest.warns(FutureWarning) as record:
+        old = ConceptBottleneckModel(xor_small.n_features, xor_small.n_concepts, 2, head="mlp",
+                                     **FAST)
+        train = xor_small.train
+        old.fit(inputs=train.inputs, labels=train.labels, concepts=train.concepts)
+    messages = " ".join(str(w.message) for w in record)
+    assert "head= is deprecated; use head_kind=" in messages
+    assert "inputs= is deprecated; use data=" in messages
+    assert old.head_kind == "mlp" and old.get_params()["head_kind"] == "mlp"
+    for a, b in zip(new.state_dict().values(), old.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

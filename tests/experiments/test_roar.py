@@ -68,8 +68,8 @@ def test_the_probe_is_the_librarys_default_classification_probe():
     data = digit_split(1, n_train=80, n_test=40)
     torch.manual_seed(0)
     model = PerturbedAutoencoder(latent_dim=4)
-    train = representations(data.train_x, model, "encoder").numpy()
-    test = representations(data.test_x, model, "encoder").numpy()
+    train = representations(model, "encoder", data.train_x).numpy()
+    test = representations(model, "encoder", data.test_x).numpy()
     probe = default_probe("classification").fit(train, data.train_y.numpy())
     assert roar.linear_probe_accuracy(model, data) == float(probe.score(test,
                                                                          data.test_y.numpy()))

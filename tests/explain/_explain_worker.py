@@ -48,7 +48,7 @@ def all_scores(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         "influence_cg": InfluenceFunctions("cross_entropy", damping=1.0, solver="cg",
                                            batch_size=4),
     }
-    scores = {name: e.scores(train, test, model=model) for name, e in explainers.items()}
+    scores = {name: e.scores(model, train, test) for name, e in explainers.items()}
     # what this process computed itself: training rows (TracIn, NN) and test rows (SimplEx)
     block = explainers["tracin"].train_block_
     scores["local_rows"] = torch.tensor([block[1] - block[0],

@@ -42,10 +42,10 @@ def test_estimator_contract(explainer, tmp_path):
     assert not explainer.is_fitted()
     with pytest.raises(NotFittedError):
         explainer.explain(test)
-    assert explainer.fit(train, model) is explainer
+    assert explainer.fit(model, train) is explainer
     scores = explainer.explain(test)
     assert scores.shape == (5, 14) and bool(torch.isfinite(scores).all())
-    torch.testing.assert_close(type(explainer)(**params).scores(train, test, model=model),
+    torch.testing.assert_close(type(explainer)(**params).scores(model, train, test),
                                scores, rtol=0, atol=0)
     explainer.save(tmp_path / "e.pt")
     loaded = type(explainer).load(tmp_path / "e.pt")
@@ -74,7 +74,7 @@ def test_set_params_is_validated_at_fit():
     model = make_classifier()
     explainer = NearestNeighbours().set_params(metric="cosine", batch_size=0)
     with pytest.raises(InvalidParameterError, match="batch_size"):
-        explainer.fit(tabular(4), model)
+        explainer.fit(model, tabular(4))
 
 
 def test_top_examples_ranks_with_deterministic_ties():
@@ -107,7 +107,7 @@ def test_top_examples_by_method_agrees_with_each_explainer():
                                     params="0", normalize=True),
     }
     for name, explainer in expected.items():
-        assert torch.equal(tops[name], top_examples(explainer.scores(train, test, model=model),
+        assert torch.equal(tops[name], top_examples(explainer.scores(model, train, test),
                                                     3)), name
     with pytest.raises(InvalidParameterError, match="methods"):
         top_examples_by_method(model, "0", train, test, methods=["lime"])

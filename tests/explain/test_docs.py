@@ -26,6 +26,5 @@ def test_snippets_run_in_order(tmp_path, monkeypatch):
                                       "tracin_normalized"}
     # the store gives the same neighbours as the model
     direct = namespace["NearestNeighbours"]("cosine", "classifier.1").scores(
-        namespace["subset"], namespace["data"].poisoned.images[:20],
-        model=namespace["cnn"])
+        namespace["cnn"], namespace["subset"], namespace["data"].poisoned.images[:20])
     torch.testing.assert_close(namespace["from_store"], direct, rtol=1e-5, atol=1e-6)

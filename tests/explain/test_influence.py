@@ -56,7 +56,7 @@ def test_scores_equal_an_explicit_hessian_solve(solver, batch_size):
     expected, hessian = explicit_influence(model, train, test, damping=1.0)
     explainer = InfluenceFunctions("cross_entropy", damping=1.0, solver=solver,
                                    batch_size=batch_size, cg_tol=1e-12)
-    scores = explainer.scores(train, test, model=model)
+    scores = explainer.scores(model, train, test)
     assert scores.shape == (6, 31) and scores.dtype == torch.float64
     torch.testing.assert_close(scores, expected, rtol=1e-8, atol=1e-12)
     assert explainer.solver_ == solver
@@ -86,8 +86,7 @@ def test_sign_and_scale_are_koh_and_liangs():
     def squared(output, batch):
         return 0.5 * ((output.reshape(-1) - batch[1].reshape(-1)) ** 2).sum()
 
-    scores = InfluenceFunctions(squared, damping=lam).scores((X, y), (x_test, y_test),
-                                                             model=model)
+    scores = InfluenceFunctions(squared, damping=lam).scores(model, (X, y), (x_test, y_test))
     eps = 1e-6
     for j in (0, 7, 19):
         up, down = torch.full((25,), 1 / 25, dtype=torch.float64), None
@@ -107,7 +106,7 @@ def test_an_autoencoder_on_plain_tensors():
     ae = make_ae()
     x = images(12)
     scores = InfluenceFunctions("reconstruction", params="encoder", damping=0.1).scores(
-        x, x[:3], model=ae)
+        ae, x, x[:3])
     assert scores.shape == (3, 12)
     # an example is helpful to itself: its own score is among the most negative in its row
     assert all(int(scores[i].argsort()[:3].eq(i).sum()) == 1 for i in range(3))
@@ -120,12 +119,11 @@ def test_an_indefinite_system_falls_back_to_lu_exact_and_is_refused_by_cg(caplog
     assert float(torch.linalg.eigvalsh(hessian)[0]) < -0.01  # the system is indefinite
     with caplog.at_level(logging.WARNING, logger="latentsurgeon.explain.influence"):
         scores = InfluenceFunctions("cross_entropy", damping=0.01, solver="exact").scores(
-            train, test, model=model)
+            model, train, test)
     assert "not positive definite" in caplog.text
     torch.testing.assert_close(scores, expected, rtol=1e-8, atol=1e-10)
     with pytest.raises(LatentSurgeonError, match="non-positive curvature"):
-        InfluenceFunctions("cross_entropy", damping=0.01, solver="cg").scores(train, test,
-                                                                              model=model)
+        InfluenceFunctions("cross_entropy", damping=0.01, solver="cg").scores(model, train, test)
 
 
 def test_hessian_on_a_seeded_subset_and_uncached_training_gradients():
@@ -135,7 +133,7 @@ def test_hessian_on_a_seeded_subset_and_uncached_training_gradients():
     expected, _ = explicit_influence(model, train, test, damping=1.0, hessian_rows=chosen)
     explainer = InfluenceFunctions("cross_entropy", damping=1.0, hessian_samples=12, seed=3,
                                    cache_mb=0.0)
-    scores = explainer.scores(train, test, model=model)
+    scores = explainer.scores(model, train, test)
     assert not explainer.gradients_cached_
     torch.testing.assert_close(scores, expected, rtol=1e-8, atol=1e-12)
 
@@ -143,7 +141,7 @@ def test_hessian_on_a_seeded_subset_and_uncached_training_gradients():
 def test_saved_exact_solver_reloads_its_hessian(tmp_path):
     model = make_classifier()
     train, test = tabular(20), tabular(3, seed=4)
-    explainer = InfluenceFunctions("cross_entropy", damping=1.0).fit(train, model)
+    explainer = InfluenceFunctions("cross_entropy", damping=1.0).fit(model, train)
     explainer.save(tmp_path / "if.pt")
     loaded = InfluenceFunctions.load(tmp_path / "if.pt")
     torch.testing.assert_close(loaded.hessian_, explainer.hessian_)
@@ -154,7 +152,7 @@ def test_saved_exact_solver_reloads_its_hessian(tmp_path):
     again = InfluenceFunctions.load(tmp_path / "if.pt", model=model)
     torch.testing.assert_close(again.explain(test), explainer.explain(test), rtol=0, atol=0)
     # the CG solver reads the training data at every explain: a saved one could not explain
-    cg = InfluenceFunctions("cross_entropy", damping=1.0, solver="cg").fit(train, model)
+    cg = InfluenceFunctions("cross_entropy", damping=1.0, solver="cg").fit(model, train)
     with pytest.raises(LatentSurgeonError, match="conjugate-gradient"):
         cg.save(tmp_path / "cg.pt")
     assert not (tmp_path / "cg.pt").exists()

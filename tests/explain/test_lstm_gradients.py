@@ -33,9 +33,8 @@ def test_tracin_reads_checkpoints_of_a_model_with_non_persistent_buffers(tmp_pat
                                 checkpoint_dir=tmp_path)
     test_x = series(3, 2)
     # one epoch: the only checkpoint holds the present weights
-    from_files = TracIn(tmp_path, params="decoder.output", lr=1.0).scores(train_x, test_x,
-                                                                        model=model)
-    current = TracIn("current", params="decoder.output").scores(train_x, test_x, model=model)
+    from_files = TracIn(tmp_path, params="decoder.output", lr=1.0).scores(model, train_x, test_x)
+    current = TracIn("current", params="decoder.output").scores(model, train_x, test_x)
     torch.testing.assert_close(from_files, current, rtol=1e-6, atol=1e-9)
 
 
@@ -55,7 +54,7 @@ def test_influence_runs_through_an_lstm_and_matches_an_explicit_hessian():
     train_x, test_x = series(8, 3), series(3, 4)
     damping = 0.1
     explainer = InfluenceFunctions("reconstruction", params="decoder.output", damping=damping)
-    scores = explainer.scores(train_x, test_x, model=model)
+    scores = explainer.scores(model, train_x, test_x)
 
     out = model.decoder.output
     flat = torch.cat([out.weight.detach().reshape(-1), out.bias.detach()]).double()

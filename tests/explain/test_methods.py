@@ -29,7 +29,7 @@ def test_every_entry_builds_and_runs(name):
     train, test = tabular(16), tabular(5, seed=3)
     explainer = method.build("0", damping=1.0)
     assert isinstance(explainer, method.explainer)
-    scores = explainer.scores(train, test, model=model)
+    scores = explainer.scores(model, train, test)
     assert scores.shape == (5, 16) and bool(torch.isfinite(scores).all())
     top = method.top(scores, 4)
     assert top.shape == (5, 4)
@@ -58,7 +58,7 @@ def test_top_examples_by_method_runs_influence_with_its_sign():
     tops = top_examples_by_method(model, "0", train, test, k=3, methods=["influence"],
                                   damping=1.0)
     scores = InfluenceFunctions("cross_entropy", test_loss="predicted", params="0",
-                                damping=1.0).scores(train, test, model=model)
+                                damping=1.0).scores(model, train, test)
     assert torch.equal(tops["influence"], top_examples(scores, 3, largest=False))
     assert DEFAULT_METHODS == tuple(m for m in METHODS if METHODS[m].default)
     assert "influence" in METHODS and "influence" not in DEFAULT_METHODS

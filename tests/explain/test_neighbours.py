@@ -37,7 +37,7 @@ def closed_form(test: np.ndarray, train: np.ndarray, metric: str) -> np.ndarray:
 @pytest.mark.parametrize("batch_size", [1, 7, 40])
 def test_scores_and_ranking_match_the_closed_form(metric, batch_size):
     train, test = reps(40), reps(13, seed=1)
-    scores = NearestNeighbours(metric, batch_size=batch_size).scores(train, test)
+    scores = NearestNeighbours(metric, batch_size=batch_size).scores(None, train, test)
     expected = closed_form(test.numpy(), train.numpy(), metric)
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-12, atol=0)
     ranking = np.argsort(-expected, axis=1, kind="stable")[:, :5]
@@ -49,21 +49,21 @@ def test_representations_from_a_model_layer_and_from_a_store(tmp_path):
     x_train, x_test = images(21), images(8, seed=3)
     with torch.no_grad():
         z_train, z_test = ae.encoder(x_train), ae.encoder(x_test)
-    direct = NearestNeighbours("cosine").scores(z_train, z_test)
-    through = NearestNeighbours("cosine", "encoder").scores(x_train, x_test, model=ae)
+    direct = NearestNeighbours("cosine").scores(None, z_train, z_test)
+    through = NearestNeighbours("cosine", "encoder").scores(ae, x_train, x_test)
     torch.testing.assert_close(through, direct, rtol=0, atol=1e-14)
     store = ActivationStore.extract(ae, x_train, "encoder", tmp_path / "s", dtype="float64",
                                     progress=False)
     test_store = ActivationStore.extract(ae, x_test, "encoder", tmp_path / "t",
                                          dtype="float64", progress=False)
-    from_store = NearestNeighbours("cosine").fit(store).explain(test_store)
+    from_store = NearestNeighbours("cosine").fit(None, store).explain(test_store)
     torch.testing.assert_close(from_store, direct, rtol=0, atol=1e-14)
 
 
 def test_every_test_point_is_scored_including_the_last_partial_batch():
     """lfxai's attribute loops over int(n_test / batch_size) batches and leaves the rest at 0."""
     train, test = reps(30), reps(11, seed=1)
-    scores = NearestNeighbours(batch_size=4).scores(train, test)
+    scores = NearestNeighbours(batch_size=4).scores(None, train, test)
     assert bool((scores > 0).all())
     if HAS_LFXAI:
         from lfxai.explanations.examples import NearestNeighbours as LfxaiNN
@@ -78,7 +78,7 @@ def test_every_test_point_is_scored_including_the_last_partial_batch():
 
 def test_an_identical_representation_gets_the_largest_finite_score():
     train = reps(6)
-    scores = NearestNeighbours().scores(train, train[2:3])
+    scores = NearestNeighbours().scores(None, train, train[2:3])
     assert bool(torch.isfinite(scores).all())
     assert int(scores.argmax()) == 2
 
@@ -89,8 +89,8 @@ def test_contract_errors_and_save_load(tmp_path):
     nn_ = NearestNeighbours("cosine", batch_size=3)
     assert clone(nn_).get_params() == nn_.get_params()
     with pytest.raises(InvalidParameterError, match="metric"):
-        NearestNeighbours("manhattan").fit(reps(4))
-    fitted = nn_.fit(reps(9))
+        NearestNeighbours("manhattan").fit(None, reps(4))
+    fitted = nn_.fit(None, reps(9))
     with pytest.raises(ShapeMismatchError):
         fitted.explain(reps(2, d=4))
     fitted.save(tmp_path / "nn.pt")

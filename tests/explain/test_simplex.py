@@ -73,9 +73,9 @@ def test_an_extreme_training_point_is_recovered():
 
 def test_rows_do_not_depend_on_which_rows_are_solved_with_them():
     train, test = problem(0)
-    together = SimplEx(batch_size=9).scores(train, test)
+    together = SimplEx(batch_size=9).scores(None, train, test)
     for batch_size in (1, 4):
-        apart = SimplEx(batch_size=batch_size).scores(train, test)
+        apart = SimplEx(batch_size=batch_size).scores(None, train, test)
         torch.testing.assert_close(apart, together, rtol=0, atol=1e-12)
 
 
@@ -83,7 +83,7 @@ def test_every_test_point_is_solved_including_the_last_partial_block():
     """lfxai's attribute solves int(n_test / batch_size) blocks and leaves the rest at zero."""
     train, test = problem(4, m=11)
     explainer = SimplEx(batch_size=4)
-    weights = explainer.scores(train, test)
+    weights = explainer.scores(None, train, test)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(11, dtype=torch.float64))
     assert explainer.objective_.shape == (11,) and explainer.n_iter_.shape == (11,)
 
@@ -100,7 +100,7 @@ def test_objective_is_lower_than_lfxais():
     finally:
         torch.set_num_threads(threads)
     explainer = SimplEx()
-    ours = explainer.scores(train, test)
+    ours = explainer.scores(None, train, test)
     their_objective = ((theirs @ train - test) ** 2).sum(dim=1)
     assert bool((explainer.objective_ <= their_objective + 1e-6).all())
     torch.testing.assert_close(explainer.objective_, ((ours @ train - test) ** 2).sum(dim=1))
@@ -110,14 +110,14 @@ def test_representations_of_a_layer():
     ae = make_ae()
     x_train, x_test = images(30), images(5, seed=7)
     with torch.no_grad():
-        direct = SimplEx().scores(ae.encoder(x_train), ae.encoder(x_test))
-    through = SimplEx("encoder").scores(x_train, x_test, model=ae)
+        direct = SimplEx().scores(None, ae.encoder(x_train), ae.encoder(x_test))
+    through = SimplEx("encoder").scores(ae, x_train, x_test)
     torch.testing.assert_close(through, direct, rtol=0, atol=1e-12)
 
 
 def test_bad_parameters_are_refused():
     train, test = problem(0)
     with pytest.raises(InvalidParameterError, match="tol"):
-        SimplEx(tol=-1.0).fit(train)
+        SimplEx(tol=-1.0).fit(None, train)
     with pytest.raises(InvalidParameterError, match="max_iter"):
-        SimplEx(max_iter=0).fit(train)
+        SimplEx(max_iter=0).fit(None, train)

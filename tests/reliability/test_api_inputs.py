@@ -281,20 +281,21 @@ def cases(store) -> list[Case]:
              ["n", "-5"]),
         # -- explain ------------------------------------------------------------------------------
         Case("nearest neighbours with an unknown metric", lambda: NearestNeighbours(
-            "manhattan").fit(torch.rand(5, 3)), InvalidParameterError,
+            "manhattan").fit(None, torch.rand(5, 3)), InvalidParameterError,
              ["metric", "cosine", "manhattan"]),
         Case("representations of two sizes", lambda: NearestNeighbours().fit(
-            torch.rand(5, 3)).explain(torch.rand(2, 4)), ShapeMismatchError, ["4", "3"]),
+            None, torch.rand(5, 3)).explain(torch.rand(2, 4)), ShapeMismatchError, ["4", "3"]),
         Case("an unfitted explainer", lambda: NearestNeighbours().explain(torch.rand(2, 4)),
              NotFittedError, ["NearestNeighbours", "fit()"]),
-        Case("SimplEx with a negative tolerance", lambda: SimplEx(tol=-1).fit(torch.rand(5, 3)),
+        Case("SimplEx with a negative tolerance", lambda: SimplEx(tol=-1).fit(
+            None, torch.rand(5, 3)),
              InvalidParameterError, ["tol", "[0, inf]", "-1"]),
         Case("TracIn without checkpoints", lambda: TracIn([], "cross_entropy").fit(
-            DATA.train, model=m), Exception, ["checkpoint", "zeros"], mm),
+            m, DATA.train), Exception, ["checkpoint", "zeros"], mm),
         Case("TracIn with an unknown loss", lambda: TracIn("current", "hinge").fit(
-            DATA.train, model=m), InvalidParameterError, ["loss", "cross_entropy", "hinge"], mm),
+            m, DATA.train), InvalidParameterError, ["loss", "cross_entropy", "hinge"], mm),
         Case("influence with negative damping", lambda: InfluenceFunctions(
-            "cross_entropy", damping=-1).fit(DATA.train, model=m), InvalidParameterError,
+            "cross_entropy", damping=-1).fit(m, DATA.train), InvalidParameterError,
              ["damping", "-1"], mm),
         Case("label-free attribution with a method name", lambda: label_free_attribution(
             m, X, "integrated_gradients"), InvalidParameterError, ["method", "captum", "str"], mm),

@@ -112,10 +112,10 @@ def _calls(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, layer: str, 
         "label_free_attribution": lambda: label_free_attribution(model, x, Saliency,
                                                                  layer=layer, progress=False),
         "nearest_neighbours": lambda: NearestNeighbours("cosine", layer).scores(
-            x[:half], x[half:], model=model),
-        "simplex": lambda: SimplEx(layer).scores(x[:half], x[half:], model=model),
+            model, x[:half], x[half:]),
+        "simplex": lambda: SimplEx(layer).scores(model, x[:half], x[half:]),
         "tracin": lambda: TracIn("current", "cross_entropy", test_loss="predicted").scores(
-            (x[:half], labels[:half]), x[half:], model=model),
+            model, (x[:half], labels[:half]), x[half:]),
         "probe_layers": lambda: probe_layers(model, layer, x, labels, progress=False),
         "tcav": lambda: tcav(model, layer, x[:half], 0, x[half:], random=x, n_runs=2, set_size=2,
                              progress=False),

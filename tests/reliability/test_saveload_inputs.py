@@ -67,7 +67,7 @@ SAVE_CASES = [
     ("an unfitted estimator", lambda p: CAV().save(p), NotFittedError, ["not fitted"]),
     ("a TracIn without its training gradients", lambda p: TracIn(
         "current", "cross_entropy", cache_mb=0.0).fit(
-        (torch.randn(6, 3), torch.arange(6) % 2), nn.Linear(3, 2)).save(p),
+            nn.Linear(3, 2), (torch.randn(6, 3), torch.arange(6) % 2)).save(p),
      LatentSurgeonError, ["cache_mb", "could not explain"]),
 ]
 
@@ -164,8 +164,8 @@ def _cbm_with_bad_weights(saved):
 def _tracin(saved):
     path = saved.with_name("tracin.pt")
     torch.manual_seed(0)
-    TracIn("current", "cross_entropy").fit((torch.randn(6, 3), torch.arange(6) % 2),
-                                          nn.Linear(3, 2)).save(path)
+    TracIn("current", "cross_entropy").fit(
+        nn.Linear(3, 2), (torch.randn(6, 3), torch.arange(6) % 2)).save(path)
     return path
 
 
