@@ -213,11 +213,18 @@ class ExampleExplainer(Estimator, ABC):
         else:
             n = _count(train)
             local = Block(train, 0, n, n)
-        self._model = model
-        self._fit(train, local, model)
-        self.fingerprint_ = None if model is None else model_fingerprint(model)
-        self.n_train_ = local.total
-        self.train_block_ = (local.start, local.end)
+        # a failed fit leaves the explainer as it was (its earlier fit included)
+        before = dict(vars(self))
+        try:
+            self._model = model
+            self._fit(train, local, model)
+            self.fingerprint_ = None if model is None else model_fingerprint(model)
+            self.n_train_ = local.total
+            self.train_block_ = (local.start, local.end)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
 
     @aliased(deprecated={"test": "data"})

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import (
     InvalidParameterError,
@@ -273,6 +274,9 @@ def gradient_matrix(spec: GradientSpec, state: State, data: Any, batch_size: int
     for batch in tqdm(iter_batches(data, batch_size), total=n_batches(data, batch_size),
                       desc=desc, unit="batch", leave=False, disable=None if progress else True):
         grads = per_sample_gradients(spec, state, to_device(batch, device))
+        for block in (grads.inputs + grads.grads if isinstance(grads, LinearFactors)
+                      else [grads]):
+            check_finite(block, f"the {desc} (rows {position}-{position + len(grads) - 1})")
         parts.append(grads)
         bounds.append((position, position + len(grads)))
         position += len(grads)

@@ -294,6 +294,8 @@ def cases(store) -> list[Case]:
             m, DATA.train), Exception, ["checkpoint", "zeros"], mm),
         Case("TracIn with an unknown loss", lambda: TracIn("current", "hinge").fit(
             m, DATA.train), InvalidParameterError, ["loss", "cross_entropy", "hinge"], mm),
+        Case("TracIn of NaN training images", lambda: TracIn("current", "cross_entropy").fit(
+            m, (_nan(X), Y)), NonFiniteError, ["training gradients", "nan"], mm),
         Case("influence with negative damping", lambda: InfluenceFunctions(
             "cross_entropy", damping=-1).fit(m, DATA.train), InvalidParameterError,
              ["damping", "-1"], mm),
