@@ -20,11 +20,11 @@ from latentsurgeon.cli._common import (
     split_of,
 )
 from latentsurgeon.errors import InvalidParameterError
+from latentsurgeon.explain.features import FEATURE_METHODS
 from latentsurgeon.explain.methods import METHODS, cli_name, method_from_cli
 
-FEATURE_METHODS = {"integrated-gradients": "IntegratedGradients", "saliency": "Saliency",
-                   "gradient-shap": "GradientShap", "deeplift": "DeepLift",
-                   "input-x-gradient": "InputXGradient"}
+#: ``--method`` of ``explain features``: the table's names, spelled with hyphens.
+FEATURE_CHOICES = tuple(cli_name(name) for name in FEATURE_METHODS)
 #: ``--method`` of ``explain examples``: the table's names, spelled with hyphens.
 EXAMPLE_METHODS = tuple(cli_name(name) for name in METHODS)
 DEFAULT_LAYER = "classifier.1"  # the reference DigitCNN's first hidden layer
@@ -58,7 +58,6 @@ def _save_npy(path: Path, tensor: torch.Tensor) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    import captum.attr
 
     from latentsurgeon.explain import label_free_attribution
     from latentsurgeon.report import figures
@@ -69,7 +68,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     split = split_of(data, args.split, what="explain features")
     images = _inputs(split, args.n)
     layer = _layer(args, required=False)
-    method = getattr(captum.attr, FEATURE_METHODS[args.method])
+    method = FEATURE_METHODS[args.method.replace("-", "_")].attribution
     attribution = label_free_attribution(model, images, method, layer=layer,
                                          batch_size=args.batch_size, seed=args.seed,
                                          progress=not args.quiet)
@@ -179,7 +178,7 @@ def register(sub: Any) -> None:
     f.add_argument("--layer", metavar="LAYER",
                    help="the layer whose output is the representation (default: "
                         f"{DEFAULT_LAYER} for the reference CNN, the model's output otherwise)")
-    f.add_argument("--method", default="integrated-gradients", choices=list(FEATURE_METHODS),
+    f.add_argument("--method", default="integrated-gradients", choices=list(FEATURE_CHOICES),
                    help="captum attribution method (default integrated-gradients)")
     f.add_argument("--split", default="test", help="split of --data to explain (default test)")
     f.add_argument("--n", type=int, default=64, help="how many inputs (default 64)")

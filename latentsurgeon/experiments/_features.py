@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from captum.attr import GradientShap, IntegratedGradients, Saliency
 from torch import nn
 
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
-from latentsurgeon.explain import label_free_attribution
+from latentsurgeon.explain import FEATURE_METHODS, label_free_attribution
 
-__all__ = ["FEATURE_METHODS", "feature_importance", "random_scores", "top_feature_masks"]
+__all__ = ["STUDIED_METHODS", "feature_importance", "random_scores", "top_feature_masks"]
 
-#: The attribution methods of lfxai's feature experiments, by name.
-FEATURE_METHODS = ("saliency", "integrated_gradients", "gradient_shap")
+#: The attribution methods of lfxai's feature experiments: names of the one table
+#: (:data:`latentsurgeon.explain.FEATURE_METHODS`), run with lfxai's settings below.
+STUDIED_METHODS = ("saliency", "integrated_gradients", "gradient_shap")
 
-LABELS = {"saliency": "Saliency", "integrated_gradients": "Integrated Gradients",
-          "gradient_shap": "GradientShap", "random": "random"}
+LABELS = {**{name: FEATURE_METHODS[name].label for name in STUDIED_METHODS}, "random": "random"}
 
 
 def feature_importance(model: nn.Module, inputs: torch.Tensor, method: str, *, layer: str,
@@ -31,17 +30,13 @@ def feature_importance(model: nn.Module, inputs: torch.Tensor, method: str, *, l
     interpolation points, so the two agree closely). Returns a tensor shaped like ``inputs``.
     """
     black = torch.zeros_like(inputs[:1])
-    kwargs: dict[str, Any]
-    if method == "saliency":
-        spec: Any = Saliency
-        kwargs = {}
-    elif method == "integrated_gradients":
-        spec, kwargs = IntegratedGradients, {"baselines": black, "n_steps": ig_steps}
-    elif method == "gradient_shap":
-        spec, kwargs = GradientShap, {"baselines": black, "n_samples": shap_samples}
-    else:
+    if method not in STUDIED_METHODS:
         raise InvalidParameterError(
-            f"method must be one of {FEATURE_METHODS}; got {method!r}.")
+            f"method must be one of {STUDIED_METHODS}; got {method!r}.")
+    spec: Any = FEATURE_METHODS[method].attribution
+    kwargs = {"saliency": {},
+              "integrated_gradients": {"baselines": black, "n_steps": ig_steps},
+              "gradient_shap": {"baselines": black, "n_samples": shap_samples}}[method]
     return label_free_attribution(model, inputs, spec, layer=layer, seed=seed,
                                   batch_size=batch_size, progress=False, **kwargs)
 

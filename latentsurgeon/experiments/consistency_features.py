@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from latentsurgeon.experiments._base import ExperimentResult, Section, check_seeds, seeded
 from latentsurgeon.experiments._data import digit_split
 from latentsurgeon.experiments._features import (
-    FEATURE_METHODS,
     LABELS,
+    STUDIED_METHODS,
     feature_importance,
     random_scores,
     top_feature_masks,
@@ -108,7 +108,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
     """
     seeds = check_seeds(seeds)
     settings = settings or (Settings.quick() if quick else Settings())
-    methods = (*FEATURE_METHODS, "random")
+    methods = (*STUDIED_METHODS, "random")
     shift = {m: np.zeros((len(seeds), len(settings.fractions))) for m in methods}
     rows = []
     examples = torch.empty(0)
@@ -152,7 +152,7 @@ def _summarise(seeds: tuple[int, ...], settings: Settings, quick: bool,
                             "half_width_95": interval.half_width, "n_seeds": interval.n})
     random_mean = shift["random"].mean(axis=0)
     middle = int(np.argmin([abs(f - 0.2) for f in settings.fractions]))
-    for method in FEATURE_METHODS:
+    for method in STUDIED_METHODS:
         ratio = mean_interval((shift[method] / shift["random"]).mean(axis=1))
         above = int((shift[method].mean(axis=0) > random_mean).sum())
         headline.append(

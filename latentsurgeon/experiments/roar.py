@@ -33,8 +33,8 @@ from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.experiments._base import ExperimentResult, Section, check_seeds, seeded
 from latentsurgeon.experiments._data import Split, digit_split
 from latentsurgeon.experiments._features import (
-    FEATURE_METHODS,
     LABELS,
+    STUDIED_METHODS,
     feature_importance,
     random_scores,
     top_feature_masks,
@@ -130,9 +130,9 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
     """
     seeds = check_seeds(seeds)
     settings = settings or (Settings.quick() if quick else Settings())
-    if settings.method not in FEATURE_METHODS:
+    if settings.method not in STUDIED_METHODS:
         raise InvalidParameterError(
-            f"Settings.method must be one of {FEATURE_METHODS}; got {settings.method!r}.")
+            f"Settings.method must be one of {STUDIED_METHODS}; got {settings.method!r}.")
     rankings = ("important", "random")
     shape = (len(seeds), len(settings.fractions))
     test_mse = {r: np.zeros(shape) for r in rankings}

@@ -9,6 +9,8 @@ name, with their sign conventions, are one table: :data:`latentsurgeon.explain.m
 """
 
 from latentsurgeon.explain.features import (
+    FEATURE_METHODS,
+    FeatureMethod,
     label_free_attribution,
     label_free_attribution_per_unit,
 )
@@ -21,6 +23,8 @@ from latentsurgeon.explain.simplex import SimplEx, simplex_weights
 from latentsurgeon.explain.tracin import TracIn
 
 __all__ = [
+    "FEATURE_METHODS",
+    "FeatureMethod",
     "ExampleMethod",
     "InfluenceFunctions",
     "NearestNeighbours",

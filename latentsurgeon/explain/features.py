@@ -21,8 +21,10 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import captum.attr
 import numpy as np
 import torch
 from captum.attr import Attribution
@@ -41,13 +43,32 @@ from latentsurgeon.activations.batching import (
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import preserve_model_state
 
-__all__ = ["AuxiliaryFunction", "label_free_attribution", "label_free_attribution_per_unit"]
+__all__ = ["FEATURE_METHODS", "AuxiliaryFunction", "FeatureMethod", "label_free_attribution",
+           "label_free_attribution_per_unit"]
 
 logger = logging.getLogger(__name__)
 
 #: A captum attribution class (``IntegratedGradients``), an instance (its settings are kept, its
 #: forward function replaced), or a factory ``forward_func -> attribution`` (``lambda f:
 #: NoiseTunnel(IntegratedGradients(f))``).
+@dataclass(frozen=True)
+class FeatureMethod:
+    """One attribution method by name: the captum class and the label figures and reports use."""
+
+    attribution: type[Attribution]
+    label: str
+
+
+#: The attribution methods by name, one table: the CLI's ``explain features --method`` spells
+#: them with hyphens, the experiments run a subset of them.
+FEATURE_METHODS: dict[str, FeatureMethod] = {
+    "integrated_gradients": FeatureMethod(captum.attr.IntegratedGradients, "Integrated Gradients"),
+    "saliency": FeatureMethod(captum.attr.Saliency, "Saliency"),
+    "gradient_shap": FeatureMethod(captum.attr.GradientShap, "GradientShap"),
+    "deeplift": FeatureMethod(captum.attr.DeepLift, "DeepLift"),
+    "input_x_gradient": FeatureMethod(captum.attr.InputXGradient, "Input x Gradient"),
+}
+
 MethodSpec = type | Attribution | Callable[[nn.Module], Attribution]
 Baselines = torch.Tensor | float | int | Callable[[torch.Tensor], torch.Tensor] | None
 

@@ -293,3 +293,20 @@ def test_bad_arguments_are_refused():
                                progress=False)
     with pytest.raises(InvalidParameterError, match="units"):
         label_free_attribution_per_unit(encoder, x, Saliency, units=[3], progress=False)
+
+
+def test_one_table_of_feature_methods_behind_the_cli_and_the_experiments():
+    from latentsurgeon.cli.explain import FEATURE_CHOICES
+    from latentsurgeon.experiments._features import LABELS, STUDIED_METHODS
+    from latentsurgeon.explain import FEATURE_METHODS
+
+    assert FEATURE_CHOICES == tuple(n.replace("_", "-") for n in FEATURE_METHODS)
+    assert set(STUDIED_METHODS) <= set(FEATURE_METHODS)
+    assert {LABELS[n] for n in STUDIED_METHODS} == {FEATURE_METHODS[n].label
+                                                   for n in STUDIED_METHODS}
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.rand(4, 1, 3, 4)
+    for name, method in FEATURE_METHODS.items():
+        extra = {"baselines": torch.zeros_like(x[:1])} if name == "gradient_shap" else {}
+        scores = label_free_attribution(encoder, x, method.attribution, progress=False, **extra)
+        assert scores.shape == x.shape and torch.isfinite(scores).all(), name
