@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
 import pytest
+from _snippets import python_blocks, run_page
 
 matplotlib.use("Agg")
 
@@ -15,10 +15,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 @pytest.mark.parametrize("page", ["foundation.md", "concepts.md", "architecture.md"])
 def test_page_snippets_run(page, tmp_path, monkeypatch):
-    text = (DOCS / page).read_text()
-    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert snippets, f"{page} has no Python snippets"
+    assert list(python_blocks(DOCS / page)), f"{page} has no Python snippets"
     monkeypatch.chdir(tmp_path)  # snippets write stores, checkpoints and saved estimators here
-    namespace: dict = {}
-    for snippet in snippets:
-        exec(compile(snippet, str(DOCS / page), "exec"), namespace)  # noqa: S102
+    run_page(DOCS / page)

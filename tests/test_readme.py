@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
+from _snippets import python_blocks, run_page
 
 matplotlib.use("Agg")
 
@@ -13,12 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_snippets_run(tmp_path, monkeypatch, capsys):
-    snippets = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(snippets) >= 2
+    assert len(list(python_blocks(README))) >= 2
     monkeypatch.chdir(tmp_path)  # the store snippet writes ./acts
-    namespace: dict = {}
-    for snippet in snippets:
-        exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102
+    namespace = run_page(README)
     assert namespace["cap"]["features"].shape[1:] == (32, 4, 4)
     assert namespace["store"].layers == ["features.0", "features.3"]
     assert namespace["result"].significant

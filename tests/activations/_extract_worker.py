@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -54,17 +53,6 @@ def build_data(n: int = N_SAMPLES) -> torch.Tensor:
     return torch.randn(n, 1, 16, 16, generator=generator)
 
 
-@contextmanager
-def single_thread():
-    """Run torch on one thread (as the worker does) so in-process and subprocess runs agree."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def extract(path, delay: float = 0.0, *, model=None, data=None, **kwargs):
     """Extract the standard layers; returns ``(store, forward_calls)``."""
     from latentsurgeon.activations import ActivationStore
@@ -91,6 +79,6 @@ def extract(path, delay: float = 0.0, *, model=None, data=None, **kwargs):
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as the in-process tests (their one_thread fixture)
     _, n_calls = extract(sys.argv[1], float(sys.argv[2]))
     print(json.dumps({"forward_calls": n_calls}))

@@ -11,13 +11,8 @@ from latentsurgeon import LayerNotFoundError
 from latentsurgeon.activations import capture
 from latentsurgeon.hooks import hook_count
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cnn(inplace: bool = False) -> nn.Sequential:

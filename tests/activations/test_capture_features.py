@@ -11,13 +11,8 @@ from latentsurgeon.activations import capture
 from latentsurgeon.errors import InvalidParameterError, LayerNotFoundError
 from latentsurgeon.hooks import Select, hook_count
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Sequential:

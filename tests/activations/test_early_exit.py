@@ -12,13 +12,8 @@ from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.hooks import hook_count
 from latentsurgeon.hooks.stop import forget_calls
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counter(nn.Module):

@@ -10,13 +10,8 @@ from torch import nn
 from latentsurgeon.activations import ActivationStore, LayerReader, capture, layer_outputs, pool
 from latentsurgeon.errors import LatentSurgeonError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Basic(nn.Module):

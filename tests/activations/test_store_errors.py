@@ -28,13 +28,8 @@ from latentsurgeon.errors import (
 )
 from latentsurgeon.hooks import LayerSelectorError, hook_count
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model() -> nn.Sequential:

@@ -38,10 +38,8 @@ N = 120  # in-process tests use a shorter dataset: 15 batches of 8
 N_BATCHES = N // W.BATCH_SIZE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with W.single_thread():  # the same thread count as the worker process: the same bits
-        yield
+# one torch thread, as in the worker process: the same bits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def files_identical(a: ActivationStore, b: ActivationStore) -> None:

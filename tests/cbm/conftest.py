@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
-import torch
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    # Tiny MLPs: on a busy 2-core machine a second intra-op thread spin-waits far longer than the
-    # work takes, so a model that trains in a second single-threaded can take a minute.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from _threads import one_thread  # re-exported: the curve and ceiling tests train under it
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+def _one_torch_thread(one_thread):
+    """Tiny MLPs: one torch thread (tests/_threads.py says why)."""
 
 
 def small_model(cls, data, **kwargs):

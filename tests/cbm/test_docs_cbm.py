@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
 import torch
+from _snippets import python_blocks, run_page
 
 matplotlib.use("Agg")
 
@@ -14,7 +14,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "cbm.md"
 
 
 def test_the_page_intervenes_with_every_policy_on_a_user_model():
-    snippets = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
+    snippets = [snippet.code for snippet in python_blocks(PAGE)]
     first = "\n".join(snippets[:2])
     for policy in ("UniformPolicy()", "RandomPolicy(", "UncertaintyPolicy()", "GradientPolicy()"):
         assert policy in first
@@ -23,9 +23,7 @@ def test_the_page_intervenes_with_every_policy_on_a_user_model():
 
 def test_snippets_run_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the curve snippet writes a CSV
-    namespace: dict = {}
-    for snippet in re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S):
-        exec(compile(snippet, str(PAGE), "exec"), namespace)  # noqa: S102
+    namespace = run_page(PAGE)
     results = namespace["results"]
     assert set(results) == {"no intervention", "uniform", "random", "uncertainty", "gradient"}
     # setting the least certain concept to the truth helps this noisy model

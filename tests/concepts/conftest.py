@@ -1,38 +1,23 @@
-"""Shared fixtures of the concept tests: one torch thread, the small test models and images, a
-decoy-trained DigitCNN.
+"""Shared fixtures of the concept tests: one torch thread, the small test models and images, the
+decoy-trained DigitCNN (trained once per session in tests/conftest.py).
 
 The models live here once; tests get them as fixtures (factories where a test needs variants).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from latentsurgeon.data import decoy_digits
-from latentsurgeon.models import DigitCNN, train_classifier
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    # These tests do small matrix work (eigh of 200x200, 16x16 convolutions). On a busy 2-core
-    # machine torch's second intra-op thread turns a 20 ms eigh into seconds of spin-waiting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from latentsurgeon.models import DigitCNN
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+def _one_torch_thread(one_thread):
+    """These tests do small matrix work (eigh of 200x200, 16x16 convolutions): one torch thread."""
 
 
 def _tiny_cnn(dtype: torch.dtype = torch.float32) -> nn.Sequential:
@@ -95,13 +80,10 @@ def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
-def decoy_model():
-    """``(model, data)``: DigitCNN trained 15 epochs on decoy digits with the class-0 watermark
-    (seed 0), trained once per test session."""
-    data = decoy_digits("watermark", seed=0)
-    with one_thread():
-        torch.manual_seed(0)
-        model = DigitCNN()
-        train_classifier(model, data.train, epochs=15, seed=0, progress=False)
-    model.eval()
-    return model, data
+def decoy_model(base_state, watermark):
+    """``(model, data)``: the DigitCNN trained 15 epochs on decoy digits with the class-0 watermark
+    (seed 0; ``base_state`` of tests/conftest.py), shared by the session: read it, never change it."""
+    torch.manual_seed(0)  # torch's global RNG as after training here (training restores it)
+    model = DigitCNN()
+    model.load_state_dict(base_state)
+    return model.eval(), watermark

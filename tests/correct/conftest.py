@@ -1,29 +1,19 @@
-"""Shared fixtures: the decoy data and the uncorrected DigitCNN of the quality goals (trained
-once), and every small test model the correction tests use (through the ``nets`` fixture)."""
+"""Shared fixtures: every small test model the correction tests use (through the ``nets``
+fixture). The decoy data and the uncorrected DigitCNN of the quality goals (``watermark``,
+``base_model``, ``base_gap``, ``clean_trained``) come from tests/conftest.py."""
 
 from __future__ import annotations
 
-import copy
 import types
 
 import pytest
 import torch
 from torch import nn
 
-from latentsurgeon.data import decoy_digits
-from latentsurgeon.models import DigitCNN, train_classifier
-
-# The demo's settings for the uncorrected model (the quality goals are stated for these).
-BASE_TRAINING = {"epochs": 15, "lr": 1e-3, "batch_size": 64, "seed": 0}
-
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Reproducible numbers and no oversubscription when tests run in parallel.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_thread):
+    """Every test here runs on one torch thread: reproducible numbers, no oversubscription."""
 
 
 # -- the small models -----------------------------------------------------------------------------
@@ -196,58 +186,3 @@ def state_equal(a: nn.Module, b: nn.Module) -> bool:
 def same_state():
     """``same_state(a, b)``: bit-identical parameters and buffers."""
     return state_equal
-
-
-# -- the decoy digits and the uncorrected DigitCNN -------------------------------------------------
-@pytest.fixture(scope="session")
-def watermark():
-    """``decoy_digits("watermark", seed=0)``."""
-    return decoy_digits("watermark", seed=0)
-
-
-def trained_digit_cnn(split, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The state of a DigitCNN trained with the demo's recipe on ``split`` (one thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model = DigitCNN()
-        train_classifier(model, split, progress=False, **{**BASE_TRAINING, "seed": seed})
-    finally:
-        torch.set_num_threads(before)
-    return copy.deepcopy(model.state_dict())
-
-
-@pytest.fixture(scope="session")
-def _base_state(watermark):
-    return trained_digit_cnn(watermark.train)
-
-
-@pytest.fixture
-def base_model(_base_state):
-    """A fresh copy of the uncorrected DigitCNN (seed 0, 15 epochs on the watermarked train)."""
-    model = DigitCNN()
-    model.load_state_dict(_base_state)
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def base_gap(_base_state, watermark):
-    from latentsurgeon.metrics import shortcut_gap
-
-    model = DigitCNN()
-    model.load_state_dict(_base_state)
-    return shortcut_gap(model.eval(), watermark.test, watermark.poisoned)
-
-
-@pytest.fixture(scope="session")
-def _clean_state(watermark):
-    return trained_digit_cnn(watermark.train_clean)
-
-
-@pytest.fixture
-def clean_trained(_clean_state):
-    """The same DigitCNN recipe trained on the training images without any watermark."""
-    model = DigitCNN()
-    model.load_state_dict(_clean_state)
-    return model.eval()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from _snippets import python_blocks, run_page
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "correct.md"
 
 
 def test_snippets_run(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 6
+    assert len(list(python_blocks(DOC))) >= 6
     monkeypatch.chdir(tmp_path)  # the snippets write corrected.pt
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102
+    namespace = run_page(DOC)
     assert namespace["gap_closed"](namespace["before"], namespace["after"]) > 0.5

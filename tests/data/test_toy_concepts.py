@@ -17,14 +17,8 @@ from latentsurgeon.data import (
 )
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # small elementwise work: a second intra-op thread only spin-waits on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", TOY_CONCEPT_SETS)

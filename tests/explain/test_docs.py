@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
+from _snippets import python_blocks, run_page
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "explain.md"
 
 
 def test_snippets_run_in_order(tmp_path, monkeypatch):
-    snippets = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
-    assert len(snippets) >= 6
+    assert len(list(python_blocks(PAGE))) >= 6
     monkeypatch.chdir(tmp_path)  # checkpoints and stores are written here
-    namespace: dict = {}
-    for snippet in snippets:
-        exec(compile(snippet, str(PAGE), "exec"), namespace)  # noqa: S102
+    namespace = run_page(PAGE)
     assert namespace["ig"].shape == (40, 1, 16, 16)
     assert namespace["per_unit"].shape == (5, 8, 1, 16, 16)
     assert namespace["weights"].shape == (40, 200)

@@ -10,13 +10,8 @@ from torch import nn
 from latentsurgeon import LayerNotFoundError
 from latentsurgeon.hooks import HookGroup, hook_count, hooked
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_mlp() -> nn.Sequential:

@@ -15,12 +15,8 @@ HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_a
                "_backward_pre_hooks")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small tensor work: one torch thread (tests/_threads.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_net() -> nn.Sequential:

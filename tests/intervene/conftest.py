@@ -48,10 +48,6 @@ def tiny_seq() -> TinySeq:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_torch_thread(one_thread):
     """Run these tiny models on one thread: on a busy machine, waking a thread pool for each
-    micro-op costs far more than the op itself. The previous setting is restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    micro-op costs far more than the op itself."""

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import matplotlib
 import pytest
+from _snippets import python_blocks
 
 matplotlib.use("Agg")
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "intervene.md"
 
 
-def _snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
-
-
 def test_the_page_has_snippets_for_cnn_and_gpt2():
-    snippets = _snippets()
+    snippets = [snippet.code for snippet in python_blocks(PAGE)]
     assert len(snippets) >= 4
     assert any("DigitCNN" in s for s in snippets) and any("GPT2LMHeadModel" in s for s in snippets)
 
@@ -27,9 +23,9 @@ def test_the_page_has_snippets_for_cnn_and_gpt2():
 def test_snippets_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the save/load snippet writes a file
     namespace: dict = {}
-    for snippet in _snippets():
-        if "transformers" in snippet and importlib.util.find_spec("transformers") is None:
+    for snippet in python_blocks(PAGE):
+        if "transformers" in snippet.code and importlib.util.find_spec("transformers") is None:
             pytest.skip("transformers is not installed")
-        exec(compile(snippet, str(PAGE), "exec"), namespace)  # noqa: S102
+        snippet.run(namespace)
     assert namespace["res"].effect == {"transformer.h.0": 1.0, "transformer.h.1": 1.0}
     assert namespace["out"].shape == (1, 11)

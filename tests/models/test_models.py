@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentsurgeon.data import decoy_digits
 from latentsurgeon.errors import ShapeMismatchError
 from latentsurgeon.models import (
     DigitAutoencoder,
@@ -38,21 +37,8 @@ EXPECTED_NAMES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def watermark():
-    return decoy_digits("watermark", seed=0)
-
-
-@pytest.fixture(scope="module")
-def clean_run(watermark, tmp_path_factory):
-    """A CNN trained on clean digits for 15 epochs, with a checkpoint per epoch."""
-    ckpt_dir = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = DigitCNN()
-    history = train_classifier(
-        model, watermark.train_clean, epochs=15, seed=0, progress=False, checkpoint_dir=ckpt_dir
-    )
-    return model, history, ckpt_dir
+# ``watermark`` (the decoy digits) and ``clean_run`` (the demo's recipe on the clean training
+# images, a checkpoint per epoch) are session fixtures of tests/conftest.py.
 
 
 # --- architecture --------------------------------------------------------------------------------
@@ -156,10 +142,8 @@ def test_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch, w
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_watermark_shortcut_costs_ten_points(watermark):
-    torch.manual_seed(0)
-    model = DigitCNN()
-    train_classifier(model, watermark.train, epochs=15, seed=0, progress=False)
+def test_watermark_shortcut_costs_ten_points(base_model, watermark):
+    model = base_model  # DigitCNN, seed 0, trained 15 epochs on watermark.train (tests/conftest.py)
     clean = evaluate_accuracy(model, watermark.test)
     poisoned = evaluate_accuracy(model, watermark.poisoned)
     assert clean > 0.9
