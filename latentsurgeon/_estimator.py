@@ -52,7 +52,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from latentsurgeon._io import torch_save_atomic
+from latentsurgeon._io import check_writable_file, torch_save_atomic
 from latentsurgeon._validation import validate_params
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NotFittedError
 
@@ -390,11 +390,17 @@ class Estimator:
 
         Raises:
             NotFittedError: the estimator is not fitted.
-            InvalidParameterError: a parameter holds code (each is named) or ``exclude`` names
-                a non-parameter.
+            InvalidParameterError: a parameter holds code (each is named), ``exclude`` names
+                a non-parameter, or ``path`` is a folder or lies in a missing one.
         """
         names = _names(exclude, "exclude")
         self._check_exclude(names)
+        try:
+            check_writable_file(path)
+        except OSError as exc:
+            raise InvalidParameterError(
+                f"{type(self).__name__}.save: path must be a file in an existing folder; "
+                f"{exc.filename} {exc.strerror}.") from exc
         codec = _Codec()
         payload = self._payload(codec, names)
         if codec.code:

@@ -8,6 +8,7 @@ permissions and renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "fsync_dir", "readable_mode", "save_figure_atomic", "torch_save_atomic",
+__all__ = ["atomic_write", "check_writable_file", "fsync_dir", "readable_mode", "save_figure_atomic", "torch_save_atomic",
            "write_json_atomic", "write_text_atomic"]
 
 
@@ -38,6 +39,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def check_writable_file(path: str | Path) -> Path:
+    """Raise an :class:`OSError` naming ``path`` (never a temporary file) unless a file can be
+    written there: ``path`` is not a folder and its folder exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; expected a file name", str(path))
+    if not path.parent.is_dir():
+        where = next((p for p in path.parents if p.exists()), None)
+        reason = (f"its folder {path.parent} does not exist" if where is None or where.is_dir()
+                  else f"{where} is a file, not a folder")
+        raise FileNotFoundError(errno.ENOENT, f"cannot write a file there: {reason}", str(path))
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
                  durable: bool = True) -> Path:
     """Call ``write(handle)`` on a temporary binary file beside ``path``, then rename it over
@@ -45,9 +60,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
     being killed; ``durable=True`` also fsyncs file and folder so it survives a power cut.
 
     Raises:
-        OSError: the folder is missing or not writable (nothing is left behind).
+        IsADirectoryError: ``path`` is an existing folder.
+        FileNotFoundError: its folder does not exist (or lies under a file).
+        OSError: the folder is not writable (nothing is left behind).
     """
     path = Path(path)
+    check_writable_file(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

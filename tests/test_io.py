@@ -43,3 +43,19 @@ def test_close_false_keeps_the_figure_open(tmp_path):
 def test_the_suffix_names_the_format(tmp_path, name, magic):
     path = save_figure_atomic(_figure(), tmp_path / name)
     assert path.read_bytes().startswith(magic)
+
+
+def test_a_file_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path):
+    from latentsurgeon._io import write_text_atomic
+
+    (tmp_path / "a-file").write_text("kept")
+    cases = [(tmp_path, IsADirectoryError, "is a folder"),
+             (tmp_path / "gone" / "x.txt", FileNotFoundError, "does not exist"),
+             (tmp_path / "a-file" / "x.txt", FileNotFoundError, "a-file is a file, not a folder")]
+    for path, error, text in cases:
+        with pytest.raises(error) as info:
+            write_text_atomic(path, "new")
+        assert text in str(info.value) and info.value.filename == str(path)
+        assert ".tmp" not in str(info.value)
+    assert (tmp_path / "a-file").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -229,6 +229,43 @@ def say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _first_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+
+
+def output_folder(text: str) -> str:
+    """The ``type=`` of a flag naming a folder a command writes into (created when missing):
+    refused at parse time, before any work, when it is a file, lies under a file, or cannot be
+    written; argparse's message names the flag."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is an existing file; expected a folder (created if missing)")
+    ancestor = _first_existing(path)
+    if ancestor.exists() and not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} lies under {ancestor}, which is a file")
+    if ancestor.exists() and not os.access(ancestor, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {ancestor} is not writable")
+    return text
+
+
+def output_file(text: str) -> str:
+    """The ``type=`` of a flag naming a file a command writes: refused at parse time, before any
+    work, when it is a folder or its folder is missing, a file, or not writable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        ancestor = _first_existing(parent)
+        reason = (f"{ancestor} is a file, not a folder" if ancestor.exists()
+                  and not ancestor.is_dir() else f"its folder {parent} does not exist")
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {reason}")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not writable")
+    return text
+
+
 def model_args(p: argparse.ArgumentParser, *, weights_help: str | None = None) -> None:
     p.add_argument("--model", metavar="PKG.MOD:FN",
                    help="a function returning your nn.Module (default: the reference DigitCNN)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from latentsurgeon.cli._common import output_folder
+
 
 def cmd_cbm(args: argparse.Namespace) -> int:
     from latentsurgeon.experiments import cbm
@@ -34,7 +36,7 @@ def register(sub: Any) -> None:
                    help="bundled concept data set (default: xor)")
     p.add_argument("--model", default="cbm", choices=["cbm", "cem"],
                    help="concept bottleneck model or concept embedding model (default: cbm)")
-    p.add_argument("--out", default="latentsurgeon-cbm",
+    p.add_argument("--out", default="latentsurgeon-cbm", type=output_folder,
                    help="output directory (default: latentsurgeon-cbm)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="one run per seed; curves are averaged over them (default: 0 1 2)")

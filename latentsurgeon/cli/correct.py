@@ -10,6 +10,7 @@ from latentsurgeon.cli._common import (
     data_args,
     load_data,
     model_args,
+    output_file,
     run_args,
     say,
     split_of,
@@ -77,7 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("--layer", metavar="LAYER",
                    help=f"layer the ClArC methods act on (default for the reference CNN: "
                         f"{DEFAULT_LAYER})")
-    p.add_argument("--save", metavar="FILE",
+    p.add_argument("--save", metavar="FILE", type=output_file,
                    help="write the corrected model's state_dict here, and the correction beside "
                         "it (FILE stem + .correction.pt)")
     p.set_defaults(func=cmd_correct)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from latentsurgeon.cli._common import output_folder
 from latentsurgeon.demo_stages import STAGES
 
 
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
                                    "reveal the shortcut, explain it, correct it with every "
                                    "method and verify each; writes report.html, results.json "
                                    "and the model's weights (model.pt).")
-    p.add_argument("--out", default="latentsurgeon-report",
+    p.add_argument("--out", default="latentsurgeon-report", type=output_folder,
                    help="output directory (default latentsurgeon-report)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
     p.add_argument("--epochs", type=int, default=15,

@@ -16,6 +16,7 @@ from latentsurgeon.cli._common import (
     load_data,
     load_object,
     model_args,
+    output_folder,
     run_args,
     split_of,
 )
@@ -182,7 +183,7 @@ def register(sub: Any) -> None:
                    help="captum attribution method (default integrated-gradients)")
     f.add_argument("--split", default="test", help="split of --data to explain (default test)")
     f.add_argument("--n", type=int, default=64, help="how many inputs (default 64)")
-    f.add_argument("--out", default="explain-features", help="output folder")
+    f.add_argument("--out", default="explain-features", type=output_folder, help="output folder")
     f.set_defaults(func=cmd_features)
 
     e = kinds.add_parser("examples", help="which training examples a representation relies on")
@@ -208,5 +209,5 @@ def register(sub: Any) -> None:
                    help="a function returning the test inputs instead of --split")
     e.add_argument("--n", type=int, default=64, help="how many test inputs (default 64)")
     e.add_argument("--top", type=int, default=8, help="training examples per test input")
-    e.add_argument("--out", default="explain-examples", help="output folder")
+    e.add_argument("--out", default="explain-examples", type=output_folder, help="output folder")
     e.set_defaults(func=cmd_examples)

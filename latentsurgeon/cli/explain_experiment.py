@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from latentsurgeon.cli._common import say
+from latentsurgeon.cli._common import output_folder, say
 
 #: ``latentsurgeon.experiments.EXPERIMENTS``, spelled out so that building the parser does not
 #: import the experiments (captum, scikit-learn: a second or more on every command's start);
@@ -88,7 +88,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", choices=[*NAMES, "all"],
                    help="the experiment: " + ", ".join(NAMES) + ", or all (every "
                         "experiment into one report)")
-    p.add_argument("--out", default="explain-experiments", metavar="DIR",
+    p.add_argument("--out", default="explain-experiments", type=output_folder, metavar="DIR",
                    help="output folder: DIR/NAME/ holds the tables, plots and report of NAME; "
                         "with all, DIR/report.html holds every section (default "
                         "explain-experiments)")

@@ -12,6 +12,7 @@ from latentsurgeon.cli._common import (
     data_args,
     load_data,
     model_args,
+    output_folder,
     pooling_arg,
     run_args,
     split_of,
@@ -43,7 +44,7 @@ def register(sub: Any) -> None:
     p.add_argument("--layers", nargs="+", metavar="SEL",
                    help="layer names, globs or re: regexes (default: every Conv2d)")
     pooling_arg(p)
-    p.add_argument("--out", default="activations", help="store directory (default activations)")
+    p.add_argument("--out", default="activations", type=output_folder, help="store directory (default activations)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a store at --out (atomically: the old one stays until the new "
                         "one is complete)")

@@ -13,6 +13,7 @@ from latentsurgeon.cli._common import (
     load_data,
     model_args,
     need,
+    output_file,
     pooling_arg,
     run_args,
     split_of,
@@ -51,5 +52,5 @@ def register(sub: Any) -> None:
     p.add_argument("--layers", nargs="+", metavar="SEL",
                    help="layer selectors (default: every Conv2d and Linear)")
     pooling_arg(p)
-    p.add_argument("--plot", metavar="PNG", help="save the per-layer plot to this PNG file")
+    p.add_argument("--plot", metavar="PNG", type=output_file, help="save the per-layer plot to this PNG file")
     p.set_defaults(func=cmd_probe)

@@ -10,6 +10,7 @@ from latentsurgeon.cli._common import (
     data_args,
     load_data,
     model_args,
+    output_file,
     run_args,
     say,
     split_of,
@@ -47,5 +48,5 @@ def register(sub: Any) -> None:
     data_args(p)
     run_args(p)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--out", default="model.pt", help="where the state_dict goes (default model.pt)")
+    p.add_argument("--out", default="model.pt", type=output_file, help="where the state_dict goes (default model.pt)")
     p.set_defaults(func=cmd_train, weights=None)

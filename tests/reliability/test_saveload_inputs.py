@@ -65,6 +65,10 @@ SAVE_CASES = [
     ("exclude that is not names", lambda p: _rrr().save(p, exclude=3), InvalidParameterError,
      ["exclude must be", "3"]),
     ("an unfitted estimator", lambda p: CAV().save(p), NotFittedError, ["not fitted"]),
+    ("a path that is a folder", lambda p: _cav().save(p.parent), InvalidParameterError,
+     ["CAV.save: path must be a file", "is a folder"]),
+    ("a path in a missing folder", lambda p: _cav().save(p.parent / "gone" / "cav.pt"),
+     InvalidParameterError, ["path must be a file", "gone", "does not exist"]),
     ("a TracIn without its training gradients", lambda p: TracIn(
         "current", "cross_entropy", cache_mb=0.0).fit(
             nn.Linear(3, 2), (torch.randn(6, 3), torch.arange(6) % 2)).save(p),
