@@ -229,6 +229,23 @@ def say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def count(minimum: int) -> Any:
+    """An argparse ``type=`` for an integer flag of at least ``minimum`` (a count, a size, a
+    seed): a bad value is refused at parse time with the flag, the bound and the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _first_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
 
@@ -283,10 +300,10 @@ def data_args(p: argparse.ArgumentParser, default: str | None = "decoy-watermark
 
 
 def run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of data, training and fits (default 0)")
-    p.add_argument("--epochs", type=int, default=15,
+    p.add_argument("--seed", type=count(0), default=0, help="seed of data, training and fits (default 0)")
+    p.add_argument("--epochs", type=count(1), default=15,
                    help="epochs when the reference model is trained here (default 15)")
-    p.add_argument("--batch-size", type=int, default=128,
+    p.add_argument("--batch-size", type=count(1), default=128,
                    help="samples per forward pass (default 128)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latentsurgeon.cli._common import count
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 
 
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a side-by-side benchmark (from a source checkout)")
     p.add_argument("name", nargs="?", help="benchmark to run, or 'all' (none: list them)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and their cases")
-    p.add_argument("--repeats", type=int, default=7,
+    p.add_argument("--repeats", type=count(1), default=7,
                    help="timed repeats of ours and the peer, alternated (default 7)")
     p.add_argument("--write", action="store_true",
                    help="record the results in bench/results/*.json and docs/benchmarks.md "

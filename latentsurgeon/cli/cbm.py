@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from latentsurgeon.cli._common import output_folder
+from latentsurgeon.cli._common import count, output_folder
 
 
 def cmd_cbm(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
                    help="concept bottleneck model or concept embedding model (default: cbm)")
     p.add_argument("--out", default="latentsurgeon-cbm", type=output_folder,
                    help="output directory (default: latentsurgeon-cbm)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--seeds", type=count(0), nargs="+", default=[0, 1, 2],
                    help="one run per seed; curves are averaged over them (default: 0 1 2)")
     p.add_argument("--task-head", "--head", dest="task_head", default="mlp",
                    choices=["linear", "mlp"],
@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
                    help="CBM training scheme (default: independent; CEM always trains jointly)")
     p.add_argument("--noise", type=float, default=None,
                    help="std of Gaussian noise on the toy inputs (default: the data set's own)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=count(1), default=None,
                    help="training epochs (default: 60, or 15 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: small toy data, 15 epochs, the first seed only")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from latentsurgeon.cli._common import output_folder
+from latentsurgeon.cli._common import count, output_folder
 from latentsurgeon.demo_stages import STAGES
 
 
@@ -27,8 +27,8 @@ def register(sub: Any) -> None:
                                    "and the model's weights (model.pt).")
     p.add_argument("--out", default="latentsurgeon-report", type=output_folder,
                    help="output directory (default latentsurgeon-report)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
-    p.add_argument("--epochs", type=int, default=15,
+    p.add_argument("--seed", type=count(0), default=0, help="seed of data and training (default 0)")
+    p.add_argument("--epochs", type=count(1), default=15,
                    help="training epochs of the reference CNN (default 15)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--stage", default="all", choices=list(STAGES),

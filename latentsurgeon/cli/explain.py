@@ -12,6 +12,7 @@ import torch
 
 from latentsurgeon.cli._common import (
     analysed_model,
+    count,
     data_args,
     load_data,
     load_object,
@@ -182,7 +183,7 @@ def register(sub: Any) -> None:
     f.add_argument("--method", default="integrated-gradients", choices=list(FEATURE_CHOICES),
                    help="captum attribution method (default integrated-gradients)")
     f.add_argument("--split", default="test", help="split of --data to explain (default test)")
-    f.add_argument("--n", type=int, default=64, help="how many inputs (default 64)")
+    f.add_argument("--n", type=count(1), default=64, help="how many inputs (default 64)")
     f.add_argument("--out", default="explain-features", type=output_folder, help="output folder")
     f.set_defaults(func=cmd_features)
 
@@ -207,7 +208,7 @@ def register(sub: Any) -> None:
                                                    "(default test; poisoned for the decoys)")
     e.add_argument("--test-inputs", dest="test_indices", metavar="PKG.MOD:FN",
                    help="a function returning the test inputs instead of --split")
-    e.add_argument("--n", type=int, default=64, help="how many test inputs (default 64)")
-    e.add_argument("--top", type=int, default=8, help="training examples per test input")
+    e.add_argument("--n", type=count(1), default=64, help="how many test inputs (default 64)")
+    e.add_argument("--top", type=count(1), default=8, help="training examples per test input")
     e.add_argument("--out", default="explain-examples", type=output_folder, help="output folder")
     e.set_defaults(func=cmd_examples)

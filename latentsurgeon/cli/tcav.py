@@ -9,6 +9,7 @@ import torch
 
 from latentsurgeon.cli._common import (
     analysed_model,
+    count,
     data_args,
     load_data,
     load_object,
@@ -116,7 +117,7 @@ def register(sub: Any) -> None:
     p.add_argument("--random", metavar="PKG.MOD:FN",
                    help="a function returning the inputs random sets are drawn from "
                         "(default: the bundled random pool, or your train split)")
-    p.add_argument("--runs", type=int, default=10, help="CAVs per concept (default 10)")
+    p.add_argument("--runs", type=count(1), default=10, help="CAVs per concept (default 10)")
     p.add_argument("--pooling", default="flatten", choices=["flatten", "max", "mean"],
                    help="CAV space (default flatten, as Kim et al.)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
