@@ -170,7 +170,15 @@ def _read_payload(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise LatentSurgeonError(f"Cannot load {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+    found = payload.get("format") if isinstance(payload, dict) else None
+    family, _, version = str(found).partition("/")
+    if family == _FORMAT.partition("/")[0] and found != _FORMAT:
+        newer = version.isdigit() and int(version) > int(_FORMAT.partition("/")[2])
+        raise LatentSurgeonError(
+            f"{path} was saved by {'a newer' if newer else 'an older'} latentsurgeon (file "
+            f"format {found!r}; this version reads {_FORMAT!r}); load it with the version that "
+            "saved it" + (", or upgrade latentsurgeon." if newer else ", and save it again."))
+    if found != _FORMAT:
         raise LatentSurgeonError(f"{path} is not a saved latentsurgeon estimator.")
     _check_payload(payload, str(path))
     return payload
@@ -465,6 +473,12 @@ class Estimator:
             else:
                 top[name] = value
         stored = payload["params"]
+        unknown = [name for name in stored if name not in names]
+        if unknown:
+            raise LatentSurgeonError(
+                f"{where} holds parameters {klass.__name__} does not have: "
+                f"{', '.join(map(repr, unknown))} (its parameters are {', '.join(names)}); it "
+                "was saved by another version of the class.")
         kwargs: dict[str, Any] = {}
         late: dict[str, Any] = {}
         with _damaged(where):

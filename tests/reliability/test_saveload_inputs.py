@@ -107,7 +107,11 @@ def _damaged(saved, how):
         if how == "no params":
             del payload["params"]
         elif how == "another format":
-            payload["format"] = "latentsurgeon-estimator/0"
+            payload["format"] = "another-library/1"
+        elif how == "a newer format":
+            payload["format"] = "latentsurgeon-estimator/99"
+        elif how == "an older format":
+            payload["format"] = "latentsurgeon-estimator/1"
         elif how == "bad learned":
             payload["learned"] = [1, 2]
         elif how == "unknown parameter":
@@ -130,11 +134,17 @@ def _load_cases(saved):
             _damaged(saved, "no params")), LatentSurgeonError, ["damaged", "'params'"]),
         Case("load of another format", lambda: Estimator.load(_damaged(saved, "another format")),
              LatentSurgeonError, ["not a saved latentsurgeon estimator"]),
+        Case("load of a newer format", lambda: Estimator.load(_damaged(saved, "a newer format")),
+             LatentSurgeonError, ["bad.pt", "a newer latentsurgeon", "'latentsurgeon-estimator/99'",
+                                  "upgrade"]),
+        Case("load of an older format", lambda: Estimator.load(_damaged(saved, "an older format")),
+             LatentSurgeonError, ["bad.pt", "an older latentsurgeon", "save it again"]),
         Case("load of damaged learned state", lambda: Estimator.load(
             _damaged(saved, "bad learned")), LatentSurgeonError, ["damaged", "'learned'"]),
         Case("load of parameters the class does not have", lambda: Estimator.load(
             _damaged(saved, "unknown parameter")), LatentSurgeonError,
-             ["bad.pt", "damaged", "bogus"]),
+             ["bad.pt", "parameters ExplanationRegularization does not have", "'bogus'",
+              "another version"]),
         Case("load of a damaged encoded value", lambda: Estimator.load(
             _damaged(saved, "bad marker")), LatentSurgeonError, ["bad.pt", "damaged"]),
         Case("load of a concept model with damaged weights", lambda: Estimator.load(
@@ -182,7 +192,7 @@ def test_bad_loads_are_refused_clearly(saved, index):
 
 
 def test_the_load_corpus_is_complete(saved):
-    assert len(_load_cases(saved)) == 13
+    assert len(_load_cases(saved)) == 15
 
 
 @pytest.mark.parametrize("seed", [-1, 2.5, "7", True, [0]])
