@@ -164,6 +164,11 @@ def load_data(spec: str, seed: int = 0) -> Any:
 
         return decoy_digits(spec.split("-", 1)[1], seed=seed)
     data = load_object(spec, "--data")
+    if data is None or isinstance(data, (str, bytes, int, float, bool)):
+        raise LatentSurgeonError(
+            f"--data: {spec} returned {type(data).__name__} {data!r:.60}; expected an object or "
+            "dict with train/test/poisoned splits, one split (images, labels[, artifact, "
+            "masks]), a tuple (inputs, labels[, artifact]) or an inputs tensor.")
     return _attributes(data)
 
 

@@ -148,6 +148,9 @@ CASES = [
                                                  "--quiet"], ["--seeds", "-1"]),
     ("explain-experiment with a repeated seed", ["explain-experiment", "roar", "--seeds", "1",
                                                  "1", "--quiet"], ["--seeds", "distinct", "1 1"]),
+    ("probe of --data that returns no data", ["probe", "--weights", "cnn.pt", "--data",
+                                              "os:getcwd", "--quiet"],
+     ["--data", "os:getcwd returned str", "expected an object or dict"]),
     # counts and sizes are checked at parse time, naming the flag, the bound and the value
     ("explain features of a negative count", ["explain", "features", "--n", "-5", "--quiet"],
      ["--n", ">= 1", "-5"]),
