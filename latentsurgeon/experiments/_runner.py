@@ -59,6 +59,22 @@ def _check_threads(threads: int | None) -> None:
                     owner="run_experiment")
 
 
+def _check_out(out: str | Path | None, names: Sequence[str]) -> None:
+    """Refuse an ``out`` that cannot hold the experiments' folders before any run starts (a run
+    takes minutes; finding out after it is lost work)."""
+    if out is None:
+        return
+    root = Path(out)
+    for folder in (root, *(root / name for name in names)):
+        if folder.exists() and not folder.is_dir():
+            raise InvalidParameterError(
+                f"out must be a folder (it gets one subfolder per experiment); {folder} is an "
+                "existing file.")
+    ancestor = next((p for p in (root, *root.parents) if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise InvalidParameterError(f"out must be a folder; {out} lies under the file {ancestor}.")
+
+
 def _timed(name: str, seeds: tuple[int, ...], quick: bool, settings: Any, progress: bool,
            threads: int | None) -> ExperimentResult:
     module = _module(name)
@@ -161,6 +177,7 @@ def run_experiment(
     _module(name)
     seeds = check_seeds(seeds)
     _check_threads(threads)
+    _check_out(out, [name])
     result = _timed(name, seeds, quick, settings, progress, threads)
     if out is not None:
         folder = Path(out) / name
@@ -194,6 +211,7 @@ def run_experiments(
         _module(name)
     seeds = check_seeds(seeds)
     _check_threads(threads)
+    _check_out(out, chosen)
     results = [_timed(name, seeds, quick, None, progress, threads) for name in chosen]
     if out is not None:
         report = _report(results, threads)
