@@ -1,0 +1,196 @@
+"""The bad-input corpus of ``latentsurgeon.cbm`` and the ROAR experiment's settings: every case
+raises our exception with a message naming the argument, what was expected and what was given,
+and leaves the models exactly as they were (``_harness.check``), the fitted state (``history_``)
+included."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import latentsurgeon.cbm.models as models_module
+from latentsurgeon.cbm import (
+    BlackBoxModel,
+    ConceptBottleneckModel,
+    ConceptEmbeddingModel,
+)
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+
+from ._harness import Case, check
+
+N, D, K = 24, 6, 3
+torch.manual_seed(0)
+X = torch.randn(N, D)
+Y = torch.randint(0, 2, (N,))
+C = torch.rand(N, K).round()
+FAST = {"hidden": (8,), "head_hidden": 4, "epochs": 2, "progress": False}
+
+
+def _fitted(cls: type) -> nn.Module:
+    if cls is BlackBoxModel:
+        return BlackBoxModel(D, 2, **FAST).fit(X, Y)
+    return cls(D, K, 2, **FAST).fit(X, Y, C)
+
+
+CBM = _fitted(ConceptBottleneckModel)
+CEM = _fitted(ConceptEmbeddingModel)
+BLACK_BOX = _fitted(BlackBoxModel)
+CONCEPT_MODELS = {"CBM": CBM, "CEM": CEM}
+ALL_MODELS = {**CONCEPT_MODELS, "black box": BLACK_BOX}
+
+
+def _fit(model: nn.Module, x: Any = X, y: Any = Y, c: Any = C) -> Callable[[], Any]:
+    return lambda: model.fit(x, y, c)
+
+
+def _model_cases() -> list[Case]:
+    cases = []
+    for label, model in ALL_MODELS.items():
+        mm = [model]
+        cases += [
+            Case(f"{label}: inputs of another width", _fit(model, torch.randn(N, D - 1)),
+                 ShapeMismatchError, ["n_features", f"n_features={D}", f"({N}, {D - 1})"], mm),
+            Case(f"{label}: images whose values per sample differ from n_features",
+                 _fit(model, torch.randn(N, 1, 2, 2)), ShapeMismatchError,
+                 ["n_features", str(D), "(24, 1, 2, 2)", "4 values"], mm),
+            Case(f"{label}: empty data", _fit(model, X[:0], Y[:0], C[:0]),
+                 InvalidParameterError, ["data", "at least one sample", f"(0, {D})"], mm),
+            Case(f"{label}: a 0-d input", _fit(model, torch.tensor(1.0)),
+                 InvalidParameterError, ["data", "at least one sample", "()"], mm),
+            Case(f"{label}: fractional labels", _fit(model, X, Y.float() + 0.5),
+                 InvalidParameterError, ["labels", "whole numbers", ".5"], mm),
+            Case(f"{label}: labels out of range", _fit(model, X, Y + 5), InvalidParameterError,
+                 ["labels", "[0, 1]", "5"], mm),
+            Case(f"{label}: fewer labels than inputs", _fit(model, X, Y[:-1]),
+                 ShapeMismatchError, [f"{N} inputs", f"{N - 1} labels"], mm),
+            Case(f"{label}: NaN inputs", _fit(model, torch.full((N, D), float("nan"))),
+                 NonFiniteError, ["inputs"], mm),
+            Case(f"{label}: no labels", lambda m=model: m.fit(X), InvalidParameterError,
+                 ["labels"], mm),
+        ]
+    for label, model in CONCEPT_MODELS.items():
+        mm = [model]
+        cases += [
+            Case(f"{label}: concepts of another width", _fit(model, X, Y, C[:, :2]),
+                 ShapeMismatchError, ["concepts", f"({N}, {K})", f"({N}, 2)"], mm),
+            Case(f"{label}: concepts outside [0, 1]", _fit(model, X, Y, C * 3),
+                 InvalidParameterError, ["concepts", "[0, 1]", "0..3"], mm),
+            Case(f"{label}: no concepts", lambda m=model: m.fit(X, Y), InvalidParameterError,
+                 ["concept labels"], mm),
+            Case(f"{label}: a sequence of four", lambda m=model: m.fit((X, Y, C, C)),
+                 InvalidParameterError, ["(inputs, labels, concepts)", "4"], mm),
+        ]
+    return cases
+
+
+def cases() -> list[Case]:
+    return _model_cases()
+
+
+def _case_names() -> list[str]:
+    return [c.name for c in cases()]
+
+
+def _learned(model: nn.Module) -> dict[str, Any]:
+    return dict(model.learned_state())
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_bad_input_is_refused_clearly_and_changes_nothing(name):
+    case = next(c for c in cases() if c.name == name)
+    learned = [_learned(m) for m in case.models]
+    check(case)
+    for model, before in zip(case.models, learned, strict=True):
+        assert _learned(model) == before, f"{case.name}: the fitted state changed"
+
+
+def test_the_corpus_has_no_duplicate_names():
+    assert len(set(_case_names())) == len(_case_names())
+
+
+# -- fit is all or nothing ---------------------------------------------------------------------
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("label", list(ALL_MODELS))
+def test_a_fit_that_fails_while_training_keeps_the_trained_model(label, monkeypatch):
+    """fit resets the weights before it trains: a failure in training (here after a step that
+    changed the weights) must put back the trained weights, not the initial ones."""
+    model = _fitted(type(ALL_MODELS[label]))
+    weights, history = _weights(model), model.history_
+
+    def train_then_fail(trained: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            for param in trained.parameters():
+                param.add_(1.0)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(models_module, "train", train_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.fit(X, Y, C)
+    assert _same(model, weights)
+    assert model.history_ is history
+
+
+def test_a_failed_fit_after_an_architecture_change_keeps_the_old_layers():
+    model = _fitted(ConceptBottleneckModel)
+    weights, layers = _weights(model), dict(model.named_modules())
+    model.set_params(hidden=(5, 5), lr=1e30)  # rebuilt at fit, then the loss becomes NaN
+    with pytest.raises(NonFiniteError):
+        model.fit(X, Y, C)
+    assert dict(model.named_modules()) == layers and _same(model, weights)
+    model.set_params(lr=5e-3).fit(X, Y, C)  # the next fit still builds the new layers
+    assert model.encoder[1].out_features == 5
+
+
+def test_a_failed_fit_leaves_a_generator_seed_where_it_was():
+    generator = torch.Generator().manual_seed(3)
+    model = ConceptBottleneckModel(D, K, 2, **{**FAST, "lr": 1e30}, seed=generator)
+    state = generator.get_state()
+    with pytest.raises(NonFiniteError):
+        model.fit(X, Y, C)
+    assert torch.equal(generator.get_state(), state)
+    assert not hasattr(model, "history_")
+
+
+# -- one dtype rule ----------------------------------------------------------------------------
+@pytest.mark.parametrize("label", list(ALL_MODELS))
+def test_float64_inputs_train_as_the_float32_ones(label):
+    """Floating inputs are cast to the model's dtype (ModelAccess's rule), so float64 data give
+    the model float32 data give; before, the fit reset the weights and failed inside torch."""
+    cls = type(ALL_MODELS[label])
+    reference = _fitted(cls)
+    model = _fitted(cls)
+    concepts = None if cls is BlackBoxModel else C.double()
+    model.fit(X.double(), Y, concepts)
+    assert _same(model, _weights(reference))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("cls", [ConceptBottleneckModel, ConceptEmbeddingModel, BlackBoxModel])
+def test_a_model_cast_to_another_dtype_trains_on_float32_data(cls, dtype):
+    args = (D, 2) if cls is BlackBoxModel else (D, K, 2)
+    model = cls(*args, **FAST).to(dtype)
+    model.fit(X, Y, None if cls is BlackBoxModel else C)
+    assert all(p.dtype == dtype for p in model.parameters())
+    assert all(torch.isfinite(p.float()).all() for p in model.parameters())
+
+
+def test_a_meta_model_is_refused_before_anything_runs():
+    model = ConceptBottleneckModel(D, K, 2, **FAST).to("meta")
+    with pytest.raises(InvalidParameterError, match="meta"):
+        model.fit(X, Y, C)
+    assert all(p.device.type == "meta" for p in model.parameters())
