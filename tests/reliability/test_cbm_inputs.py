@@ -17,7 +17,16 @@ from latentsurgeon.cbm import (
     BlackBoxModel,
     ConceptBottleneckModel,
     ConceptEmbeddingModel,
+    GradientPolicy,
+    GroundTruthIntervention,
+    InterventionModule,
+    UncertaintyPolicy,
+    UniformPolicy,
+    build_mask,
+    intervention,
+    intervention_curve,
 )
+from latentsurgeon.cbm.masks import selection_mask
 from latentsurgeon.errors import (
     InvalidParameterError,
     NonFiniteError,
@@ -91,8 +100,117 @@ def _model_cases() -> list[Case]:
     return cases
 
 
+class _ConvNet(nn.Module):
+    """A conv layer (``(N, 16, 16, 16)`` maps) and a classifier: no concept layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16 * 16, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+torch.manual_seed(0)
+CONV = _ConvNet()
+IMAGES = torch.rand(2, 1, 16, 16)
+LOGITS = torch.randn(4, K) * 3  # values outside [0, 1]
+
+
+def _intervene_conv() -> Any:
+    truth = GroundTruthIntervention(torch.zeros(2, 16, 16, 16), space="output")
+    with intervention(CONV, "conv", truth, UniformPolicy(), k=1):
+        return CONV(IMAGES)
+
+
+def _module_on_conv() -> Any:
+    truth = GroundTruthIntervention(torch.zeros(2, 16, 16, 16), space="output")
+    return InterventionModule(CONV.conv, truth, UniformPolicy(), k=1)(IMAGES)
+
+
+def _cbm_with_policy(policy: Any, build_context: Any = None) -> Callable[[], Any]:
+    def call() -> Any:
+        truth = GroundTruthIntervention(C[:4], space="probs")
+        with intervention(CBM, "concepts", truth, policy, build_context=build_context, k=1):
+            return CBM(X[:4])
+    return call
+
+
+def _policy_cases() -> list[Case]:
+    grads = torch.randn(4, K)
+    return [
+        Case("GradientPolicy with a misspelt context key",
+             lambda: GradientPolicy()(LOGITS, grads=grads), InvalidParameterError,
+             ["GradientPolicy", "concept_grads", "['grads']"]),
+        Case("GradientPolicy with another policy's context",
+             lambda: GradientPolicy()(LOGITS, ground_truth=grads), InvalidParameterError,
+             ["concept_grads", "ground_truth"]),
+        Case("GradientPolicy with concept_grads that is not a tensor",
+             lambda: GradientPolicy()(LOGITS, concept_grads=grads.tolist()),
+             InvalidParameterError, ["concept_grads", "tensor", "list"]),
+        Case("GradientPolicy with concept_grads of another shape",
+             lambda: GradientPolicy()(LOGITS, concept_grads=grads[:, :2]), ShapeMismatchError,
+             ["concept_grads", f"(4, {K})", "(4, 2)"]),
+        Case("GradientPolicy in an intervention whose build_context misspells the key",
+             _cbm_with_policy(GradientPolicy(), lambda module, pred, *a: {"grads": pred}),
+             InvalidParameterError, ["concept_grads", "['grads']"], [CBM]),
+        Case("UncertaintyPolicy in probability space given logits",
+             lambda: UncertaintyPolicy("probs")(LOGITS), InvalidParameterError,
+             ["layer_output='probs'", "[0, 1]", f"{float(LOGITS.min()):g}",
+              "layer_output='logits'"]),
+        Case("UncertaintyPolicy in probability space on a CBM's logit layer",
+             _cbm_with_policy(UncertaintyPolicy("probs")), InvalidParameterError,
+             ["layer_output='probs'", "[0, 1]"], [CBM]),
+        Case("an intervention on a conv layer's feature maps", _intervene_conv,
+             ShapeMismatchError, ["(N, K)", "'conv'", "(2, 16, 16, 16)"], [CONV]),
+        Case("an InterventionModule around a conv layer", _module_on_conv,
+             ShapeMismatchError, ["(N, K)", "(2, 16, 16, 16)"], [CONV]),
+        Case("an intervention on a layer with one value per sample",
+             lambda: InterventionModule(nn.Identity(), GroundTruthIntervention(
+                 torch.zeros(4), space="output"), UniformPolicy()).intervene(torch.zeros(4)),
+             ShapeMismatchError, ["(N, K)", "(4,)"]),
+        Case("concept indices given as floats", lambda: selection_mask([0.0, 1.7], K),
+             InvalidParameterError, ["concepts", "integer indices", "1.7"]),
+        Case("build_mask with float concept indices",
+             lambda: build_mask(torch.rand(2, K), [1.5], k=1), InvalidParameterError,
+             ["concepts", "integer", "1.5"]),
+    ]
+
+
+def _curve_cases() -> list[Case]:
+    mm = [CBM]
+    return [
+        Case("intervention curve on empty data",
+             lambda: intervention_curve(CBM, (X[:0], Y[:0], C[:0]), progress=False),
+             InvalidParameterError, ["data", "at least one sample", f"(0, {D})"], mm),
+        Case("intervention curve on one empty data set of two",
+             lambda: intervention_curve([CBM, CBM], [(X, Y, C), (X[:0], Y[:0], C[:0])],
+                                        progress=False),
+             InvalidParameterError, ["data[1]", "at least one sample"], mm),
+        Case("intervention curve on 0-d inputs",
+             lambda: intervention_curve(CBM, (torch.tensor(1.0), Y, C), progress=False),
+             InvalidParameterError, ["data", "at least one sample", "()"], mm),
+        Case("intervention curve with zero concepts",
+             lambda: intervention_curve(CBM, (X, Y, C[:, :0]), progress=False),
+             ShapeMismatchError, ["concepts", "K >= 1", f"({N}, 0)"], mm),
+        Case("intervention curve with concepts of another width than the layer",
+             lambda: intervention_curve(CBM, (X, Y, C[:, :2]), progress=False),
+             ShapeMismatchError, ["data", "'concepts'", "(1, 3)", f"({N}, 2)"], mm),
+        Case("intervention curve with a GradientPolicy and a misspelt build_context",
+             lambda: intervention_curve(CBM, (X, Y, C), policies={"g": GradientPolicy()},
+                                        build_context=lambda m, p, *a: {"grads": p},
+                                        progress=False),
+             InvalidParameterError, ["concept_grads", "['grads']"], mm),
+        Case("intervention curve in probability space on a logit layer",
+             lambda: intervention_curve(CBM, (X, Y, C), policies=["uncertainty"],
+                                        layer_output="probs", progress=False),
+             InvalidParameterError, ["layer_output='probs'", "[0, 1]"], mm),
+    ]
+
+
 def cases() -> list[Case]:
-    return _model_cases()
+    return _model_cases() + _policy_cases() + _curve_cases()
 
 
 def _case_names() -> list[str]:
@@ -100,7 +218,7 @@ def _case_names() -> list[str]:
 
 
 def _learned(model: nn.Module) -> dict[str, Any]:
-    return dict(model.learned_state())
+    return dict(model.learned_state()) if hasattr(model, "learned_state") else {}
 
 
 @pytest.mark.parametrize("name", _case_names())
