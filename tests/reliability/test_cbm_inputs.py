@@ -32,6 +32,7 @@ from latentsurgeon.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
+from latentsurgeon.experiments import roar
 
 from ._harness import Case, check
 
@@ -209,8 +210,41 @@ def _curve_cases() -> list[Case]:
     ]
 
 
+def _roar_cases() -> list[Case]:
+    expected = ["Settings.fractions", "non-empty", "(0, 1]"]
+    return [
+        Case("ROAR with no fractions", lambda: roar.Settings(fractions=()),
+             InvalidParameterError, [*expected, "got ()"]),
+        Case("ROAR run with no fractions", lambda: roar.run(
+            [0], settings=roar.Settings(fractions=[]), progress=False),
+             InvalidParameterError, [*expected, "got []"]),
+        Case("ROAR with a fraction of 0", lambda: roar.Settings(fractions=(0.0, 0.5)),
+             InvalidParameterError, [*expected, "0.0 is not"]),
+        Case("ROAR with a fraction above 1", lambda: roar.Settings(fractions=(0.5, 1.5)),
+             InvalidParameterError, [*expected, "1.5 is not"]),
+        Case("ROAR with a percentage for a fraction", lambda: roar.Settings(fractions=(10, 20)),
+             InvalidParameterError, [*expected, "10 is not"]),
+        Case("ROAR with a NaN fraction", lambda: roar.Settings(fractions=(float("nan"),)),
+             InvalidParameterError, [*expected, "nan is not"]),
+        Case("ROAR with a fraction that removes no pixel",
+             lambda: roar.Settings(fractions=(0.001,)), InvalidParameterError,
+             [*expected, "at least one of the 256 pixels", "0.001 is not"]),
+        Case("ROAR with a repeated fraction", lambda: roar.Settings(fractions=(0.2, 0.2)),
+             InvalidParameterError, [*expected, "repeats", "[51, 51]"]),
+        Case("ROAR with fractions that remove the same pixels",
+             lambda: roar.Settings(fractions=(0.1, 0.1001)), InvalidParameterError,
+             ["repeats", "[26, 26]"]),
+        Case("ROAR with one number for fractions", lambda: roar.Settings(fractions=0.5),
+             InvalidParameterError, [*expected, "got 0.5"]),
+        Case("ROAR with a string for fractions", lambda: roar.Settings(fractions="0.5"),
+             InvalidParameterError, [*expected, "'0.5'"]),
+        Case("ROAR with an unknown method", lambda: roar.Settings(method="deeplift"),
+             InvalidParameterError, ["Settings.method", "integrated_gradients", "deeplift"]),
+    ]
+
+
 def cases() -> list[Case]:
-    return _model_cases() + _policy_cases() + _curve_cases()
+    return _model_cases() + _policy_cases() + _curve_cases() + _roar_cases()
 
 
 def _case_names() -> list[str]:
