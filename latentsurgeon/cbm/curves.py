@@ -263,6 +263,12 @@ def _as_triple(data: Any, what: str) -> Triple:
 def _policies(policies: Any, run_seed: int, layer_output: str) -> dict[str, Callable]:
     if policies is None:
         policies = POLICIES
+    if isinstance(policies, str) or not isinstance(policies, (Mapping, Sequence)) \
+            or len(policies) == 0:
+        # a string would be read letter by letter; no policy would give curves of nothing
+        raise InvalidParameterError(
+            f"policies must be a non-empty list of names from {', '.join(POLICIES)} or a "
+            f"non-empty {{name: policy}} dict; got {policies!r}.")
     if isinstance(policies, Mapping):
         built = dict(policies)
         for policy in built.values():
@@ -313,8 +319,10 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
 
     Raises:
         InvalidParameterError: a GradientPolicy without a way to compute gradients, an unknown
-            policy name, mismatching numbers of models and data sets.
-        ShapeMismatchError: concepts that do not match the layer's output.
+            policy name, no policies, mismatching numbers of models and data sets, data
+            without samples.
+        ShapeMismatchError: concepts that do not match the layer's output (checked on one
+            sample before any curve is computed), no concepts (``K = 0``).
     """
     validate_params({"layer_output": layer_output, "batch_size": batch_size, "seed": seed,
                      "confidence": confidence}, _CONSTRAINTS, owner="intervention_curve()")
