@@ -85,6 +85,18 @@ def _model_cases() -> list[Case]:
                  NonFiniteError, ["inputs"], mm),
             Case(f"{label}: no labels", lambda m=model: m.fit(X), InvalidParameterError,
                  ["labels"], mm),
+            Case(f"{label}: inputs that are a string", _fit(model, "digits.npy"),
+                 InvalidParameterError, ["inputs", "tensor or a numpy array", "str"], mm),
+            Case(f"{label}: labels that are a dict", _fit(model, X, {"y": Y}),
+                 InvalidParameterError, ["labels", "tensor or a numpy array", "dict"], mm),
+        ]
+    for label, model in CONCEPT_MODELS.items():
+        mm = [model]
+        cases += [
+            Case(f"{label}: concepts that are a string", _fit(model, X, Y, "concepts.csv"),
+                 InvalidParameterError, ["concepts", "tensor or a numpy array", "str"], mm),
+            Case(f"{label}: NaN concepts", _fit(model, X, Y, torch.full((N, K), float("nan"))),
+                 NonFiniteError, ["concepts"], mm),
         ]
     for label, model in CONCEPT_MODELS.items():
         mm = [model]
@@ -221,6 +233,10 @@ def _curve_cases() -> list[Case]:
         Case("intervention curve with no models",
              lambda: intervention_curve([], (X, Y, C), progress=False),
              InvalidParameterError, ["at least one model"]),
+        Case("intervention curve of a meta-device model",
+             lambda: intervention_curve(ConceptBottleneckModel(D, K, 2, **FAST).to("meta"),
+                                        (X, Y, C), progress=False),
+             InvalidParameterError, ["model", "'meta' device", "to_empty"]),
         Case("intervention curve in probability space on a logit layer",
              lambda: intervention_curve(CBM, (X, Y, C), policies=["uncertainty"],
                                         layer_output="probs", progress=False),
@@ -324,6 +340,18 @@ def test_a_failed_fit_after_an_architecture_change_keeps_the_old_layers():
     assert dict(model.named_modules()) == layers and _same(model, weights)
     model.set_params(lr=5e-3).fit(X, Y, C)  # the next fit still builds the new layers
     assert model.encoder[1].out_features == 5
+
+
+def test_a_fit_refused_after_set_params_keeps_the_layers_and_the_new_parameter():
+    model = _fitted(ConceptBottleneckModel)
+    weights, layers = _weights(model), dict(model.named_modules())
+    model.set_params(n_features=D + 1)
+    with pytest.raises(ShapeMismatchError, match=f"n_features={D + 1}"):
+        model.fit(X, Y, C)
+    assert dict(model.named_modules()) == layers and _same(model, weights)
+    assert model.n_features == D + 1  # set_params is not part of the failed call
+    model.fit(torch.randn(N, D + 1), Y, C)
+    assert model.encoder[1].in_features == D + 1
 
 
 def test_a_failed_fit_leaves_a_generator_seed_where_it_was():
