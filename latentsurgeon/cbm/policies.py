@@ -229,6 +229,7 @@ def task_gradients(task_head: str | Callable[..., Any] = "task_head", *,
 
     Raises (when called):
         NonFiniteError: NaN or Inf gradients.
+        InvalidParameterError: an int ``target`` that is not a class of the task head.
     """
     validate_params({"target": target}, {"target": [Options(["predicted"]),
                                                    Interval(int, 0, None)]},
@@ -257,6 +258,11 @@ def task_gradients(task_head: str | Callable[..., Any] = "task_head", *,
             if logits.dim() == 1 or logits.shape[1] == 1:
                 objective = logits.reshape(len(logits), -1)[:, 0]
             else:
+                if target != "predicted" and int(target) >= logits.shape[1]:
+                    raise InvalidParameterError(
+                        f"task_gradients(): target must be a class of the task head, in [0, "
+                        f"{logits.shape[1] - 1}] (it outputs {logits.shape[1]} logits); got "
+                        f"{target}.")
                 log_probs = logits.log_softmax(dim=1)
                 index = (log_probs.argmax(dim=1, keepdim=True) if target == "predicted"
                          else torch.full((len(logits), 1), int(target), device=logits.device))

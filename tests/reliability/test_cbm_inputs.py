@@ -25,6 +25,7 @@ from latentsurgeon.cbm import (
     build_mask,
     intervention,
     intervention_curve,
+    task_gradients,
 )
 from latentsurgeon.cbm.masks import selection_mask
 from latentsurgeon.errors import (
@@ -183,6 +184,15 @@ def _policy_cases() -> list[Case]:
              lambda: InterventionModule(nn.Identity(), GroundTruthIntervention(
                  torch.zeros(4), space="output"), UniformPolicy()).intervene(torch.zeros(4)),
              ShapeMismatchError, ["(N, K)", "(4,)"]),
+        Case("task gradients of a class the head does not have",
+             lambda: task_gradients(CBM.predict_task, target=5)(None, torch.zeros(4, K)),
+             InvalidParameterError, ["target", "[0, 1]", "2 logits", "got 5"]),
+        Case("ground truth that is a string",
+             lambda: GroundTruthIntervention("truth.csv")(torch.zeros(4, K)),
+             InvalidParameterError, ["ground_truth", "tensor or a numpy array", "str"]),
+        Case("ground truth of another shape than the batch",
+             lambda: GroundTruthIntervention(torch.zeros(3, K))(torch.zeros(4, K)),
+             ShapeMismatchError, ["ground truth", f"(4, {K})", f"(3, {K})"]),
         Case("concept indices given as floats", lambda: selection_mask([0.0, 1.7], K),
              InvalidParameterError, ["concepts", "integer indices", "1.7"]),
         Case("build_mask with float concept indices",
