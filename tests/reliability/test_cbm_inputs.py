@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import latentsurgeon.cbm.models as models_module
@@ -30,12 +32,13 @@ from latentsurgeon.cbm import (
 from latentsurgeon.cbm.masks import selection_mask
 from latentsurgeon.errors import (
     InvalidParameterError,
+    LatentSurgeonError,
     NonFiniteError,
     ShapeMismatchError,
 )
 from latentsurgeon.experiments import roar
 
-from ._harness import Case, check
+from ._harness import Case, assert_same_state, check, model_state
 
 N, D, K = 24, 6, 3
 torch.manual_seed(0)
@@ -402,3 +405,40 @@ def test_a_meta_model_is_refused_before_anything_runs():
     with pytest.raises(InvalidParameterError, match="meta"):
         model.fit(X, Y, C)
     assert all(p.device.type == "meta" for p in model.parameters())
+
+
+# -- property: fit on random dtype, shape and emptiness --------------------------------------
+@st.composite
+def _fit_calls(draw):
+    cls = draw(st.sampled_from([ConceptBottleneckModel, ConceptEmbeddingModel, BlackBoxModel]))
+    model_dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    n = draw(st.integers(0, 6))
+    width = draw(st.sampled_from([D, D - 1, D + 2]))
+    input_dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16,
+                                        torch.int64]))
+    n_labels = draw(st.sampled_from([n, max(n - 1, 0)]))
+    k = draw(st.sampled_from([K, K - 1]))
+    value = draw(st.sampled_from([0.5, float("nan"), 3.0]))
+    seed = draw(st.integers(0, 100))
+    return cls, model_dtype, n, width, input_dtype, n_labels, k, value, seed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_fit_calls())
+def test_fit_on_random_input_succeeds_or_fails_cleanly_leaving_the_model(call):
+    cls, model_dtype, n, width, input_dtype, n_labels, k, value, seed = call
+    generator = torch.Generator().manual_seed(seed)
+    args = (D, 2) if cls is BlackBoxModel else (D, K, 2)
+    model = cls(*args, **FAST).to(model_dtype).fit(X, Y, None if cls is BlackBoxModel else C)
+    x = (torch.rand(n, width, generator=generator) * 4).to(input_dtype)
+    y = torch.randint(0, 2, (n_labels,), generator=generator)
+    c = torch.full((n, k), value) if n else torch.zeros(0, k)
+    before, history = model_state(model), model.history_
+    try:
+        model.fit(x, y, c)
+    except LatentSurgeonError:
+        assert_same_state(model, before)
+        assert model.history_ is history
+        return
+    assert all(p.dtype == model_dtype for p in model.parameters())
+    assert all(bool(torch.isfinite(p.float()).all()) for p in model.parameters())
