@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from latentsurgeon._io import write_text_atomic
 from latentsurgeon._validation import Interval, Options, check_finite, validate_params
+from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import iter_batches, model_device, to_device
 from latentsurgeon.cbm.intervention import InterventionModule, _attached
 from latentsurgeon.cbm.policies import (
@@ -246,10 +247,15 @@ def _as_triple(data: Any, what: str) -> Triple:
             f"{what} must be (inputs, labels, concepts) such as a ConceptSplit; got "
             f"{type(data).__name__}.")
     x, y, c = (torch.as_tensor(t) for t in data)
+    if x.dim() == 0 or len(x) == 0:
+        raise InvalidParameterError(
+            f"{what} must hold at least one sample (inputs (N, ...) with N >= 1); got inputs of "
+            f"shape {tuple(x.shape)}.")
     if not (len(x) == len(y) == len(c)):
         raise ShapeMismatchError(f"{what}: {len(x)} inputs, {len(y)} labels, {len(c)} concept rows.")
-    if c.dim() != 2:
-        raise ShapeMismatchError(f"{what}: concepts must be (N, K); got {tuple(c.shape)}.")
+    if c.dim() != 2 or c.shape[1] == 0:
+        raise ShapeMismatchError(
+            f"{what}: concepts must be (N, K) with K >= 1; got {tuple(c.shape)}.")
     check_finite(c, f"{what}'s concepts")
     return x, y.reshape(-1).long(), c.float()
 
@@ -257,6 +263,12 @@ def _as_triple(data: Any, what: str) -> Triple:
 def _policies(policies: Any, run_seed: int, layer_output: str) -> dict[str, Callable]:
     if policies is None:
         policies = POLICIES
+    if isinstance(policies, str) or not isinstance(policies, (Mapping, Sequence)) \
+            or len(policies) == 0:
+        # a string would be read letter by letter; no policy would give curves of nothing
+        raise InvalidParameterError(
+            f"policies must be a non-empty list of names from {', '.join(POLICIES)} or a "
+            f"non-empty {{name: policy}} dict; got {policies!r}.")
     if isinstance(policies, Mapping):
         built = dict(policies)
         for policy in built.values():
@@ -307,8 +319,10 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
 
     Raises:
         InvalidParameterError: a GradientPolicy without a way to compute gradients, an unknown
-            policy name, mismatching numbers of models and data sets.
-        ShapeMismatchError: concepts that do not match the layer's output.
+            policy name, no policies, mismatching numbers of models and data sets, data
+            without samples.
+        ShapeMismatchError: concepts that do not match the layer's output (checked on one
+            sample before any curve is computed), no concepts (``K = 0``).
     """
     validate_params({"layer_output": layer_output, "batch_size": batch_size, "seed": seed,
                      "confidence": confidence}, _CONSTRAINTS, owner="intervention_curve()")
@@ -321,8 +335,10 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
             raise InvalidParameterError(
                 f"intervention_curve(): {len(data)} data sets for {len(runs)} models; give one "
                 "(inputs, labels, concepts) triple for all, or one per model.")
-        sets = [_as_triple(d, f"data[{i}]") for i, d in enumerate(data)]
+        names_of_sets = [f"data[{i}]" for i in range(len(data))]
+        sets = [_as_triple(d, what) for d, what in zip(data, names_of_sets, strict=True)]
     else:
+        names_of_sets = ["data"] * len(runs)
         sets = [_as_triple(data, "data")] * len(runs)
     n_concepts = sets[0][2].shape[1]
     if any(s[2].shape[1] != n_concepts for s in sets):
@@ -340,6 +356,7 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
             model.gradient_context() if hasattr(model, "gradient_context") else None)
         layer = resolve_layer(model, layer)
         layer_module = get_layer(model, layer)
+        _check_concept_width(model, layer, x, c, names_of_sets[run])
         for name, policy in _policies(policies, seed + run, layer_output).items():
             if isinstance(policy, GradientPolicy) and context is None:
                 raise InvalidParameterError(
@@ -358,6 +375,20 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
     bar.close()
     return InterventionCurves(counts, n_concepts, task, concept, confidence,
                               meta={"layer": layer, "layer_output": layer_output})
+
+
+def _check_concept_width(model: nn.Module, layer: str, inputs: torch.Tensor,
+                         concepts: torch.Tensor, what: str) -> None:
+    """The data's concepts ``(N, K)`` must match the concept layer's output ``(N, K)``: one
+    sample through the model, stopped after the layer, before any curve is computed."""
+    with torch.no_grad():
+        output = ModelAccess(model, head=None).forward_to(inputs[:1], layer)
+    if output.dim() != 2 or output.shape[1] != concepts.shape[1]:
+        raise ShapeMismatchError(
+            f"{what}: the concepts must have one column per output of the concept layer "
+            f"{layer!r}, which outputs (N, K) = (1, {output.shape[1] if output.dim() == 2 else '?'})"
+            f" for one sample (shape {tuple(output.shape)}); got concepts of shape "
+            f"{tuple(concepts.shape)}.")
 
 
 def _evaluate(model: nn.Module, layer: str, layer_module: nn.Module, data: Triple,

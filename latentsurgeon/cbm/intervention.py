@@ -46,7 +46,8 @@ class InterventionModule(nn.Module):
 
     Args:
         module: the layer that outputs the concepts ``(N, K)`` (a tensor, or a tuple/dict whose
-            first tensor holds them; the rest passes through).
+            first tensor holds them; the rest passes through). Any other shape is a
+            :class:`~latentsurgeon.errors.ShapeMismatchError` at the forward pass.
         strategy: gives the replacement values (:class:`GroundTruthIntervention`,
             :class:`DoIntervention`, :class:`DistributionIntervention`), called as
             ``strategy(pred, **context)``.
@@ -119,10 +120,7 @@ class InterventionModule(nn.Module):
     def intervene(self, predictions: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The intervened version of the layer's ``predictions`` ``(N, K)``; ``args``/``kwargs``
         are what the layer received (passed on to ``build_context``)."""
-        if predictions.dim() < 2:
-            raise ShapeMismatchError(
-                f"An intervention needs a layer output (N, K) with one column per concept; got "
-                f"shape {tuple(predictions.shape)}.")
+        _check_concept_output(predictions)
         check_finite(predictions, "the concept layer's output")
         context = dict(self.build_context(self, predictions, *args, **kwargs) or {}) \
             if self.build_context is not None else {}
@@ -147,6 +145,17 @@ class InterventionModule(nn.Module):
         how = (f"k={self.k}" if self.k is not None else f"fraction={self.fraction}"
                if self.fraction is not None else f"quantile={self.quantile}")
         return f"strategy={self.strategy!r}, policy={self.policy!r}, concepts={self.concepts}, {how}"
+
+
+def _check_concept_output(predictions: torch.Tensor, layer: str | None = None) -> None:
+    """A concept layer outputs ``(N, K)``, one column per concept. Anything else (a conv
+    layer's ``(N, C, H, W)`` map) would be intervened on as ``C * H * W`` "concepts"."""
+    if predictions.dim() != 2:
+        which = f"layer {layer!r}" if layer is not None else "the intervened layer"
+        raise ShapeMismatchError(
+            f"An intervention needs a concept layer whose output is (N, K), one column per "
+            f"concept; {which} outputs shape {tuple(predictions.shape)}. Intervene on the layer "
+            "that predicts the concepts (e.g. a Linear layer), not on a feature map.")
 
 
 @contextmanager
@@ -194,7 +203,9 @@ def _attached(model: nn.Module, layer: LayerSelector,
     """Run ``wrapper``'s intervention on ``layer``'s output inside the block; yields it."""
 
     def hook(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
-        return replace_primary(output, wrapper.intervene(primary_tensor(output), *inputs))
+        predictions = primary_tensor(output)
+        _check_concept_output(predictions, name)
+        return replace_primary(output, wrapper.intervene(predictions, *inputs))
 
     with preserve_model_state(model), HookGroup() as group:
         group.forward(model, layer, hook)

@@ -59,7 +59,8 @@ def selection_mask(concepts: Concepts, n_concepts: int, device: torch.device | N
     tensor.
 
     Raises:
-        InvalidParameterError: an index out of range, a repeated index, an empty selection.
+        InvalidParameterError: an index out of range, a repeated index, floating-point
+            indices, an empty selection.
     """
     if concepts is None:
         return torch.ones(n_concepts, dtype=torch.bool, device=device)
@@ -70,7 +71,13 @@ def selection_mask(concepts: Concepts, n_concepts: int, device: torch.device | N
                 f"{tuple(concepts.shape)}.")
         selected = concepts.to(device)
     else:
-        index = torch.as_tensor(concepts, dtype=torch.long).reshape(-1)
+        given = torch.as_tensor(concepts)
+        if given.is_floating_point() or given.is_complex():
+            # a cast to long would truncate 1.7 to concept 1 without a word
+            raise InvalidParameterError(
+                "concepts must be integer indices or a (K,) bool mask; got "
+                f"{given.dtype} values {given.reshape(-1).tolist()}.")
+        index = given.to(torch.long).reshape(-1)
         if index.numel() and (int(index.min()) < -n_concepts or int(index.max()) >= n_concepts):
             raise InvalidParameterError(
                 f"concepts must index the layer's {n_concepts} concepts (0..{n_concepts - 1}, "

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from latentsurgeon._aliases import aliased
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Interval, Options, Seed, check_finite, draw_seed
+from latentsurgeon.activations.access import ModelAccess, cast_floating, floating_dtype
 from latentsurgeon.activations.batching import model_device, to_tensor
 from latentsurgeon.cbm.policies import task_gradients
 from latentsurgeon.errors import (
@@ -168,44 +170,106 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
             for layer in layers:
                 layer.reset_parameters()
 
+    # -- all or nothing --------------------------------------------------------------------------
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Run a ``fit`` as one transaction: if the block raises, the model is put back exactly
+        as it was before the call (the layers, the values of the weights and buffers in their
+        own tensors, ``training`` and ``requires_grad`` flags, ``history_`` and every other
+        learned attribute, the architecture the layers were built for and a generator seed's
+        state), then the error propagates. ``fit`` resets the weights before training, so
+        without this a failure would lose the trained model."""
+        modules = dict(self._modules)  # set_params may make fit rebuild (rebind) the layers
+        tensors = {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
+        training = [(m, m.training) for m in self.modules()]
+        grad_flags = [(p, p.requires_grad) for p in self.parameters()]
+        learned = self.learned_state()
+        built_for = self._built_for
+        generator = self.seed if isinstance(self.seed, torch.Generator) else None
+        generator_state = generator.get_state() if generator is not None else None
+        try:
+            yield
+        except BaseException:
+            self._modules.clear()
+            self._modules.update(modules)
+            with torch.no_grad():
+                current = self.state_dict(keep_vars=True)
+                for key, value in tensors.items():
+                    current[key].copy_(value)
+            for module, flag in training:
+                module.training = flag
+            for param, flag in grad_flags:
+                param.requires_grad_(flag)
+            for key in self.learned_state():
+                if key not in learned:
+                    delattr(self, key)
+            for key, value in learned.items():
+                setattr(self, key, value)
+            self._built_for = built_for
+            if generator is not None and generator_state is not None:
+                generator.set_state(generator_state)
+            logger.warning("%s.fit failed; the model is as it was before the call",
+                           type(self).__name__)
+            raise
+
     # -- data ------------------------------------------------------------------------------------
     def _check_data(self, inputs: Any, labels: Any, concepts: Any, *, need_concepts: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The checked training tensors: floating inputs and concepts in the model's floating
+        dtype (the one dtype rule of :meth:`ModelAccess.call`; integer inputs become floats
+        first), labels as ``long``. Everything is checked before any weight is touched.
+
+        Raises:
+            InvalidParameterError: a ``meta``-device model, missing labels or concepts, empty
+                data, labels or concepts out of range.
+            ShapeMismatchError: inputs of another width than ``n_features``, or lengths or
+                concept shapes that do not match.
+        """
+        name = type(self).__name__
+        ModelAccess(self, head=None)  # refuses a model on the meta device, naming what to do
+        dtype = floating_dtype(self)
         if labels is None and concepts is None and isinstance(inputs, (tuple, list)):
             if len(inputs) not in (2, 3):
                 raise InvalidParameterError(
-                    f"{type(self).__name__}.fit: pass (inputs, labels, concepts) (a ConceptSplit) "
+                    f"{name}.fit: pass (inputs, labels, concepts) (a ConceptSplit) "
                     f"or the three tensors; got a sequence of {len(inputs)}.")
             inputs, labels, *rest = inputs
             concepts = rest[0] if rest and need_concepts else None
-        x = to_tensor(inputs, "inputs")
-        x = x.float() if not x.is_floating_point() else x
+        x = _floating(to_tensor(inputs, "inputs"), dtype)
         if labels is None:
-            raise InvalidParameterError(f"{type(self).__name__}.fit needs task labels.")
-        y = to_tensor(labels, "labels").reshape(-1).long()
+            raise InvalidParameterError(f"{name}.fit needs task labels.")
+        y = _class_labels(to_tensor(labels, "labels"))
+        n = len(x) if x.dim() else 0
+        if n == 0:
+            raise InvalidParameterError(
+                f"{name}.fit: data must hold at least one sample; got inputs of shape "
+                f"{tuple(x.shape)}.")
         check_finite(x, "the inputs")
-        n = len(x)
         if len(y) != n:
             raise ShapeMismatchError(f"{n} inputs but {len(y)} labels.")
         if int(math.prod(x.shape[1:])) != self.n_features:
             raise ShapeMismatchError(
-                f"{type(self).__name__} was built for {self.n_features} input values per sample; "
-                f"the inputs have shape {tuple(x.shape)}.")
+                f"{name}.fit: the inputs do not match n_features: the model was built for "
+                f"n_features={self.n_features} input values per sample (inputs of shape "
+                f"(N, {self.n_features}) or (N, ...) with {self.n_features} values); got inputs "
+                f"of shape {tuple(x.shape)}, {int(math.prod(x.shape[1:]))} values per sample.")
         if bool(((y < 0) | (y >= self.n_classes)).any()):
             raise InvalidParameterError(
                 f"labels must lie in [0, {self.n_classes - 1}]; got {int(y.min())}..{int(y.max())}.")
         c = None
         if concepts is not None:
-            c = to_tensor(concepts, "concepts").float()
+            c = _floating(to_tensor(concepts, "concepts"), dtype)
             check_finite(c, "the concepts")
             if tuple(c.shape) != (n, self.n_concepts):
                 raise ShapeMismatchError(
                     f"concepts must have shape ({n}, {self.n_concepts}); got {tuple(c.shape)}.")
             if bool(((c < 0) | (c > 1)).any()):
-                raise InvalidParameterError("concepts must be probabilities (0/1 labels) in [0, 1].")
+                raise InvalidParameterError(
+                    "concepts must be probabilities (0/1 labels) in [0, 1]; got values in "
+                    f"{float(c.min()):g}..{float(c.max()):g}.")
         elif need_concepts:
             raise InvalidParameterError(
-                f"{type(self).__name__}.fit needs concept labels: fit(inputs, labels, concepts).")
+                f"{name}.fit needs concept labels: fit(inputs, labels, concepts).")
         return x, y, c
 
     def _train(self, data: Any, loss_fn: Any, *, params: Any = None, desc: str) -> TrainingHistory:
@@ -231,6 +295,23 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
     def n_parameters(self) -> int:
         """Number of trainable weights."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _floating(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` in the model's floating ``dtype`` (integer and bool tensors become floats)."""
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    return cast_floating(tensor, dtype)
+
+
+def _class_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` long class labels; floating labels must hold whole numbers (a cast would
+    truncate 0.7 to class 0 without a word)."""
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise InvalidParameterError(
+            "labels must be class indices (whole numbers); got floating-point labels with "
+            "fractional values, e.g. " f"{float(labels[labels != labels.round()][0])}.")
+    return labels.reshape(-1).long()
 
 
 def _concept_loss(logits: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
@@ -331,45 +412,46 @@ class ConceptBottleneckModel(_ConceptModelBase):
         Returns:
             self, in eval mode, with ``history_``: the per-epoch losses of each stage.
         """
-        self._validate_params()
-        x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
-        assert c is not None
-        self._start()
-        history: dict[str, Any] = {}
-        if self.scheme == "joint":
-            weight = float(self.concept_weight)
+        with self._all_or_nothing():
+            self._validate_params()
+            x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
+            assert c is not None
+            self._start()
+            history: dict[str, Any] = {}
+            if self.scheme == "joint":
+                weight = float(self.concept_weight)
 
-            def joint(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-                xb, yb, cb = batch
-                out = model(xb)
-                task = F.cross_entropy(out.logits, yb)
-                concept = _concept_loss(out.concept_logits, cb)
-                return {"loss": task + weight * concept, "task": task, "concept": concept}
+                def joint(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+                    xb, yb, cb = batch
+                    out = model(xb)
+                    task = F.cross_entropy(out.logits, yb)
+                    concept = _concept_loss(out.concept_logits, cb)
+                    return {"loss": task + weight * concept, "task": task, "concept": concept}
 
-            history["joint"] = self._train((x, y, c), joint, desc="cbm joint").to_dict()
-        else:
-            predictor = [*self.encoder.parameters(), *self.concepts.parameters()]
-
-            def concept_stage(model: nn.Module, batch: Any) -> torch.Tensor:
-                xb, cb = batch
-                return _concept_loss(model.concepts(model.encoder(xb)), cb)
-
-            history["concepts"] = self._train((x, c), concept_stage, params=predictor,
-                                              desc="cbm concepts").to_dict()
-            if self.scheme == "sequential":
-                with torch.no_grad():
-                    head_inputs = torch.sigmoid(self.concepts(self.encoder(x)))
+                history["joint"] = self._train((x, y, c), joint, desc="cbm joint").to_dict()
             else:
-                head_inputs = c
+                predictor = [*self.encoder.parameters(), *self.concepts.parameters()]
 
-            def head_stage(model: nn.Module, batch: Any) -> torch.Tensor:
-                pb, yb = batch
-                return F.cross_entropy(model.task_head(pb), yb)
+                def concept_stage(model: nn.Module, batch: Any) -> torch.Tensor:
+                    xb, cb = batch
+                    return _concept_loss(model.concepts(model.encoder(xb)), cb)
 
-            history["head"] = self._train((head_inputs, y), head_stage,
-                                          params=list(self.task_head.parameters()),
-                                          desc="cbm head").to_dict()
-        self.history_ = history
+                history["concepts"] = self._train((x, c), concept_stage, params=predictor,
+                                                  desc="cbm concepts").to_dict()
+                if self.scheme == "sequential":
+                    with torch.no_grad():
+                        head_inputs = torch.sigmoid(self.concepts(self.encoder(x)))
+                else:
+                    head_inputs = c
+
+                def head_stage(model: nn.Module, batch: Any) -> torch.Tensor:
+                    pb, yb = batch
+                    return F.cross_entropy(model.task_head(pb), yb)
+
+                history["head"] = self._train((head_inputs, y), head_stage,
+                                              params=list(self.task_head.parameters()),
+                                              desc="cbm head").to_dict()
+            self.history_ = history
         return self
 
 
@@ -463,25 +545,26 @@ class ConceptEmbeddingModel(_ConceptModelBase):
             ) -> ConceptEmbeddingModel:
         """Train jointly with RandInt from the seeded initialisation (arguments as
         :meth:`ConceptBottleneckModel.fit`). Returns self, in eval mode, with ``history_``."""
-        self._validate_params()
-        x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
-        assert c is not None
-        self._start()
-        weight, rate = float(self.concept_weight), float(self.rand_int)
+        with self._all_or_nothing():
+            self._validate_params()
+            x, y, c = self._check_data(data, labels, concepts, need_concepts=True)
+            assert c is not None
+            self._start()
+            weight, rate = float(self.concept_weight), float(self.rand_int)
 
-        def joint(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-            xb, yb, cb = batch
-            embeddings = model.embeddings(model.encoder(xb))
-            logits = model.concepts(embeddings)
-            probs = torch.sigmoid(logits)
-            # RandInt: ground-truth interventions at random (torch's RNG, seeded by train()).
-            replaced = torch.rand(probs.shape, device=probs.device) < rate
-            probs = torch.where(replaced, cb, probs)
-            task = F.cross_entropy(model.task_head(model.mix(probs, embeddings)), yb)
-            concept = _concept_loss(logits, cb)
-            return {"loss": task + weight * concept, "task": task, "concept": concept}
+            def joint(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+                xb, yb, cb = batch
+                embeddings = model.embeddings(model.encoder(xb))
+                logits = model.concepts(embeddings)
+                probs = torch.sigmoid(logits)
+                # RandInt: ground-truth interventions at random (torch's RNG, seeded by train()).
+                replaced = torch.rand(probs.shape, device=probs.device) < rate
+                probs = torch.where(replaced, cb, probs)
+                task = F.cross_entropy(model.task_head(model.mix(probs, embeddings)), yb)
+                concept = _concept_loss(logits, cb)
+                return {"loss": task + weight * concept, "task": task, "concept": concept}
 
-        self.history_ = {"joint": self._train((x, y, c), joint, desc="cem joint").to_dict()}
+            self.history_ = {"joint": self._train((x, y, c), joint, desc="cem joint").to_dict()}
         return self
 
 
@@ -538,15 +621,16 @@ class BlackBoxModel(_ConceptModelBase):
     def fit(self, data: Any, labels: Any = None, concepts: Any = None) -> BlackBoxModel:
         """Train on the task from the seeded initialisation; ``concepts`` are ignored (so a
         :class:`~latentsurgeon.data.ConceptSplit` can be passed as it is). Returns self."""
-        self._validate_params()
-        x, y, _ = self._check_data(data, labels, None, need_concepts=False)
+        with self._all_or_nothing():
+            self._validate_params()
+            x, y, _ = self._check_data(data, labels, None, need_concepts=False)
 
-        def task(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-            xb, yb = batch
-            logits = model(xb)
-            return {"loss": F.cross_entropy(logits, yb),
-                    "acc": (logits.detach().argmax(1) == yb).float().mean()}
+            def task(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+                xb, yb = batch
+                logits = model(xb)
+                return {"loss": F.cross_entropy(logits, yb),
+                        "acc": (logits.detach().argmax(1) == yb).float().mean()}
 
-        self._start()
-        self.history_ = {"task": self._train((x, y), task, desc="black box").to_dict()}
+            self._start()
+            self.history_ = {"task": self._train((x, y), task, desc="black box").to_dict()}
         return self

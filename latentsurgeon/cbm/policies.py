@@ -113,7 +113,8 @@ class UncertaintyPolicy(InterventionPolicy):
     Args:
         layer_output: what the concept layer outputs: ``"logits"`` (a sigmoid follows it; the
             score is ``|logit|``, which orders concepts as ``|p - 0.5|`` does) or ``"probs"``
-            (the score is ``|p - 0.5|``).
+            (the score is ``|p - 0.5|``; values outside ``[0, 1]`` are refused when called:
+            they are not probabilities).
     """
 
     _parameter_constraints = {"layer_output": Options(["logits", "probs"])}
@@ -123,6 +124,8 @@ class UncertaintyPolicy(InterventionPolicy):
         self._validate()
 
     def scores(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
+        if self.layer_output == "probs":
+            _check_probabilities(predictions)
         centre = 0.0 if self.layer_output == "logits" else 0.5
         return (predictions.detach().to(_float(predictions)) - centre).abs()
 
@@ -132,14 +135,30 @@ class GradientPolicy(InterventionPolicy):
 
     ``concept_grads`` (shaped like the predictions) comes from the intervention's
     ``build_context`` (see :func:`task_gradients`, or pytorch_concepts' example in
-    ``docs/cbm.md``). Without it every score is 0, i.e. :class:`UniformPolicy`.
+    ``docs/cbm.md``). Without a context every score is 0, i.e. :class:`UniformPolicy`; a
+    context without ``concept_grads`` (a misspelt key) is refused rather than read as uniform.
+
+    Raises (when called):
+        InvalidParameterError: a non-empty context without ``concept_grads``.
+        ShapeMismatchError: ``concept_grads`` not shaped like the predictions.
     """
 
     def scores(self, predictions: torch.Tensor, concept_grads: torch.Tensor | None = None,
                **context: Any) -> torch.Tensor:
         if concept_grads is None:
+            if context:
+                # a context without the one key this policy reads (a misspelt key, another
+                # policy's context) would silently rank like UniformPolicy
+                raise InvalidParameterError(
+                    "GradientPolicy: the context must hold 'concept_grads' (the (N, K) task "
+                    "gradients it ranks by, e.g. from build_context=task_gradients(...)); got "
+                    f"only the keys {sorted(context)}.")
             return torch.zeros(predictions.shape, dtype=_float(predictions),
                                device=predictions.device)
+        if not isinstance(concept_grads, torch.Tensor):
+            raise InvalidParameterError(
+                "GradientPolicy: concept_grads must be an (N, K) tensor; got "
+                f"{type(concept_grads).__name__}.")
         if tuple(concept_grads.shape) != tuple(predictions.shape):
             raise ShapeMismatchError(
                 f"GradientPolicy: concept_grads must have the predictions' shape "
@@ -159,6 +178,18 @@ def _takes_more_than_one(fn: Callable[..., Any]) -> bool:
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) > 1
+
+
+def _check_probabilities(predictions: torch.Tensor) -> None:
+    """Probabilities lie in [0, 1]: values outside are logits (or another space), whose distance
+    from 0.5 would rank the concepts wrongly without a word."""
+    values = predictions.detach()
+    if values.numel() and bool(((values < 0) | (values > 1)).any()):
+        raise InvalidParameterError(
+            "UncertaintyPolicy(layer_output='probs'): the concept layer's output must be "
+            f"probabilities in [0, 1]; got values in {float(values.min()):g}.."
+            f"{float(values.max()):g}. If the layer outputs logits, use "
+            "UncertaintyPolicy(layer_output='logits').")
 
 
 def _float(t: torch.Tensor) -> torch.dtype:
@@ -198,6 +229,7 @@ def task_gradients(task_head: str | Callable[..., Any] = "task_head", *,
 
     Raises (when called):
         NonFiniteError: NaN or Inf gradients.
+        InvalidParameterError: an int ``target`` that is not a class of the task head.
     """
     validate_params({"target": target}, {"target": [Options(["predicted"]),
                                                    Interval(int, 0, None)]},
@@ -226,6 +258,11 @@ def task_gradients(task_head: str | Callable[..., Any] = "task_head", *,
             if logits.dim() == 1 or logits.shape[1] == 1:
                 objective = logits.reshape(len(logits), -1)[:, 0]
             else:
+                if target != "predicted" and int(target) >= logits.shape[1]:
+                    raise InvalidParameterError(
+                        f"task_gradients(): target must be a class of the task head, in [0, "
+                        f"{logits.shape[1] - 1}] (it outputs {logits.shape[1]} logits); got "
+                        f"{target}.")
                 log_probs = logits.log_softmax(dim=1)
                 index = (log_probs.argmax(dim=1, keepdim=True) if target == "predicted"
                          else torch.full((len(logits), 1), int(target), device=logits.device))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from latentsurgeon._validation import Interval, Options, Seed, check_finite, validate_params
+from latentsurgeon.activations.batching import to_tensor
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = [
@@ -134,7 +135,7 @@ class GroundTruthIntervention(InterventionStrategy):
             raise InvalidParameterError(
                 "GroundTruthIntervention has no ground truth: set strategy.ground_truth to the "
                 "batch's (N, K) concepts before the forward pass.")
-        truth = torch.as_tensor(self.ground_truth)
+        truth = to_tensor(self.ground_truth, "GroundTruthIntervention: ground_truth")
         return _fit(truth, predictions, "the ground truth", per_sample=True)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentsurgeon._validation import Interval
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.experiments._base import ExperimentResult, Section, check_seeds, seeded
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "roar"
 TITLE = "ROAR: remove the important pixels and retrain"
+#: pixels of a 16 x 16 digit
+_N_PIXELS = 256
 CLAIM = ("Retraining an autoencoder on images whose most important pixels (by label-free "
          "feature importance) were removed degrades it more than removing as many random "
          "pixels (lfxai's ROAR test on MNIST: the test reconstruction loss rises faster).")
@@ -66,7 +69,13 @@ class Settings:
             trains 10 epochs).
         method: the label-free feature importance that ranks the pixels.
         ig_steps, shap_samples: its settings.
-        fractions: shares of the 256 pixels removed from every training digit.
+        fractions: shares of the 256 pixels removed from every training digit: distinct,
+            in ``(0, 1]``, each removing at least one pixel (checked when the settings are
+            built: with none, ROAR would measure nothing and its check hold vacuously).
+
+    Raises:
+        InvalidParameterError: an unknown ``method``; ``fractions`` empty, repeated, out of
+            range or removing no pixel.
     """
 
     n_train: int | None = None
@@ -79,6 +88,32 @@ class Settings:
     ig_steps: int = 32
     shap_samples: int = 16
     fractions: tuple[float, ...] = (0.1, 0.2, 0.5)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would measure nothing: an unknown method, or ``fractions``
+        that are empty (every check would then hold vacuously), repeated (one measurement
+        counted twice), outside ``(0, 1]`` or removing no pixel."""
+        if self.method not in STUDIED_METHODS:
+            raise InvalidParameterError(
+                f"Settings.method must be one of {STUDIED_METHODS}; got {self.method!r}.")
+        fractions = self.fractions
+        expected = ("a non-empty tuple of distinct shares of the pixels in (0, 1], each "
+                    f"removing at least one of the {_N_PIXELS} pixels (e.g. (0.1, 0.2, 0.5))")
+        if not isinstance(fractions, (tuple, list)) or not fractions:
+            raise InvalidParameterError(f"Settings.fractions must be {expected}; got "
+                                        f"{fractions!r}.")
+        share = Interval(float, 0, 1, closed="right")
+        bad = [f for f in fractions if not share.accepts(f) or round(f * _N_PIXELS) < 1]
+        if bad:
+            raise InvalidParameterError(
+                f"Settings.fractions must be {expected}; got {list(fractions)!r} "
+                f"({bad[0]!r} is not).")
+        counts = [round(f * _N_PIXELS) for f in fractions]
+        if len(set(counts)) != len(counts):  # the same measurement counted twice
+            raise InvalidParameterError(
+                f"Settings.fractions must be {expected}; got {list(fractions)!r}, which repeats "
+                f"a fraction (pixels removed per digit: {counts}).")
+        object.__setattr__(self, "fractions", tuple(fractions))  # frozen: one spelling
 
     @classmethod
     def quick(cls) -> Settings:
@@ -129,10 +164,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
     :func:`~latentsurgeon.experiments.run_experiment`).
     """
     seeds = check_seeds(seeds)
-    settings = settings or (Settings.quick() if quick else Settings())
-    if settings.method not in STUDIED_METHODS:
-        raise InvalidParameterError(
-            f"Settings.method must be one of {STUDIED_METHODS}; got {settings.method!r}.")
+    settings = settings or (Settings.quick() if quick else Settings())  # validated when built
     rankings = ("important", "random")
     shape = (len(seeds), len(settings.fractions))
     test_mse = {r: np.zeros(shape) for r in rankings}
@@ -166,7 +198,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), *, settings: Settings | None = None,
         }
         for ranking in rankings:
             for i, fraction in enumerate(settings.fractions):
-                masks = top_feature_masks(scores[ranking], int(round(fraction * 256)))
+                masks = top_feature_masks(scores[ranking], int(round(fraction * _N_PIXELS)))
                 retrained = trained(initial, data.train_x * masks, seed)
                 test_mse[ranking][s, i] = reconstruction_error(retrained, data.test_x)
                 probe[ranking][s, i] = linear_probe_accuracy(retrained, data)

@@ -78,3 +78,14 @@ def test_the_probe_is_the_librarys_default_classification_probe():
 def test_unknown_method_is_refused():
     with pytest.raises(InvalidParameterError, match="method"):
         roar.run([0], settings=roar.Settings(method="deeplift"))
+
+
+@pytest.mark.parametrize("fractions", [(), (0.2, 0.2), (0.0,), (1.5,)])
+def test_fractions_that_measure_nothing_are_refused(fractions):
+    # empty fractions made every check hold vacuously (all of nothing) after training nothing
+    with pytest.raises(InvalidParameterError, match="fractions"):
+        roar.Settings(fractions=fractions)
+
+
+def test_fractions_are_kept_as_a_tuple():
+    assert roar.Settings(fractions=[0.2, 0.5]).fractions == (0.2, 0.5)
