@@ -27,7 +27,7 @@ from typing import Any
 import captum.attr
 import numpy as np
 import torch
-from captum.attr import Attribution
+from captum.attr import Attribution, LayerAttribution, NeuronAttribution
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -41,6 +41,7 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.explain._checks import check_samples, describe
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["FEATURE_METHODS", "AuxiliaryFunction", "FeatureMethod", "label_free_attribution",
@@ -119,8 +120,26 @@ class AuxiliaryFunction(nn.Module):
         return (z * reference).sum(dim=1)
 
 
+_ACCEPTED = ("a captum attribution of the inputs: a class such as "
+             + ", ".join(m.attribution.__name__ for m in FEATURE_METHODS.values())
+             + ", an instance of one, or a factory forward_func -> Attribution")
+
+
+def _refuse_layer_method(method: Any) -> None:
+    """Layer and neuron attributions explain a layer's activations or one neuron, not the input
+    features, and take other constructor arguments: refuse them by name."""
+    kind = method if isinstance(method, type) else type(method)
+    if isinstance(kind, type) and issubclass(kind, (LayerAttribution, NeuronAttribution)):
+        what = "layer" if issubclass(kind, LayerAttribution) else "neuron"
+        raise InvalidParameterError(
+            f"method must be {_ACCEPTED}; got {kind.__name__}, a {what} attribution (it "
+            "attributes a layer's activations, not the input features). Use the input-feature "
+            "method it is built on, and layer= to choose the representation.")
+
+
 def _bind(method: MethodSpec, forward: nn.Module) -> Attribution:
     """An attribution object explaining ``forward``."""
+    _refuse_layer_method(method)
     if isinstance(method, type):
         if not issubclass(method, Attribution):
             raise InvalidParameterError(
@@ -148,12 +167,43 @@ def _bind(method: MethodSpec, forward: nn.Module) -> Attribution:
         f"factory forward_func -> Attribution; got {type(method).__name__}.")
 
 
-def _baselines(baselines: Baselines, inputs: torch.Tensor) -> Any:
-    if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        return baselines(inputs)
-    if isinstance(baselines, torch.Tensor):
-        return baselines.to(device=inputs.device, dtype=inputs.dtype)
-    return baselines
+def _baselines(baselines: Baselines, inputs: torch.Tensor, explainer: Attribution) -> Any:
+    """The baselines of one batch, checked to be shaped like its samples: ``(1, ...)`` (one
+    for every sample), ``(N, ...)`` (one each) or, for GradientShap's distribution, ``(K, ...)``;
+    a number or a 0-d tensor is one value for every feature."""
+    given = baselines(inputs) if callable(baselines) and not isinstance(
+        baselines, torch.Tensor) else baselines
+    if not isinstance(given, torch.Tensor):
+        return given
+    sample = tuple(inputs.shape[1:])
+    n = int(inputs.shape[0])
+    distribution = any(isinstance(e, captum.attr.GradientShap)  # NoiseTunnel wraps one
+                       for e in (explainer, getattr(explainer, "attribution_method", None)))
+    ok = given.dim() == 0 or (tuple(given.shape[1:]) == sample
+                              and (distribution or given.shape[0] in (1, n)))
+    if not ok:
+        source = "the baselines callable returned" if given is not baselines else "got"
+        expected = (f"(K, {', '.join(map(str, sample))})" if distribution else
+                    f"(1, {', '.join(map(str, sample))}) or ({n}, "
+                    f"{', '.join(map(str, sample))})")
+        raise ShapeMismatchError(
+            f"baselines must be shaped like the samples, {expected} for inputs of shape "
+            f"{tuple(inputs.shape)}; {source} shape {tuple(given.shape)}.")
+    return given.to(device=inputs.device, dtype=inputs.dtype)
+
+
+#: attribute() arguments that count draws or steps: 0 or fewer is a division by zero in captum
+_COUNTS = ("n_samples", "n_steps")
+
+
+def _check_counts(method_kwargs: dict[str, Any]) -> None:
+    for key in _COUNTS:
+        if key in method_kwargs:
+            value = method_kwargs[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(
+                    f"{key} must be an int >= 1 (the attribution averages over that many "
+                    f"{'draws' if key == 'n_samples' else 'steps'}); got {value!r}.")
 
 
 def _attribute(explainer: Attribution, inputs: torch.Tensor, baselines: Baselines,
@@ -165,7 +215,7 @@ def _attribute(explainer: Attribution, inputs: torch.Tensor, baselines: Baseline
             raise InvalidParameterError(
                 f"{type(explainer).__name__} takes no baselines; got baselines="
                 f"{type(baselines).__name__}. Leave baselines=None for this method.")
-        call["baselines"] = _baselines(baselines, inputs)
+        call["baselines"] = _baselines(baselines, inputs, explainer)
     # gradient methods need inputs that require grad (captum would set it and warn)
     inputs = inputs.detach().requires_grad_(inputs.is_floating_point())
     out = explainer.attribute(inputs, **call)
@@ -200,6 +250,7 @@ def _seeded(seed: int | torch.Generator | None, device: torch.device) -> Iterato
 
 
 def _check_kwargs(method_kwargs: dict[str, Any]) -> None:
+    _check_counts(method_kwargs)
     for key in ("inputs", "additional_forward_args", "baselines"):
         if key in method_kwargs:
             raise InvalidParameterError(
@@ -269,6 +320,7 @@ def label_free_attribution(
     """
     validate_params({"batch_size": batch_size, "seed": seed}, _CONSTRAINTS,
                     owner="label_free_attribution()")
+    check_samples(data, "data", "label_free_attribution")
     _check_kwargs(method_kwargs)
     representation = _representation(encoder, layer, device)
     dev = analysis_device(encoder, device)
@@ -283,7 +335,9 @@ def label_free_attribution(
                               {**method_kwargs, "additional_forward_args": (reference,)})
             parts.append(attr.to("cpu"))
     if not parts:
-        raise LatentSurgeonError("The data hold no samples.")
+        raise InvalidParameterError(
+            f"label_free_attribution: data holds no samples (got {describe(data)}); it needs at "
+            "least one sample.")
     return check_finite(torch.cat(parts), "the label-free attributions")
 
 
@@ -320,6 +374,7 @@ def label_free_attribution_per_unit(
     """
     validate_params({"batch_size": batch_size, "seed": seed}, _CONSTRAINTS,
                     owner="label_free_attribution_per_unit()")
+    check_samples(data, "data", "label_free_attribution_per_unit")
     _check_kwargs(method_kwargs)
     if "target" in method_kwargs:
         raise InvalidParameterError("target= is set per unit; choose the units with units=.")
@@ -343,7 +398,9 @@ def label_free_attribution_per_unit(
                                 .to("cpu"))
             parts.append(torch.stack(per_unit, dim=1))
     if not parts:
-        raise LatentSurgeonError("The data hold no samples.")
+        raise InvalidParameterError(
+            f"label_free_attribution_per_unit: data holds no samples (got {describe(data)}); it "
+            "needs at least one sample.")
     return check_finite(torch.cat(parts), "the per-unit attributions")
 
 

@@ -6,10 +6,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum.attr import (
+    GradientShap,
+    IntegratedGradients,
+    LayerConductance,
+    LayerIntegratedGradients,
+    NeuronGradient,
+    NoiseTunnel,
+)
 from torch import nn
 
-from latentsurgeon.errors import InvalidParameterError
-from latentsurgeon.explain import TracIn
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
+from latentsurgeon.explain import (
+    InfluenceFunctions,
+    NearestNeighbours,
+    SimplEx,
+    TracIn,
+    label_free_attribution,
+    label_free_attribution_per_unit,
+    representations,
+)
 from latentsurgeon.models import DigitCNN
 
 from ._harness import Case, check
@@ -42,9 +58,122 @@ def _tracin(checkpoints, **kw):
     return TracIn(checkpoints, "cross_entropy", lr=0.1, progress=False, **kw)
 
 
+EXPLAINERS = {
+    "NearestNeighbours": lambda: NearestNeighbours(progress=False),
+    "SimplEx": lambda: SimplEx(progress=False),
+    "TracIn": lambda: TracIn("current", "predicted", progress=False),
+    "InfluenceFunctions": lambda: InfluenceFunctions("predicted", progress=False),
+}
+EMPTY = X[:0]
+OTHER_SHAPE = torch.randn(4, 7, generator=G)
+ENCODER = nn.Sequential(nn.Linear(5, 3), nn.Tanh())
+
+
+def _shape_cases() -> list[Case]:
+    m = (MODEL,)
+    out = []
+    for name, make in EXPLAINERS.items():
+        out += [
+            Case(f"{name}.explain of inputs shaped unlike the training inputs",
+                 lambda make=make: make().fit(MODEL, X).explain(OTHER_SHAPE),
+                 ShapeMismatchError, ["data", "(7,)", "(5,)"], m),
+            Case(f"{name}.scores with test inputs shaped unlike the training inputs",
+                 lambda make=make: make().scores(MODEL, X, OTHER_SHAPE),
+                 ShapeMismatchError, ["(7,)", "(5,)"], m),
+            Case(f"{name}.fit on no samples", lambda make=make: make().fit(MODEL, EMPTY),
+                 InvalidParameterError, ["data holds no samples", "(0, 5)"], m),
+            Case(f"{name}.fit on an empty (inputs, labels) tuple",
+                 lambda make=make: make().fit(MODEL, (EMPTY, Y[:0])),
+                 InvalidParameterError, ["data holds no samples"], m),
+            Case(f"{name}.explain of no samples",
+                 lambda make=make: make().fit(MODEL, X).explain(EMPTY),
+                 InvalidParameterError, ["data holds no samples", "(0, 5)"], m),
+            Case(f"{name}.scores with an empty training set",
+                 lambda make=make: make().scores(MODEL, EMPTY, X),
+                 InvalidParameterError, ["train holds no samples"], m),
+            Case(f"{name}.scores with an empty test set",
+                 lambda make=make: make().scores(MODEL, X, EMPTY),
+                 InvalidParameterError, ["test holds no samples"], m),
+        ]
+    for name in ("NearestNeighbours", "SimplEx"):
+        make = EXPLAINERS[name]
+        out += [
+            Case(f"{name}.fit on no representations",
+                 lambda make=make: make().fit(None, torch.zeros(0, 3)),
+                 InvalidParameterError, ["data holds no samples", "(0, 3)"]),
+            Case(f"{name}.explain of representations of another width",
+                 lambda make=make: make().fit(None, torch.randn(6, 3)).explain(
+                     torch.randn(2, 4)),
+                 ShapeMismatchError, ["data", "(4,)", "(3,)"]),
+        ]
+    return out
+
+
+def _feature_cases() -> list[Case]:
+    e = (ENCODER,)
+    lfa, per_unit = label_free_attribution, label_free_attribution_per_unit
+    return [
+        Case("label-free attribution of no samples",
+             lambda: lfa(ENCODER, EMPTY, IntegratedGradients, progress=False),
+             InvalidParameterError, ["data holds no samples", "(0, 5)"], e),
+        Case("per-unit attribution of no samples",
+             lambda: per_unit(ENCODER, EMPTY, IntegratedGradients, progress=False),
+             InvalidParameterError, ["data holds no samples"], e),
+        Case("representations of no samples", lambda: representations(None, None, EMPTY),
+             InvalidParameterError, ["data holds no samples"]),
+        Case("representations of a model run on no samples",
+             lambda: representations(ENCODER, None, EMPTY, progress=False),
+             InvalidParameterError, ["data holds no samples"], e),
+        Case("baselines of another feature shape",
+             lambda: lfa(ENCODER, X, IntegratedGradients, baselines=torch.zeros(1, 7),
+                         progress=False),
+             ShapeMismatchError, ["baselines", "(1, 5) or (10, 5)", "(1, 7)"], e),
+        Case("baselines with a row count other than 1 or the batch's",
+             lambda: lfa(ENCODER, X, IntegratedGradients, baselines=torch.zeros(3, 5),
+                         progress=False),
+             ShapeMismatchError, ["baselines", "(1, 5) or (10, 5)", "(3, 5)"], e),
+        Case("a baselines callable returning the wrong shape",
+             lambda: lfa(ENCODER, X, IntegratedGradients,
+                         baselines=lambda x: torch.zeros(1, 2), progress=False),
+             ShapeMismatchError, ["baselines callable returned", "(1, 2)"], e),
+        Case("GradientShap baselines of another feature shape",
+             lambda: lfa(ENCODER, X, GradientShap, baselines=torch.zeros(4, 6),
+                         progress=False),
+             ShapeMismatchError, ["baselines", "(K, 5)", "(4, 6)"], e),
+        Case("per-unit attribution with baselines of another shape",
+             lambda: per_unit(ENCODER, X, IntegratedGradients, baselines=torch.zeros(1, 7),
+                              progress=False),
+             ShapeMismatchError, ["baselines", "(1, 7)"], e),
+        Case("GradientShap with n_samples=0",
+             lambda: lfa(ENCODER, X, GradientShap, baselines=torch.zeros(3, 5), n_samples=0,
+                         progress=False),
+             InvalidParameterError, ["n_samples", ">= 1", "0"], e),
+        Case("NoiseTunnel with n_samples=-1",
+             lambda: lfa(ENCODER, X, lambda f: NoiseTunnel(IntegratedGradients(f)),
+                         n_samples=-1, progress=False),
+             InvalidParameterError, ["n_samples", "-1"], e),
+        Case("IntegratedGradients with n_steps=0",
+             lambda: lfa(ENCODER, X, IntegratedGradients, n_steps=0, progress=False),
+             InvalidParameterError, ["n_steps", ">= 1", "0"], e),
+        Case("a float n_steps", lambda: per_unit(ENCODER, X, IntegratedGradients, n_steps=2.5,
+                                                 progress=False),
+             InvalidParameterError, ["n_steps", "2.5"], e),
+        Case("a layer attribution class as method",
+             lambda: lfa(ENCODER, X, LayerIntegratedGradients, progress=False),
+             InvalidParameterError, ["method", "IntegratedGradients", "LayerIntegratedGradients",
+                                     "layer attribution"], e),
+        Case("a layer attribution instance as method",
+             lambda: lfa(ENCODER, X, LayerConductance(ENCODER, ENCODER[0]), progress=False),
+             InvalidParameterError, ["method", "LayerConductance", "layer attribution"], e),
+        Case("a neuron attribution class as method (per unit)",
+             lambda: per_unit(ENCODER, X, NeuronGradient, progress=False),
+             InvalidParameterError, ["method", "NeuronGradient", "neuron attribution"], e),
+    ]
+
+
 def cases() -> list[Case]:
     cnn = (CNN,)
-    return [
+    return _shape_cases() + _feature_cases() + [
         # -- checkpoints ----------------------------------------------------------------------
         Case("TracIn: a checkpoint of another architecture (same names, other shapes)",
              lambda: _tracin([OTHER_CNN.state_dict()]).fit(CNN, (IMAGES, DIGITS)),

@@ -1,0 +1,80 @@
+"""The checks every explain entry point applies to its data, one rule each:
+
+* :func:`check_samples` - data holding no samples is an error naming the argument (not a
+  reshape, ``torch.cat`` or division error deep inside, nor an empty result).
+* :func:`sample_shape` / :func:`shape_problem` - the shape of one sample, recorded when a method
+  is fitted, so a test set of another shape is named as such instead of as a raw torch error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from latentsurgeon.activations.batching import batch_inputs, count_samples, iter_batches
+from latentsurgeon.activations.store import ActivationStore
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
+
+__all__ = ["check_samples", "describe", "sample_shape", "shape_problem"]
+
+
+def describe(data: Any) -> str:
+    """``"a Tensor of shape (0, 5)"``, ``"a DataLoader"``: what a message says was given."""
+    shape = getattr(data, "shape", None)
+    kind = type(data).__name__
+    return f"a {kind} of shape {tuple(shape)}" if shape is not None else f"a {kind}"
+
+
+def _count(data: Any) -> int | None:
+    if isinstance(data, ActivationStore):
+        return data.n_samples
+    if isinstance(data, np.ndarray):
+        return len(data) if data.ndim else None
+    try:
+        return count_samples(data)
+    except LatentSurgeonError:  # unreadable data: the reader says why, with its own message
+        return None
+
+
+def check_samples(data: Any, argument: str, owner: str) -> None:
+    """Raise :class:`InvalidParameterError` when ``data`` is known to hold no samples (data
+    whose size cannot be known without reading it pass; their reader checks)."""
+    if _count(data) == 0:
+        raise InvalidParameterError(
+            f"{owner}: {argument} holds no samples (got {describe(data)}); it needs at least "
+            "one sample.")
+
+
+def sample_shape(data: Any) -> tuple[int, ...] | None:
+    """The shape of one sample's input (without the batch dimension), read from the first
+    batch of in-memory data or a DataLoader; None when unknown (a store, a dict of tensors, a
+    Dataset, data that cannot be peeked at cheaply)."""
+    if isinstance(data, ActivationStore):
+        return None
+    if isinstance(data, np.ndarray):
+        return tuple(data.shape[1:]) if data.ndim else None
+    if not isinstance(data, (torch.Tensor, tuple, list, DataLoader)) and not hasattr(
+            data, "images"):
+        return None
+    try:
+        first = next(iter(iter_batches(data, 1)), None)
+    except Exception:  # noqa: BLE001 - a peek must not replace the reader's own error
+        return None
+    inputs = batch_inputs(first)
+    return tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else None
+
+
+def shape_problem(expected: tuple[int, ...] | None, data: Any, argument: str,
+                  owner: str) -> str | None:
+    """A sentence naming both shapes when ``data``'s samples are not shaped like ``expected``
+    (the samples the method was fitted on), else None."""
+    if expected is None:
+        return None
+    found = sample_shape(data)
+    if found is None or found == expected:
+        return None
+    return (f"{owner}: {argument} holds samples of shape {found}, but it was fitted on samples "
+            f"of shape {expected}; pass data shaped like the training data.")
