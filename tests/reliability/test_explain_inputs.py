@@ -171,9 +171,26 @@ def _feature_cases() -> list[Case]:
     ]
 
 
+def _singular() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A linear classifier on inputs whose last four features are always 0: the weights of
+    those features do not change the loss, so the Hessian is singular."""
+    torch.manual_seed(0)
+    inputs = torch.zeros(10, 5)
+    inputs[:, 0] = torch.linspace(-1, 1, 10)
+    return nn.Linear(5, 3), (inputs, Y)
+
+
+SINGULAR, SINGULAR_DATA = _singular()
+
+
 def cases() -> list[Case]:
     cnn = (CNN,)
     return _shape_cases() + _feature_cases() + [
+        # -- influence functions ----------------------------------------------------------------
+        Case("InfluenceFunctions with damping=0 on a singular Hessian",
+             lambda: InfluenceFunctions("cross_entropy", damping=0.0, solver="exact",
+                                        progress=False).fit(SINGULAR, SINGULAR_DATA),
+             InvalidParameterError, ["damping=0.0", "singular", "damping > 0"], (SINGULAR,)),
         # -- checkpoints ----------------------------------------------------------------------
         Case("TracIn: a checkpoint of another architecture (same names, other shapes)",
              lambda: _tracin([OTHER_CNN.state_dict()]).fit(CNN, (IMAGES, DIGITS)),
