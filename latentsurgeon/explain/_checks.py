@@ -1,13 +1,15 @@
 """The checks every explain entry point applies to its data, one rule each:
 
-* :func:`check_samples` - data holding no samples is an error naming the argument (not a
-  reshape, ``torch.cat`` or division error deep inside, nor an empty result).
+* :func:`check_samples` - data holding no samples (or on the ``meta`` device) is an error
+  naming the argument (not a reshape, ``torch.cat`` or division error deep inside, nor an
+  empty result).
 * :func:`sample_shape` / :func:`shape_problem` - the shape of one sample, recorded when a method
   is fitted, so a test set of another shape is named as such instead of as a raw torch error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,9 +41,26 @@ def _count(data: Any) -> int | None:
         return None
 
 
+def _memory_tensors(data: Any) -> list[torch.Tensor]:
+    """The tensors of in-memory data (a tensor, a tuple or dict of them, a split)."""
+    if isinstance(data, torch.Tensor):
+        return [data]
+    if isinstance(data, Mapping):
+        return [v for v in data.values() if isinstance(v, torch.Tensor)]
+    if isinstance(data, (tuple, list)):
+        return [v for v in data if isinstance(v, torch.Tensor)]
+    return [v for v in (getattr(data, "images", None), getattr(data, "labels", None))
+            if isinstance(v, torch.Tensor)]
+
+
 def check_samples(data: Any, argument: str, owner: str) -> None:
     """Raise :class:`InvalidParameterError` when ``data`` is known to hold no samples (data
-    whose size cannot be known without reading it pass; their reader checks)."""
+    whose size cannot be known without reading it pass; their reader checks), or holds
+    tensors on the ``meta`` device (shapes without values: torch would fail to copy them)."""
+    if any(t.is_meta for t in _memory_tensors(data)):
+        raise InvalidParameterError(
+            f"{owner}: {argument} is on the 'meta' device (shapes without values), so nothing "
+            "can be computed from it; pass tensors holding values (on the model's device).")
     if _count(data) == 0:
         raise InvalidParameterError(
             f"{owner}: {argument} holds no samples (got {describe(data)}); it needs at least "

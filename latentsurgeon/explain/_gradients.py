@@ -233,6 +233,10 @@ def _check_shapes(state: Mapping[str, Any], expected: State, persistent: set[str
         if not isinstance(value, torch.Tensor):
             raise InvalidParameterError(
                 f"{where}: entry {name!r} must be a tensor; got {type(value).__name__}.")
+        if value.is_meta:
+            raise InvalidParameterError(
+                f"{where}: {name!r} is on the 'meta' device (shapes without values); pass "
+                "checkpoints that hold the weights.")
         if tuple(value.shape) != tuple(own.shape):
             raise InvalidParameterError(
                 f"{where} does not fit {type(model).__name__}: parameter {name!r} has shape "

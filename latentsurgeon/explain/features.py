@@ -210,6 +210,12 @@ def _attribute(explainer: Attribution, inputs: torch.Tensor, baselines: Baseline
                kwargs: dict[str, Any]) -> torch.Tensor:
     accepted = inspect.signature(explainer.attribute).parameters
     call = dict(kwargs)
+    needed = accepted.get("baselines")
+    if baselines is None and needed is not None and needed.default is inspect.Parameter.empty:
+        raise InvalidParameterError(
+            f"baselines: {type(explainer).__name__} needs baselines (a tensor shaped like the "
+            "samples, (K, ...) for a distribution of K references, e.g. torch.zeros(1, ...) or "
+            "a sample of the training inputs); got None.")
     if baselines is not None:
         if "baselines" not in accepted:
             raise InvalidParameterError(

@@ -95,6 +95,18 @@ def _shape_cases() -> list[Case]:
                  lambda make=make: make().scores(MODEL, X, EMPTY),
                  InvalidParameterError, ["test holds no samples"], m),
         ]
+    for name, make in EXPLAINERS.items():
+        out += [
+            Case(f"{name}.fit on inputs on the meta device",
+                 lambda make=make: make().fit(MODEL, X.to("meta")),
+                 InvalidParameterError, ["data", "'meta' device"], m),
+            Case(f"{name}.explain of (inputs, labels) on the meta device",
+                 lambda make=make: make().fit(MODEL, X).explain((X.to("meta"), Y)),
+                 InvalidParameterError, ["data", "'meta' device"], m),
+            Case(f"{name}.fit with a model on the meta device",
+                 lambda make=make: make().fit(nn.Linear(5, 3, device="meta"), X),
+                 InvalidParameterError, ["model", "'meta' device", "to_empty"]),
+        ]
     for name in ("NearestNeighbours", "SimplEx"):
         make = EXPLAINERS[name]
         out += [
@@ -158,6 +170,16 @@ def _feature_cases() -> list[Case]:
         Case("a float n_steps", lambda: per_unit(ENCODER, X, IntegratedGradients, n_steps=2.5,
                                                  progress=False),
              InvalidParameterError, ["n_steps", "2.5"], e),
+        Case("GradientShap without baselines",
+             lambda: lfa(ENCODER, X, GradientShap, progress=False),
+             InvalidParameterError, ["baselines", "GradientShap needs baselines", "none"], e),
+        Case("label-free attribution of inputs on the meta device",
+             lambda: lfa(ENCODER, X.to("meta"), IntegratedGradients, progress=False),
+             InvalidParameterError, ["data", "'meta' device"], e),
+        Case("label-free attribution of a model on the meta device",
+             lambda: lfa(nn.Linear(5, 3, device="meta"), X, IntegratedGradients,
+                         progress=False),
+             InvalidParameterError, ["model", "'meta' device", "to_empty"]),
         Case("a layer attribution class as method",
              lambda: lfa(ENCODER, X, LayerIntegratedGradients, progress=False),
              InvalidParameterError, ["method", "IntegratedGradients", "LayerIntegratedGradients",
@@ -198,6 +220,10 @@ def cases() -> list[Case]:
         Case("TracIn: a checkpoint file of another architecture",
              lambda: _tracin([_saved(OTHER_CNN)]).fit(CNN, (IMAGES, DIGITS)),
              InvalidParameterError, ["checkpoints[0]", "other.pt", "shape"], cnn),
+        Case("TracIn: a checkpoint on the meta device",
+             lambda: _tracin([{k: v.to("meta") for k, v in CNN.state_dict().items()}]).fit(
+                 CNN, (IMAGES, DIGITS)),
+             InvalidParameterError, ["checkpoints[0]", "'meta' device"], cnn),
         Case("TracIn: a checkpoint with an integer tensor for a float parameter",
              lambda: _tracin([{k: v.long() for k, v in CNN.state_dict().items()}]).fit(
                  CNN, (IMAGES, DIGITS)),
@@ -225,3 +251,39 @@ CASES = cases()
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case: Case) -> None:
     check(case)
+
+
+# -- dtypes: every entry point casts floating inputs to the model's floating dtype ----------------
+DTYPES = [torch.float64, torch.bfloat16]
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_explainers_run_on_models_of_any_floating_dtype(name: str, dtype: torch.dtype) -> None:
+    """A float64 or bfloat16 model given float32 inputs scores as if given inputs of its
+    dtype (the activation path's cast), finite."""
+    model = _classifier(dtype).eval()
+    scores = EXPLAINERS[name]().scores(model, X, X[:3])
+    same = EXPLAINERS[name]().scores(model, X.to(dtype), X[:3].to(dtype))
+    assert scores.shape == (3, 10) and bool(torch.isfinite(scores).all())
+    torch.testing.assert_close(scores, same, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_explainers_cast_float64_inputs_to_a_float32_model(name: str) -> None:
+    scores = EXPLAINERS[name]().scores(MODEL, X.double(), X[:3].double())
+    torch.testing.assert_close(scores, EXPLAINERS[name]().scores(MODEL, X, X[:3]),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *DTYPES], ids=str)
+@pytest.mark.parametrize("method", [IntegratedGradients, GradientShap], ids=lambda m: m.__name__)
+def test_label_free_attribution_casts_to_the_model_dtype(dtype, method) -> None:
+    encoder = nn.Sequential(nn.Linear(5, 3), nn.Tanh()).to(dtype)
+    kwargs = {"baselines": torch.zeros(2, 5)} if method is GradientShap else {}
+    got = label_free_attribution(encoder, X.double(), method, progress=False, **kwargs)
+    want = label_free_attribution(encoder, X.to(dtype), method, progress=False, **kwargs)
+    assert got.shape == X.shape and bool(torch.isfinite(got).all())
+    # the attribution is taken in the inputs' dtype; the model computes in its own
+    loose = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got.to(want.dtype), want, **loose)
