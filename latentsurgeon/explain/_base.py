@@ -34,7 +34,12 @@ from latentsurgeon.errors import (
     ModelMismatchError,
     ShapeMismatchError,
 )
-from latentsurgeon.explain._checks import check_samples, sample_shape, shape_problem
+from latentsurgeon.explain._checks import (
+    check_samples,
+    sample_shape,
+    shape_problem,
+    warn_all_zero,
+)
 
 __all__ = ["Block", "ExampleExplainer", "gather", "local_block"]
 
@@ -143,6 +148,9 @@ class ExampleExplainer(Estimator, ABC):
     #: the model given to ``fit`` (not learned state: it is not saved with the explainer)
     _model: nn.Module | None = None
     _load_arguments: ClassVar[tuple[str, ...]] = ("model",)
+    #: why every score of this method would be zero (the warning :meth:`explain` gives then)
+    _all_zero_cause: ClassVar[str] = (
+        "every representation compared is zero (a dead layer, or layer= names the wrong one).")
     _loads_subclasses: ClassVar[bool] = True
 
     # -- subclass hooks ------------------------------------------------------------------------
@@ -265,7 +273,9 @@ class ExampleExplainer(Estimator, ABC):
             if problem is None:
                 raise
             raise ShapeMismatchError(f"{problem} ({exc})") from exc
-        return check_finite(scores, f"the {name} scores")
+        check_finite(scores, f"the {name} scores")
+        warn_all_zero(scores, f"the {name} scores", self._all_zero_cause, stacklevel=4)
+        return scores
 
     @moved(("train", "test", "model"), is_old=_data_first, defaults={"model": None})
     def scores(self, model: nn.Module | None, train: Any, test: Any) -> torch.Tensor:

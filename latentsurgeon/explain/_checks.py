@@ -3,12 +3,15 @@
 * :func:`check_samples` - data holding no samples (or on the ``meta`` device) is an error
   naming the argument (not a reshape, ``torch.cat`` or division error deep inside, nor an
   empty result).
+* :func:`warn_all_zero` - a result that cannot be all zero for a working model warns, naming
+  the likely cause, instead of passing for an answer.
 * :func:`sample_shape` / :func:`shape_problem` - the shape of one sample, recorded when a method
   is fitted, so a test set of another shape is named as such instead of as a raw torch error.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +23,7 @@ from latentsurgeon.activations.batching import batch_inputs, count_samples, iter
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
 
-__all__ = ["check_samples", "describe", "sample_shape", "shape_problem"]
+__all__ = ["check_samples", "describe", "sample_shape", "shape_problem", "warn_all_zero"]
 
 
 def describe(data: Any) -> str:
@@ -97,3 +100,10 @@ def shape_problem(expected: tuple[int, ...] | None, data: Any, argument: str,
         return None
     return (f"{owner}: {argument} holds samples of shape {found}, but it was fitted on samples "
             f"of shape {expected}; pass data shaped like the training data.")
+
+
+def warn_all_zero(result: torch.Tensor, what: str, cause: str, *, stacklevel: int = 3) -> None:
+    """Warn (``UserWarning``) when ``result`` is non-empty and all zero: ``what`` (the result,
+    for the message) rests on nothing, and ``cause`` says why that usually happens."""
+    if result.numel() and not bool(result.any()):
+        warnings.warn(f"{what} are all zero: {cause}", UserWarning, stacklevel=stacklevel)

@@ -41,7 +41,7 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.explain._checks import check_samples, describe
+from latentsurgeon.explain._checks import check_samples, describe, warn_all_zero
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["FEATURE_METHODS", "AuxiliaryFunction", "FeatureMethod", "label_free_attribution",
@@ -224,7 +224,16 @@ def _attribute(explainer: Attribution, inputs: torch.Tensor, baselines: Baseline
         call["baselines"] = _baselines(baselines, inputs, explainer)
     # gradient methods need inputs that require grad (captum would set it and warn)
     inputs = inputs.detach().requires_grad_(inputs.is_floating_point())
-    out = explainer.attribute(inputs, **call)
+    try:
+        out = explainer.attribute(inputs, **call)
+    except RuntimeError as exc:
+        if "does not require grad" not in str(exc):
+            raise
+        raise InvalidParameterError(
+            "encoder: its representation does not depend differentiably on the inputs (no "
+            "gradient reaches them: a comparison, round, argmax, .detach() or torch.no_grad() "
+            f"inside the forward), so {type(explainer).__name__} has nothing to attribute; "
+            f"explain a differentiable representation (another layer=). ({exc})") from exc
     if isinstance(out, tuple):
         raise InvalidParameterError(
             "The attribution method returned a tuple (return_convergence_delta=True?); pass "
@@ -273,6 +282,12 @@ def _batches(data: Any, batch_size: int, dev: torch.device, progress: bool,
             raise LatentSurgeonError(
                 f"Feature attribution needs tensor inputs; a batch gave {type(inputs).__name__}.")
         yield to_device(inputs, dev)
+
+#: why label-free attributions would be all zero (the warning both functions give then)
+_ZERO_CAUSE = ("the representation's gradient with respect to the inputs is zero everywhere "
+               "(an encoder that is a step function: round, sign, a threshold; or saturated "
+               "units), or the baselines equal the inputs. Explain a differentiable "
+               "representation (another layer=) or other baselines.")
 
 
 def label_free_attribution(
@@ -344,7 +359,9 @@ def label_free_attribution(
         raise InvalidParameterError(
             f"label_free_attribution: data holds no samples (got {describe(data)}); it needs at "
             "least one sample.")
-    return check_finite(torch.cat(parts), "the label-free attributions")
+    result = check_finite(torch.cat(parts), "the label-free attributions")
+    warn_all_zero(result, "the label-free attributions", _ZERO_CAUSE, stacklevel=2)
+    return result
 
 
 def label_free_attribution_per_unit(
@@ -407,7 +424,9 @@ def label_free_attribution_per_unit(
         raise InvalidParameterError(
             f"label_free_attribution_per_unit: data holds no samples (got {describe(data)}); it "
             "needs at least one sample.")
-    return check_finite(torch.cat(parts), "the per-unit attributions")
+    result = check_finite(torch.cat(parts), "the per-unit attributions")
+    warn_all_zero(result, "the per-unit attributions", _ZERO_CAUSE, stacklevel=2)
+    return result
 
 
 def _units(units: Sequence[int] | None, n_units: int) -> list[int]:

@@ -121,6 +121,24 @@ def _shape_cases() -> list[Case]:
     return out
 
 
+class _Thresholded(nn.Module):
+    """A step function that leaves autograd: ``x > 0`` has no gradient at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :3] > 0).to(x.dtype)
+
+
+class _Rounded(nn.Module):
+    """A step function inside autograd: ``round`` has gradient zero everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(self.linear(x) * 4)
+
+
 def _feature_cases() -> list[Case]:
     e = (ENCODER,)
     lfa, per_unit = label_free_attribution, label_free_attribution_per_unit
@@ -180,6 +198,9 @@ def _feature_cases() -> list[Case]:
              lambda: lfa(nn.Linear(5, 3, device="meta"), X, IntegratedGradients,
                          progress=False),
              InvalidParameterError, ["model", "'meta' device", "to_empty"]),
+        Case("an encoder whose representation is detached from the inputs",
+             lambda: lfa(_Thresholded(), X, IntegratedGradients, progress=False),
+             InvalidParameterError, ["encoder", "does not depend differentiably"]),
         Case("a layer attribution class as method",
              lambda: lfa(ENCODER, X, LayerIntegratedGradients, progress=False),
              InvalidParameterError, ["method", "IntegratedGradients", "LayerIntegratedGradients",
@@ -287,3 +308,31 @@ def test_label_free_attribution_casts_to_the_model_dtype(dtype, method) -> None:
     # the attribution is taken in the inputs' dtype; the model computes in its own
     loose = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(got.to(want.dtype), want, **loose)
+
+
+# -- all-zero results warn, naming the likely cause ------------------------------------------------
+def _constant_loss(output: torch.Tensor, batch) -> torch.Tensor:
+    return (output * 0).sum()  # reaches the graph, depends on no parameter
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TracIn("current", _constant_loss, progress=False),
+    lambda: InfluenceFunctions(_constant_loss, progress=False),
+], ids=["TracIn", "InfluenceFunctions"])
+def test_a_loss_independent_of_the_parameters_warns(make) -> None:
+    with pytest.warns(UserWarning, match="all zero.*does not depend on the parameters"):
+        scores = make().scores(MODEL, X, X[:3])
+    assert not scores.any()
+
+
+def test_informative_scores_do_not_warn(recwarn) -> None:
+    TracIn("current", "predicted", progress=False).scores(_classifier(), X, X[:3])
+    label_free_attribution(ENCODER, X, IntegratedGradients, progress=False)
+    assert not [w for w in recwarn.list if "all zero" in str(w.message)]
+
+
+@pytest.mark.parametrize("attribute", [label_free_attribution, label_free_attribution_per_unit])
+def test_a_step_function_encoder_warns(attribute) -> None:
+    with pytest.warns(UserWarning, match="all zero.*step function"):
+        attributions = attribute(_Rounded(), X, IntegratedGradients, progress=False)
+    assert not attributions.any()
