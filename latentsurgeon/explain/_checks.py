@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from latentsurgeon.activations.batching import batch_inputs, count_samples, iter_batches
 from latentsurgeon.activations.store import ActivationStore
@@ -72,13 +72,18 @@ def check_samples(data: Any, argument: str, owner: str) -> None:
 
 def sample_shape(data: Any) -> tuple[int, ...] | None:
     """The shape of one sample's input (without the batch dimension), read from the first
-    batch of in-memory data or a DataLoader; None when unknown (a store, a dict of tensors, a
-    Dataset, data that cannot be peeked at cheaply)."""
+    batch of in-memory data (a DataLoader over a TensorDataset counts); None when unknown (a
+    store, a dict of tensors, other Datasets and loaders: peeking at them would run their
+    workers and draw from the global RNG when they shuffle)."""
     if isinstance(data, ActivationStore):
         return None
     if isinstance(data, np.ndarray):
         return tuple(data.shape[1:]) if data.ndim else None
-    if not isinstance(data, (torch.Tensor, tuple, list, DataLoader)) and not hasattr(
+    if isinstance(data, DataLoader):
+        dataset = data.dataset
+        return (tuple(dataset.tensors[0].shape[1:]) if isinstance(dataset, TensorDataset)
+                else None)
+    if not isinstance(data, (torch.Tensor, tuple, list, TensorDataset)) and not hasattr(
             data, "images"):
         return None
     try:

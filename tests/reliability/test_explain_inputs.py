@@ -15,6 +15,7 @@ from captum.attr import (
     NoiseTunnel,
 )
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.explain import (
@@ -80,6 +81,13 @@ def _shape_cases() -> list[Case]:
             Case(f"{name}.scores with test inputs shaped unlike the training inputs",
                  lambda make=make: make().scores(MODEL, X, OTHER_SHAPE),
                  ShapeMismatchError, ["(7,)", "(5,)"], m),
+            Case(f"{name}.explain of a DataLoader of inputs shaped unlike the training ones",
+                 lambda make=make: make().fit(MODEL, X).explain(
+                     DataLoader(TensorDataset(OTHER_SHAPE), batch_size=2)),
+                 ShapeMismatchError, ["data", "(7,)", "(5,)"], m),
+            Case(f"{name}.fit on an empty DataLoader",
+                 lambda make=make: make().fit(MODEL, DataLoader(TensorDataset(EMPTY))),
+                 InvalidParameterError, ["data holds no samples", "DataLoader"], m),
             Case(f"{name}.fit on no samples", lambda make=make: make().fit(MODEL, EMPTY),
                  InvalidParameterError, ["data holds no samples", "(0, 5)"], m),
             Case(f"{name}.fit on an empty (inputs, labels) tuple",
