@@ -17,7 +17,7 @@ from captum.attr import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
+from latentsurgeon.errors import InvalidParameterError, NonFiniteError, ShapeMismatchError
 from latentsurgeon.explain import (
     InfluenceFunctions,
     NearestNeighbours,
@@ -26,6 +26,8 @@ from latentsurgeon.explain import (
     label_free_attribution,
     label_free_attribution_per_unit,
     representations,
+    simplex_weights,
+    top_examples,
 )
 from latentsurgeon.models import DigitCNN
 
@@ -237,6 +239,19 @@ SINGULAR, SINGULAR_DATA = _singular()
 def cases() -> list[Case]:
     cnn = (CNN,)
     return _shape_cases() + _feature_cases() + [
+        # -- reading and solving ------------------------------------------------------------------
+        Case("simplex_weights with an empty corpus",
+             lambda: simplex_weights(torch.randn(2, 3), torch.zeros(0, 3)),
+             InvalidParameterError, ["train_reps holds no samples", "(0, 3)"]),
+        Case("simplex_weights of 1-D test representations",
+             lambda: simplex_weights(torch.randn(3), torch.randn(4, 3)),
+             ShapeMismatchError, ["test_reps", "(n, d)", "(3,)"]),
+        Case("simplex_weights of NaN representations",
+             lambda: simplex_weights(torch.full((2, 3), float("nan")), torch.randn(4, 3)),
+             NonFiniteError, ["test_reps", "nan"]),
+        Case("top_examples of NaN scores",
+             lambda: top_examples(torch.tensor([[float("nan"), 1.0, 2.0]]), 2),
+             NonFiniteError, ["scores", "nan"]),
         # -- influence functions ----------------------------------------------------------------
         Case("InfluenceFunctions with damping=0 on a singular Hessian",
              lambda: InfluenceFunctions("cross_entropy", damping=0.0, solver="exact",
