@@ -28,7 +28,18 @@ from latentsurgeon.activations.batching import count_samples
 from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.activations.sharding import batch_block, current_shard, shard_loader
 from latentsurgeon.activations.store import ActivationStore
-from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ModelMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LatentSurgeonError,
+    ModelMismatchError,
+    ShapeMismatchError,
+)
+from latentsurgeon.explain._checks import (
+    check_samples,
+    sample_shape,
+    shape_problem,
+    warn_all_zero,
+)
 
 __all__ = ["Block", "ExampleExplainer", "gather", "local_block"]
 
@@ -137,6 +148,9 @@ class ExampleExplainer(Estimator, ABC):
     #: the model given to ``fit`` (not learned state: it is not saved with the explainer)
     _model: nn.Module | None = None
     _load_arguments: ClassVar[tuple[str, ...]] = ("model",)
+    #: why every score of this method would be zero (the warning :meth:`explain` gives then)
+    _all_zero_cause: ClassVar[str] = (
+        "every representation compared is zero (a dead layer, or layer= names the wrong one).")
     _loads_subclasses: ClassVar[bool] = True
 
     # -- subclass hooks ------------------------------------------------------------------------
@@ -206,6 +220,7 @@ class ExampleExplainer(Estimator, ABC):
                 "Call fit(model, data), or fit(None, representations).")
         train = data
         self._validate_params()
+        check_samples(train, "data", f"{type(self).__name__}.fit")
         rank, world = current_shard()
         batch_size = getattr(self, "batch_size", 64)
         if self._shard_over == "train":
@@ -218,6 +233,8 @@ class ExampleExplainer(Estimator, ABC):
         try:
             self._model = model
             self._fit(train, local, model)
+            # not learned state (not saved): what explain names when test data do not fit
+            self._sample_shape = sample_shape(train)
             self.fingerprint_ = None if model is None else model_fingerprint(model)
             self.n_train_ = local.total
             self.train_block_ = (local.start, local.end)
@@ -238,17 +255,32 @@ class ExampleExplainer(Estimator, ABC):
             raise LatentSurgeonError(
                 f"This {name} was loaded without the model it was fitted on, which it needs to "
                 f"explain; load it with {name}.load(path, model=model) (or fit it again).")
+        name = type(self).__name__
+        check_samples(test, "data", f"{name}.explain")
         rank, world = current_shard()
-        if world == 1:
-            scores = self._explain(test)
-        elif self._shard_over == "train":
-            scores = gather(self._explain(test), dim=1)
-        else:
-            scores = gather(self._explain(local_block(test, self.batch_size, rank, world).data),
-                            dim=0)
-        return check_finite(scores, f"the {type(self).__name__} scores")
+        try:
+            if world == 1:
+                scores = self._explain(test)
+            elif self._shard_over == "train":
+                scores = gather(self._explain(test), dim=1)
+            else:
+                scores = gather(
+                    self._explain(local_block(test, self.batch_size, rank, world).data), dim=0)
+        except (RuntimeError, ShapeMismatchError) as exc:
+            # torch's words for a shape mismatch name neither argument; name both shapes
+            problem = shape_problem(self.__dict__.get("_sample_shape"), test, "data",
+                                    f"{name}.explain")
+            if problem is None:
+                raise
+            raise ShapeMismatchError(f"{problem} ({exc})") from exc
+        check_finite(scores, f"the {name} scores")
+        warn_all_zero(scores, f"the {name} scores", self._all_zero_cause, stacklevel=4)
+        return scores
 
     @moved(("train", "test", "model"), is_old=_data_first, defaults={"model": None})
     def scores(self, model: nn.Module | None, train: Any, test: Any) -> torch.Tensor:
         """``fit(model, train).explain(test)``."""
+        name = type(self).__name__
+        check_samples(train, "train", f"{name}.scores")  # before any work, by their names here
+        check_samples(test, "test", f"{name}.scores")
         return self.fit(model, train).explain(test)

@@ -221,6 +221,36 @@ def checkpoint_items(checkpoints: CheckpointSpec) -> list[Any]:
     return items
 
 
+def _check_shapes(state: Mapping[str, Any], expected: State, persistent: set[str], index: int,
+                  item: Any, model: nn.Module) -> None:
+    """Refuse a checkpoint whose tensors do not have the model's shapes (or kinds of dtype).
+
+    Names alone do not tell architectures apart (``DigitCNN(hidden=32)`` and ``hidden=64``
+    share every name); scoring with such a checkpoint would score another network."""
+    where = f"checkpoints[{index}]" + (f" ({item})" if isinstance(item, (str, Path)) else "")
+    for name in sorted(persistent):
+        value, own = state[name], expected[name]
+        if not isinstance(value, torch.Tensor):
+            raise InvalidParameterError(
+                f"{where}: entry {name!r} must be a tensor; got {type(value).__name__}.")
+        if value.is_meta:
+            raise InvalidParameterError(
+                f"{where}: {name!r} is on the 'meta' device (shapes without values); pass "
+                "checkpoints that hold the weights.")
+        if tuple(value.shape) != tuple(own.shape):
+            raise InvalidParameterError(
+                f"{where} does not fit {type(model).__name__}: parameter {name!r} has shape "
+                f"{tuple(value.shape)} in the checkpoint, {tuple(own.shape)} in the model (a "
+                "checkpoint of another architecture). Pass the checkpoints this model was "
+                "trained with.")
+        # a floating value is cast to the model's dtype below; an integer or boolean buffer
+        # (a step counter, a mask) must stay of its kind
+        if value.is_floating_point() != own.is_floating_point():
+            raise InvalidParameterError(
+                f"{where} does not fit {type(model).__name__}: {name!r} is {value.dtype} in "
+                f"the checkpoint, {own.dtype} in the model.")
+
+
 def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Module,
                      device: torch.device) -> list[tuple[State, float]]:
     """``[(full state on device, learning rate), ...]`` for every checkpoint.
@@ -245,6 +275,7 @@ def load_checkpoints(checkpoints: CheckpointSpec, lr: float | None, model: nn.Mo
                 f"Checkpoint {index} does not fit {type(model).__name__}: missing "
                 f"{missing[:6]}{' ...' if len(missing) > 6 else ''}, unexpected "
                 f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}.")
+        _check_shapes(state, expected, persistent, index, item, model)
         rate = float(lr) if lr is not None else recorded
         if rate is None:
             raise LatentSurgeonError(

@@ -27,7 +27,7 @@ from typing import Any
 import captum.attr
 import numpy as np
 import torch
-from captum.attr import Attribution
+from captum.attr import Attribution, LayerAttribution, NeuronAttribution
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -41,6 +41,7 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.explain._checks import check_samples, describe, warn_all_zero
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["FEATURE_METHODS", "AuxiliaryFunction", "FeatureMethod", "label_free_attribution",
@@ -119,8 +120,26 @@ class AuxiliaryFunction(nn.Module):
         return (z * reference).sum(dim=1)
 
 
+_ACCEPTED = ("a captum attribution of the inputs: a class such as "
+             + ", ".join(m.attribution.__name__ for m in FEATURE_METHODS.values())
+             + ", an instance of one, or a factory forward_func -> Attribution")
+
+
+def _refuse_layer_method(method: Any) -> None:
+    """Layer and neuron attributions explain a layer's activations or one neuron, not the input
+    features, and take other constructor arguments: refuse them by name."""
+    kind = method if isinstance(method, type) else type(method)
+    if isinstance(kind, type) and issubclass(kind, (LayerAttribution, NeuronAttribution)):
+        what = "layer" if issubclass(kind, LayerAttribution) else "neuron"
+        raise InvalidParameterError(
+            f"method must be {_ACCEPTED}; got {kind.__name__}, a {what} attribution (it "
+            "attributes a layer's activations, not the input features). Use the input-feature "
+            "method it is built on, and layer= to choose the representation.")
+
+
 def _bind(method: MethodSpec, forward: nn.Module) -> Attribution:
     """An attribution object explaining ``forward``."""
+    _refuse_layer_method(method)
     if isinstance(method, type):
         if not issubclass(method, Attribution):
             raise InvalidParameterError(
@@ -148,27 +167,73 @@ def _bind(method: MethodSpec, forward: nn.Module) -> Attribution:
         f"factory forward_func -> Attribution; got {type(method).__name__}.")
 
 
-def _baselines(baselines: Baselines, inputs: torch.Tensor) -> Any:
-    if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        return baselines(inputs)
-    if isinstance(baselines, torch.Tensor):
-        return baselines.to(device=inputs.device, dtype=inputs.dtype)
-    return baselines
+def _baselines(baselines: Baselines, inputs: torch.Tensor, explainer: Attribution) -> Any:
+    """The baselines of one batch, checked to be shaped like its samples: ``(1, ...)`` (one
+    for every sample), ``(N, ...)`` (one each) or, for GradientShap's distribution, ``(K, ...)``;
+    a number or a 0-d tensor is one value for every feature."""
+    given = baselines(inputs) if callable(baselines) and not isinstance(
+        baselines, torch.Tensor) else baselines
+    if not isinstance(given, torch.Tensor):
+        return given
+    sample = tuple(inputs.shape[1:])
+    n = int(inputs.shape[0])
+    distribution = any(isinstance(e, captum.attr.GradientShap)  # NoiseTunnel wraps one
+                       for e in (explainer, getattr(explainer, "attribution_method", None)))
+    ok = given.dim() == 0 or (tuple(given.shape[1:]) == sample
+                              and (distribution or given.shape[0] in (1, n)))
+    if not ok:
+        source = "the baselines callable returned" if given is not baselines else "got"
+        expected = (f"(K, {', '.join(map(str, sample))})" if distribution else
+                    f"(1, {', '.join(map(str, sample))}) or ({n}, "
+                    f"{', '.join(map(str, sample))})")
+        raise ShapeMismatchError(
+            f"baselines must be shaped like the samples, {expected} for inputs of shape "
+            f"{tuple(inputs.shape)}; {source} shape {tuple(given.shape)}.")
+    return given.to(device=inputs.device, dtype=inputs.dtype)
+
+
+#: attribute() arguments that count draws or steps: 0 or fewer is a division by zero in captum
+_COUNTS = ("n_samples", "n_steps")
+
+
+def _check_counts(method_kwargs: dict[str, Any]) -> None:
+    for key in _COUNTS:
+        if key in method_kwargs:
+            value = method_kwargs[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(
+                    f"{key} must be an int >= 1 (the attribution averages over that many "
+                    f"{'draws' if key == 'n_samples' else 'steps'}); got {value!r}.")
 
 
 def _attribute(explainer: Attribution, inputs: torch.Tensor, baselines: Baselines,
                kwargs: dict[str, Any]) -> torch.Tensor:
     accepted = inspect.signature(explainer.attribute).parameters
     call = dict(kwargs)
+    needed = accepted.get("baselines")
+    if baselines is None and needed is not None and needed.default is inspect.Parameter.empty:
+        raise InvalidParameterError(
+            f"baselines: {type(explainer).__name__} needs baselines (a tensor shaped like the "
+            "samples, (K, ...) for a distribution of K references, e.g. torch.zeros(1, ...) or "
+            "a sample of the training inputs); got None.")
     if baselines is not None:
         if "baselines" not in accepted:
             raise InvalidParameterError(
                 f"{type(explainer).__name__} takes no baselines; got baselines="
                 f"{type(baselines).__name__}. Leave baselines=None for this method.")
-        call["baselines"] = _baselines(baselines, inputs)
+        call["baselines"] = _baselines(baselines, inputs, explainer)
     # gradient methods need inputs that require grad (captum would set it and warn)
     inputs = inputs.detach().requires_grad_(inputs.is_floating_point())
-    out = explainer.attribute(inputs, **call)
+    try:
+        out = explainer.attribute(inputs, **call)
+    except RuntimeError as exc:
+        if "does not require grad" not in str(exc):
+            raise
+        raise InvalidParameterError(
+            "encoder: its representation does not depend differentiably on the inputs (no "
+            "gradient reaches them: a comparison, round, argmax, .detach() or torch.no_grad() "
+            f"inside the forward), so {type(explainer).__name__} has nothing to attribute; "
+            f"explain a differentiable representation (another layer=). ({exc})") from exc
     if isinstance(out, tuple):
         raise InvalidParameterError(
             "The attribution method returned a tuple (return_convergence_delta=True?); pass "
@@ -200,6 +265,7 @@ def _seeded(seed: int | torch.Generator | None, device: torch.device) -> Iterato
 
 
 def _check_kwargs(method_kwargs: dict[str, Any]) -> None:
+    _check_counts(method_kwargs)
     for key in ("inputs", "additional_forward_args", "baselines"):
         if key in method_kwargs:
             raise InvalidParameterError(
@@ -216,6 +282,12 @@ def _batches(data: Any, batch_size: int, dev: torch.device, progress: bool,
             raise LatentSurgeonError(
                 f"Feature attribution needs tensor inputs; a batch gave {type(inputs).__name__}.")
         yield to_device(inputs, dev)
+
+#: why label-free attributions would be all zero (the warning both functions give then)
+_ZERO_CAUSE = ("the representation's gradient with respect to the inputs is zero everywhere "
+               "(an encoder that is a step function: round, sign, a threshold; or saturated "
+               "units), or the baselines equal the inputs. Explain a differentiable "
+               "representation (another layer=) or other baselines.")
 
 
 def label_free_attribution(
@@ -269,6 +341,7 @@ def label_free_attribution(
     """
     validate_params({"batch_size": batch_size, "seed": seed}, _CONSTRAINTS,
                     owner="label_free_attribution()")
+    check_samples(data, "data", "label_free_attribution")
     _check_kwargs(method_kwargs)
     representation = _representation(encoder, layer, device)
     dev = analysis_device(encoder, device)
@@ -283,8 +356,12 @@ def label_free_attribution(
                               {**method_kwargs, "additional_forward_args": (reference,)})
             parts.append(attr.to("cpu"))
     if not parts:
-        raise LatentSurgeonError("The data hold no samples.")
-    return check_finite(torch.cat(parts), "the label-free attributions")
+        raise InvalidParameterError(
+            f"label_free_attribution: data holds no samples (got {describe(data)}); it needs at "
+            "least one sample.")
+    result = check_finite(torch.cat(parts), "the label-free attributions")
+    warn_all_zero(result, "the label-free attributions", _ZERO_CAUSE, stacklevel=2)
+    return result
 
 
 def label_free_attribution_per_unit(
@@ -320,6 +397,7 @@ def label_free_attribution_per_unit(
     """
     validate_params({"batch_size": batch_size, "seed": seed}, _CONSTRAINTS,
                     owner="label_free_attribution_per_unit()")
+    check_samples(data, "data", "label_free_attribution_per_unit")
     _check_kwargs(method_kwargs)
     if "target" in method_kwargs:
         raise InvalidParameterError("target= is set per unit; choose the units with units=.")
@@ -343,8 +421,12 @@ def label_free_attribution_per_unit(
                                 .to("cpu"))
             parts.append(torch.stack(per_unit, dim=1))
     if not parts:
-        raise LatentSurgeonError("The data hold no samples.")
-    return check_finite(torch.cat(parts), "the per-unit attributions")
+        raise InvalidParameterError(
+            f"label_free_attribution_per_unit: data holds no samples (got {describe(data)}); it "
+            "needs at least one sample.")
+    result = check_finite(torch.cat(parts), "the per-unit attributions")
+    warn_all_zero(result, "the per-unit attributions", _ZERO_CAUSE, stacklevel=2)
+    return result
 
 
 def _units(units: Sequence[int] | None, n_units: int) -> list[int]:

@@ -20,7 +20,7 @@ from latentsurgeon.activations.batching import (
     iter_batches,
     to_device,
 )
-from latentsurgeon.errors import LatentSurgeonError, NonFiniteError
+from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NonFiniteError
 from latentsurgeon.explain._base import Block, ExampleExplainer
 from latentsurgeon.explain._gradients import (
     GradientSpec,
@@ -142,6 +142,10 @@ class InfluenceFunctions(ExampleExplainer):
     rank builds the same Hessian from all of them.
     """
 
+    _all_zero_cause = (
+        "every per-sample gradient is zero, so the loss does not depend on the parameters "
+        "differentiated (a loss callable that ignores the output, params= naming layers the "
+        "loss does not reach, or a saturated model). Check loss=, test_loss= and params=.")
     _parameter_constraints = {
         "loss": [Options(LOSSES), Callable()],
         "test_loss": [Options(LOSSES), Callable(), None],
@@ -267,14 +271,26 @@ class InfluenceFunctions(ExampleExplainer):
         if int(info) == 0:
             self._solve = lambda b: torch.cholesky_solve(b, factor)
             return
-        smallest = float(torch.linalg.eigvalsh(system)[0])
+        eigenvalues = torch.linalg.eigvalsh(system)
+        smallest = float(eigenvalues[0])
+        # singular to working precision: an eigenvalue within rounding of zero
+        rounding = len(eigenvalues) * torch.finfo(system.dtype).eps * float(
+            eigenvalues.abs().max())
+        lu, pivots, singular = torch.linalg.lu_factor_ex(system)
+        if int(singular) != 0 or float(eigenvalues.abs().min()) <= rounding:
+            # torch would say "U[k,k] is zero"; the user's lever is damping
+            raise InvalidParameterError(
+                f"damping={self.damping}: the Hessian of the training loss is singular (H + "
+                f"damping*I has smallest eigenvalue {smallest:.3g}; some parameter directions "
+                "do not change the loss), so it cannot be inverted. Use damping > 0, above "
+                f"{max(0.0, self.damping - smallest):.3g} for a positive definite system (e.g. "
+                "damping=0.01), or fewer parameters (params=).")
         logger.warning(
             "H + damping*I is not positive definite (smallest eigenvalue %.3g, damping %.3g): "
             "the model is not at a minimum of the training loss. Solving with LU; raise "
             "damping above %.3g for a positive definite system.", smallest, self.damping,
             self.damping - smallest)
-        lu = torch.linalg.lu_factor(system)
-        self._solve = lambda b: torch.linalg.lu_solve(*lu, b)
+        self._solve = lambda b: torch.linalg.lu_solve(lu, pivots, b)
 
     # -- the inverse-Hessian products --------------------------------------------------------------
     def _apply_system(self, vectors: torch.Tensor) -> torch.Tensor:

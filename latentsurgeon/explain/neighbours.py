@@ -84,8 +84,10 @@ class NearestNeighbours(ExampleExplainer):
         a, b = test_reps.to(dtype), train_reps.to(dtype)
         if self.metric == "cosine":
             return _unit_rows(a) @ _unit_rows(b).T
+        if dtype.itemsize < 4:  # cdist has no half or bfloat16 kernel: measure in float32
+            a, b = a.float(), b.float()
         dist = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
-        return 1.0 / (dist * dist).clamp_min(torch.finfo(dtype).tiny)
+        return 1.0 / (dist * dist).clamp_min(torch.finfo(dist.dtype).tiny)
 
     def _explain(self, test: Any) -> torch.Tensor:
         test_reps = representations(self._model, self.layer, test, batch_size=self.batch_size,

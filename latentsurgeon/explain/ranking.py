@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from latentsurgeon._validation import Interval, validate_params
+from latentsurgeon._validation import Interval, check_finite, validate_params
 from latentsurgeon.activations.batching import to_tensor
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
@@ -30,6 +30,7 @@ def top_examples(scores: torch.Tensor, k: int, *, largest: bool = True) -> torch
     if k > scores.shape[1]:
         raise InvalidParameterError(
             f"k must be at most the number of training examples ({scores.shape[1]}); got {k}.")
+    check_finite(scores, "top_examples: scores")  # NaN would sort as the best score
     keyed = scores if largest else -scores
     # stable descending sort: equal scores keep the order of their training indices
     order = torch.sort(keyed, dim=1, descending=True, stable=True).indices

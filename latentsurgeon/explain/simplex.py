@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentsurgeon._validation import Interval
-from latentsurgeon.errors import ShapeMismatchError
+from latentsurgeon._validation import Interval, check_finite
+from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 from latentsurgeon.explain._base import Block, ExampleExplainer
 from latentsurgeon.explain.representations import block_representations, representations
 
@@ -55,10 +55,21 @@ def simplex_weights(test_reps: torch.Tensor, train_reps: torch.Tensor, *, tol: f
         ``(weights (m, n), objective (m,), n_iter (m,))``: the weights (rows on the simplex),
         each row's squared error ``||w H - z||^2`` and the steps it took, float64.
     """
+    for name, reps in (("test_reps", test_reps), ("train_reps", train_reps)):
+        if not isinstance(reps, torch.Tensor) or reps.dim() != 2:
+            raise ShapeMismatchError(
+                f"simplex_weights: {name} must be a 2-D tensor (n, D); got "
+                + (f"shape {tuple(reps.shape)}." if isinstance(reps, torch.Tensor)
+                   else f"a {type(reps).__name__}."))
+        check_finite(reps, f"simplex_weights: {name}")
     if test_reps.shape[1] != train_reps.shape[1]:
         raise ShapeMismatchError(
             f"Test representations have {test_reps.shape[1]} features, training ones "
             f"{train_reps.shape[1]}; they must come from the same layer.")
+    if len(train_reps) == 0:
+        raise InvalidParameterError(
+            "simplex_weights: train_reps holds no samples (got shape "
+            f"{tuple(train_reps.shape)}); the corpus needs at least one representation.")
     H, Z = train_reps.to(torch.float64), test_reps.to(torch.float64)
     m, n = len(Z), len(H)
     weights = torch.empty(m, n, dtype=torch.float64)

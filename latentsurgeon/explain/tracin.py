@@ -97,6 +97,10 @@ class TracIn(ExampleExplainer):
             outside a process group).
     """
 
+    _all_zero_cause = (
+        "every per-sample gradient is zero, so the loss does not depend on the parameters "
+        "differentiated (a loss callable that ignores the output, params= naming layers the "
+        "loss does not reach, or a saturated model). Check loss=, test_loss= and params=.")
     _parameter_constraints = {
         "loss": [Options(LOSSES), Callable()],
         "test_loss": [Options(LOSSES), Callable(), None],
