@@ -46,6 +46,9 @@ def to_output_space(values: torch.Tensor, space: str, eps: float = 1e-6) -> torc
         NonFiniteError: NaN or Inf values.
         InvalidParameterError: probabilities outside ``[0, 1]``.
     """
+    if space not in ("output", "probs"):
+        raise InvalidParameterError(
+            f"to_output_space(): space must be one of 'output', 'probs'; got {space!r}.")
     check_finite(values, "the intervention values")
     if space == "output":
         return values
@@ -157,6 +160,7 @@ class DoIntervention(InterventionStrategy):
             raise InvalidParameterError(
                 "DoIntervention: constants must be a number or a tensor; got "
                 f"{type(constants).__name__}.")
+        check_finite(torch.as_tensor(constants), "DoIntervention: constants")
         self._validate()
 
     def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:

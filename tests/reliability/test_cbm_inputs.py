@@ -290,8 +290,41 @@ def _roar_cases() -> list[Case]:
     ]
 
 
+def _strategy_cases() -> list[Case]:
+    from latentsurgeon.cbm import (
+        DistributionIntervention,
+        DoIntervention,
+        RandomPolicy,
+        count_from_fraction,
+        intervention_count,
+        to_output_space,
+    )
+
+    return [
+        Case("a do-intervention to NaN", lambda: DoIntervention(float("nan")), NonFiniteError,
+             ["DoIntervention: constants", "nan"]),
+        Case("a do-intervention in an unknown space", lambda: DoIntervention(1.0, space="prob"),
+             InvalidParameterError, ["space must be one of", "'probs'", "'prob'"]),
+        Case("a distribution intervention of plain numbers", lambda: DistributionIntervention(
+            [0.2, 0.8]), InvalidParameterError, ["distribution must be", "list"]),
+        Case("a random policy with a negative seed", lambda: RandomPolicy(seed=-1)(
+            torch.zeros(2, 3)), InvalidParameterError, ["seed must be", "-1"]),
+        Case("a count from a fraction above 1", lambda: count_from_fraction(3, 1.5),
+             InvalidParameterError, ["fraction must be a number in [0, 1]", "1.5"]),
+        Case("a count of a negative number of concepts", lambda: count_from_fraction(-1, 0.5),
+             InvalidParameterError, ["n_selected", "-1"]),
+        Case("an intervention count at a negative quantile", lambda: intervention_count(3, -0.2),
+             InvalidParameterError, ["quantile must be a number in [0, 1]", "-0.2"]),
+        Case("output space of an unknown space", lambda: to_output_space(torch.zeros(2), "prob"),
+             InvalidParameterError, ["to_output_space(): space must be one of", "'prob'"]),
+        Case("output space of probabilities above 1", lambda: to_output_space(
+            torch.tensor([0.5, 1.5]), "probs"), InvalidParameterError, ["[0, 1]", "1.5"]),
+    ]
+
+
 def cases() -> list[Case]:
-    return _model_cases() + _policy_cases() + _curve_cases() + _roar_cases()
+    return (_model_cases() + _policy_cases() + _curve_cases() + _roar_cases()
+            + _strategy_cases())
 
 
 def _case_names() -> list[str]:

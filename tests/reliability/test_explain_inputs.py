@@ -17,17 +17,24 @@ from captum.attr import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentsurgeon.errors import InvalidParameterError, NonFiniteError, ShapeMismatchError
+from latentsurgeon.errors import (
+    InvalidParameterError,
+    LayerNotFoundError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from latentsurgeon.explain import (
     InfluenceFunctions,
     NearestNeighbours,
     SimplEx,
     TracIn,
+    flagged_share,
     label_free_attribution,
     label_free_attribution_per_unit,
     representations,
     simplex_weights,
     top_examples,
+    top_examples_by_method,
 )
 from latentsurgeon.models import DigitCNN
 
@@ -239,6 +246,21 @@ SINGULAR, SINGULAR_DATA = _singular()
 def cases() -> list[Case]:
     cnn = (CNN,)
     return _shape_cases() + _feature_cases() + [
+        # -- the methods table and its helpers ----------------------------------------------------
+        Case("top examples by an unknown method", lambda: top_examples_by_method(
+            MODEL, "0", (X, Y), X[:3], methods=("nope",)), InvalidParameterError,
+             ["methods must be a non-empty subset", "tracin", "('nope',)"], (MODEL,)),
+        Case("top examples, more than the training set holds", lambda: top_examples_by_method(
+            MODEL, "0", (X, Y), X[:3], k=50), InvalidParameterError,
+             ["k must be at most the number of training examples (10)", "50"], (MODEL,)),
+        Case("top examples at a misspelt layer", lambda: top_examples_by_method(
+            MODEL, "zz", (X, Y), X[:3]), LayerNotFoundError, ["zz"], (MODEL,)),
+        Case("flagged share of no indices", lambda: flagged_share(
+            torch.zeros(0, dtype=torch.long), torch.zeros(5)), InvalidParameterError,
+             ["top holds no indices"]),
+        Case("flagged share of indices beyond the flags", lambda: flagged_share(
+            torch.tensor([7]), torch.zeros(5)), ShapeMismatchError,
+             ["indices up to 7", "flags has 5 entries"]),
         # -- reading and solving ------------------------------------------------------------------
         Case("simplex_weights with an empty corpus",
              lambda: simplex_weights(torch.randn(2, 3), torch.zeros(0, 3)),
