@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -249,6 +250,17 @@ def count(minimum: int) -> Any:
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type=`` for a real number flag: NaN and Inf are refused at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text}")
+    return value
 
 
 def _first_existing(path: Path) -> Path:

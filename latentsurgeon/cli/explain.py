@@ -5,6 +5,7 @@ HTML page."""
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from latentsurgeon.cli._common import (
     analysed_model,
     count,
     data_args,
+    finite_float,
     load_data,
     load_object,
     model_args,
@@ -71,9 +73,13 @@ def cmd_features(args: argparse.Namespace) -> int:
     images = _inputs(split, args.n)
     layer = _layer(args, required=False)
     method = FEATURE_METHODS[args.method.replace("-", "_")].attribution
-    attribution = label_free_attribution(model, images, method, layer=layer,
-                                         batch_size=args.batch_size, seed=args.seed,
-                                         progress=not args.quiet)
+    # methods that compare with a reference (integrated gradients, GradientShap, DeepLift) get
+    # the --baseline image; the others take none
+    takes_baselines = "baselines" in inspect.signature(method.attribute).parameters
+    attribution = label_free_attribution(
+        model, images, method, layer=layer, batch_size=args.batch_size, seed=args.seed,
+        baselines=torch.full_like(images[:1], args.baseline) if takes_baselines else None,
+        progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "attributions.npy", attribution)
@@ -182,6 +188,10 @@ def register(sub: Any) -> None:
                         f"{DEFAULT_LAYER} for the reference CNN, the model's output otherwise)")
     f.add_argument("--method", default="integrated-gradients", choices=list(FEATURE_CHOICES),
                    help="captum attribution method (default integrated-gradients)")
+    f.add_argument("--baseline", type=finite_float, default=0.0, metavar="VALUE",
+                   help="the reference image of the methods that compare with one (integrated "
+                        "gradients, GradientShap, DeepLift): every pixel VALUE (default 0.0, "
+                        "black, as lfxai)")
     f.add_argument("--split", default="test", help="split of --data to explain (default test)")
     f.add_argument("--n", type=count(1), default=64, help="how many inputs (default 64)")
     f.add_argument("--out", default="explain-features", type=output_folder, help="output folder")

@@ -291,6 +291,31 @@ def test_explain_features_writes_attributions_shaped_like_the_inputs(weights, tm
     assert "inside the artifact masks" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("method", ["gradient-shap", "integrated-gradients", "deeplift",
+                                    "input-x-gradient"])
+def test_every_feature_method_runs_from_the_command_line(weights, tmp_path, method):
+    import numpy as np
+
+    from latentsurgeon.explain import FEATURE_METHODS, label_free_attribution
+
+    out = tmp_path / method
+    assert main(["explain", "features", "--weights", weights, "--n", "3", "--method", method,
+                 "--quiet", "--out", str(out)]) == 0
+    written = np.load(out / "attributions.npy")
+    assert written.shape == (3, 1, 16, 16) and np.isfinite(written).all()
+    if method == "integrated-gradients":  # --baseline 0 is captum's own default baseline
+        from latentsurgeon.cli._common import load_data
+        from latentsurgeon.models import DigitCNN
+
+        model = DigitCNN()
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        images = load_data("decoy-watermark").test.images[:3]
+        direct = label_free_attribution(model.eval(), images,
+                                        FEATURE_METHODS["integrated_gradients"].attribution,
+                                        layer="classifier.1", seed=0, progress=False)
+        np.testing.assert_allclose(written, direct.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_explain_with_a_user_model_needs_a_layer(user_module, capsys):
     assert main(["explain", "examples", "--model", "usermod_cli:make_model", "--data",
                  "usermod_cli:make_data", "--quiet"]) == 2

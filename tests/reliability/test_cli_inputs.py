@@ -151,6 +151,8 @@ CASES = [
     ("probe of --data that returns no data", ["probe", "--weights", "cnn.pt", "--data",
                                               "os:getcwd", "--quiet"],
      ["--data", "os:getcwd returned str", "expected an object or dict"]),
+    ("explain features against a NaN baseline", ["explain", "features", "--baseline", "nan",
+                                                  "--quiet"], ["--baseline", "finite", "nan"]),
     # counts and sizes are checked at parse time, naming the flag, the bound and the value
     ("explain features of a negative count", ["explain", "features", "--n", "-5", "--quiet"],
      ["--n", ">= 1", "-5"]),
