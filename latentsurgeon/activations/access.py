@@ -165,6 +165,23 @@ def _dtype_problem(exc: BaseException, inputs: Any, dtype: torch.dtype | None) -
             "models that embed them (token ids).")
 
 
+#: PyTorch's words for inputs whose shape a layer cannot take (linear, conv, norms, reshapes)
+_SHAPE_WORDS = ("shapes cannot be multiplied", "size mismatch", "expected input", "channels, but",
+                "must match the size", "dimensional input", "is invalid for input of size",
+                "sizes of tensors must match", "expected 4d", "expected 3d", "expected 2d",
+                "padded input size")
+
+
+def _shape_problem(exc: BaseException, inputs: Any) -> str | None:
+    """A sentence naming the inputs' shape when ``exc`` says a layer cannot take it."""
+    text = str(exc).lower()
+    if not any(words in text for words in _SHAPE_WORDS):
+        return None
+    shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(inputs)) or "?"
+    return (f"data: the model cannot take inputs of shape {shapes} (a layer refused them); "
+            "pass inputs of the shape the model was built for")
+
+
 def check_loss(loss: Any, what: str = "loss") -> None:
     """Raise :class:`InvalidParameterError` unless ``loss`` is a named loss or a callable."""
     if not (callable(loss) or loss in LOSSES):
@@ -369,6 +386,9 @@ class ModelAccess:
             problem = _dtype_problem(exc, prepared, self.dtype)
             if problem is not None:
                 raise InvalidParameterError(f"{problem} ({exc})") from exc
+            problem = _shape_problem(exc, prepared)
+            if problem is not None:
+                raise ShapeMismatchError(f"{problem}: {exc}") from exc
             raise
 
     def run_stopped(self, stopper: ForwardStopper, inputs: Any, *,

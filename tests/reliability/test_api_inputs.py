@@ -128,6 +128,9 @@ def cases(store) -> list[Case]:
         Case("layer_outputs with batch_size 0", lambda: layer_outputs(m, "features", X,
                                                                       batch_size=0),
              InvalidParameterError, ["batch_size", ">= 1", "got 0"], mm),
+        Case("layer_outputs of a tabular model given rows of another width", lambda: layer_outputs(
+            nn.Sequential(nn.Linear(4, 3), nn.ReLU()), "1", torch.rand(5, 6)), ShapeMismatchError,
+             ["data: the model cannot take inputs of shape (5, 6)", "cannot be multiplied"]),
         Case("layer_outputs of NaN inputs", lambda: layer_outputs(m, "features", _nan(X)),
              NonFiniteError, ["features", "nan", "rows 1"], mm),
         Case("layer_outputs with an unknown pooling", lambda: layer_outputs(

@@ -139,3 +139,81 @@ def test_analysis_entry_points_leave_random_models_untouched(drawn):
             assert_same_state(model, before)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from exc
+
+
+def _explain_calls(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, layer: str):
+    """The explain entry points, as a user calls them (also on empty or odd-dtype inputs)."""
+    from captum.attr import IntegratedGradients, Saliency
+
+    from latentsurgeon.explain import (
+        InfluenceFunctions,
+        NearestNeighbours,
+        SimplEx,
+        TracIn,
+        label_free_attribution,
+        label_free_attribution_per_unit,
+        representations,
+        top_examples_by_method,
+    )
+
+    half = max(len(x) // 2, 1)
+    train, test = (x[:half], labels[:half]), (x[half:], labels[half:])
+    return {
+        "representations": lambda: representations(model, layer, x, progress=False),
+        "label_free_attribution (saliency)": lambda: label_free_attribution(
+            model, x, Saliency, layer=layer, progress=False),
+        "label_free_attribution (integrated gradients)": lambda: label_free_attribution(
+            model, x, IntegratedGradients, layer=layer, n_steps=4, progress=False),
+        "label_free_attribution_per_unit": lambda: label_free_attribution_per_unit(
+            model, x, Saliency, layer=layer, units=[0], progress=False),
+        "nearest_neighbours": lambda: NearestNeighbours("cosine", layer).scores(
+            model, x[:half], x[half:]),
+        "simplex": lambda: SimplEx(layer, max_iter=20).scores(model, x[:half], x[half:]),
+        "tracin": lambda: TracIn("current", "cross_entropy").scores(model, train, test),
+        "influence": lambda: InfluenceFunctions("cross_entropy", damping=0.1).scores(
+            model, train, test),
+        "top_examples_by_method": lambda: top_examples_by_method(
+            model, layer, train, x[half:], k=1, methods=("nearest_neighbours", "tracin")),
+    }
+
+
+@st.composite
+def odd_inputs(draw):
+    """A random small model in float32, float64 or bfloat16, with inputs of another floating
+    dtype, of another width, or with no samples at all."""
+    model, x, labels, layer, n_classes = draw(models())
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    model = model.to(dtype)
+    kind = draw(st.sampled_from(["same", "float64 inputs", "empty", "wrong width"]))
+    if kind == "float64 inputs":
+        x = x.double()
+    elif kind == "empty":
+        x, labels = x[:0], labels[:0]
+    elif kind == "wrong width":
+        x = torch.randn(len(x), *x.shape[1:-1], x.shape[-1] + 1)
+    return model, x, labels, layer
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(odd_inputs())
+def test_explain_entry_points_on_odd_dtypes_shapes_and_empty_data(drawn):
+    model, x, labels, layer = drawn
+    before = model_state(model)
+    for name, call in _explain_calls(model, x, labels, layer).items():
+        try:
+            call()
+        except LatentSurgeonError:
+            pass
+        except Exception as exc:  # pragma: no cover - the failure message is the point
+            raise AssertionError(f"{name} on {model_dtype(model)} with inputs "
+                                 f"{tuple(x.shape)} {x.dtype} raised {type(exc).__name__}: "
+                                 f"{exc}") from exc
+        try:
+            assert_same_state(model, before)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from exc
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
