@@ -27,6 +27,7 @@ from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.errors import (
     InvalidParameterError,
     LatentSurgeonError,
+    ShapeMismatchError,
 )
 from latentsurgeon.hooks import resolve_layers
 from latentsurgeon.hooks.resolve import LayerSelector
@@ -414,6 +415,8 @@ def linear_factors(spec: GradientSpec, state: State, batch: Any) -> LinearFactor
             losses = spec.access.losses(batch, layer=spec.layer, state={**state, **params})
             offsets = [probe.offset(n) for n in names]
             inputs = [probe.inputs[n][-1] for n in names]
+    except ShapeMismatchError:
+        raise  # the data do not fit the model: no way of computing gradients helps
     except LatentSurgeonError as exc:
         raise NotFactorable(f"a selected linear layer cannot be factored ({exc})") from exc
     if any(not isinstance(a, torch.Tensor) or a.dim() != 2 for a in inputs):
