@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,26 @@ def _policies(policies: Any, run_seed: int, layer_output: str) -> dict[str, Call
     return made
 
 
+def _warn_repeated_runs(runs: Sequence[nn.Module], sets: Sequence[Any]) -> None:
+    """Warn when two runs are the same weights on the same data: their curves are identical, so
+    the interval counts one run twice and is too narrow (width 0 for two copies of one)."""
+    from latentsurgeon.activations import model_fingerprint
+
+    seen: dict[tuple[str, int], int] = {}
+    for i, (model, data) in enumerate(zip(runs, sets, strict=True)):
+        try:
+            key = (model_fingerprint(model), id(data[0]))
+        except Exception:  # noqa: BLE001 - a model that cannot be read is refused later, named
+            return
+        if key in seen:
+            warnings.warn(
+                f"intervention_curve(): runs {seen[key]} and {i} are the same weights on the same "
+                "data, so the curves count one run twice and the interval is too narrow; pass "
+                "models trained with different seeds.", UserWarning, stacklevel=3)
+            return
+        seen[key] = i
+
+
 def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
                        layer: str = "concepts", policies: Sequence[str] | Mapping[str, Any] | None
                        = None, build_context: Callable | None = None,
@@ -340,6 +361,7 @@ def intervention_curve(models: nn.Module | Sequence[nn.Module], data: Any, *,
     else:
         names_of_sets = ["data"] * len(runs)
         sets = [_as_triple(data, "data")] * len(runs)
+    _warn_repeated_runs(runs, sets)
     n_concepts = sets[0][2].shape[1]
     if any(s[2].shape[1] != n_concepts for s in sets):
         raise ShapeMismatchError("Every data set must have the same number of concepts.")

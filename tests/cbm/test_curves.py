@@ -71,10 +71,13 @@ def test_each_point_is_the_accuracy_of_that_intervention(xor_cbm, xor_small):
 
 
 def test_summary_numbers_files_and_figure(xor_cbm, xor_small, tmp_path):
-    curves = intervention_curve([xor_cbm, xor_cbm], [xor_small.test, xor_small.test],
-                                policies=["random", "uniform"], seed=3)
-    again = intervention_curve([xor_cbm, xor_cbm], [xor_small.test, xor_small.test],
-                               policies=["random", "uniform"], seed=3)
+    # the same model twice: the summary arithmetic does not care, but the caller is told
+    with pytest.warns(UserWarning, match="runs 0 and 1 are the same weights on the same data"):
+        curves = intervention_curve([xor_cbm, xor_cbm], [xor_small.test, xor_small.test],
+                                    policies=["random", "uniform"], seed=3)
+    with pytest.warns(UserWarning, match="count one run twice"):
+        again = intervention_curve([xor_cbm, xor_cbm], [xor_small.test, xor_small.test],
+                                   policies=["random", "uniform"], seed=3)
     assert np.array_equal(curves.task["random"], again.task["random"])  # seeded
     mean = curves.mean("uniform")
     assert curves.auc("uniform") == pytest.approx((mean[0] + 2 * mean[1] + mean[2]) / 4)
