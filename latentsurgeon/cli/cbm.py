@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from latentsurgeon.cli._common import count, output_folder
+from latentsurgeon.cli._common import count, finite_float, output_folder
 
 
 def cmd_cbm(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--scheme", default="independent",
                    choices=["joint", "sequential", "independent"],
                    help="CBM training scheme (default: independent; CEM always trains jointly)")
-    p.add_argument("--noise", type=float, default=None,
+    p.add_argument("--noise", type=finite_float, default=None,
                    help="std of Gaussian noise on the toy inputs (default: the data set's own)")
     p.add_argument("--epochs", type=count(1), default=None,
                    help="training epochs (default: 60, or 15 with --quick)")

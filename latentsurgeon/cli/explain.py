@@ -213,7 +213,7 @@ def register(sub: Any) -> None:
                         "with their predicted class) or an autoencoder's reconstruction")
     e.add_argument("--checkpoints", metavar="DIR",
                    help="TracIn's checkpoints (a folder of epoch_*.pt; default: the weights)")
-    e.add_argument("--damping", type=float, default=0.01, help="influence functions' damping")
+    e.add_argument("--damping", type=finite_float, default=0.01, help="influence functions' damping")
     e.add_argument("--split", default="test", help="split whose inputs are explained "
                                                    "(default test; poisoned for the decoys)")
     e.add_argument("--test-inputs", dest="test_indices", metavar="PKG.MOD:FN",

@@ -14,6 +14,7 @@ from latentsurgeon.cli._common import (
     load_data,
     load_object,
     model_args,
+    output_file,
     run_args,
     split_of,
 )
@@ -120,5 +121,5 @@ def register(sub: Any) -> None:
     p.add_argument("--runs", type=count(1), default=10, help="CAVs per concept (default 10)")
     p.add_argument("--pooling", default="flatten", choices=["flatten", "max", "mean"],
                    help="CAV space (default flatten, as Kim et al.)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
     p.set_defaults(func=cmd_tcav)

@@ -8,6 +8,7 @@ from typing import Any
 from latentsurgeon.cli._common import (
     build_model,
     data_args,
+    finite_float,
     load_data,
     model_args,
     output_file,
@@ -47,6 +48,6 @@ def register(sub: Any) -> None:
     model_args(p, weights_help=argparse.SUPPRESS)
     data_args(p)
     run_args(p)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--out", default="model.pt", type=output_file, help="where the state_dict goes (default model.pt)")
     p.set_defaults(func=cmd_train, weights=None)

@@ -18,6 +18,7 @@ from latentsurgeon.cli._common import (
     load_data,
     load_weights,
     model_args,
+    output_file,
     run_args,
     split_of,
 )
@@ -139,7 +140,7 @@ def register(sub: Any) -> None:
                    help="the correction file (default: FILE.correction.pt beside --corrected, "
                         "written by correct --save; needed for P-ClArC, whose exported model "
                         "carries the projection as a submodule)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
     p.add_argument("--allow-other-weights", action="store_true",
                    help="warn instead of refusing when the correction was fitted on other "
                         "weights than --weights / --corrected hold")
