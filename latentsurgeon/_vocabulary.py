@@ -73,8 +73,8 @@ TERMS: tuple[Term, ...] = (
     Term("progress", "progress", "show a tqdm bar (it hides itself off a TTY); True by default "
          "everywhere"),
     Term("device", "device", "training calls: train there and move the model back (None = "
-         "where it is); analysis calls run where the model is: device= there accepts None or "
-         "the model's own device (checked), offers no choice, and is to be removed"),
+         "where it is); analysis calls run where the model is, so device= there is deprecated "
+         "(a FutureWarning; only the model's own device is accepted)"),
 )
 
 #: Spellings that name a vocabulary concept another way, ``{spelling: canonical}``. A public

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -416,12 +417,24 @@ def to_device(inputs: Any, device: torch.device | str) -> Any:
     return inputs
 
 
+#: One entry per process for the deprecation below (``warnings`` clears it when the filters
+#: change, so a test that catches warnings sees it again).
+_DEVICE_WARNED: dict[Any, Any] = {}
+DEVICE_DEPRECATION = (
+    "device= on analysis calls is deprecated and will be removed: an analysis runs where the "
+    "model is (only the model's own device was ever accepted); leave device= out, and move the "
+    "model (model.to(...)) to run elsewhere.")
+
+
 def analysis_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     """Where an analysis call runs: the model's device. An analysis never moves the model, so a
-    ``device`` other than the model's is refused."""
+    ``device`` other than the model's is refused, and giving one at all is deprecated (it never
+    offered a choice): a ``FutureWarning``, once per process."""
     home = model_device(model)
     if device is None:
         return home
+    warnings.warn_explicit(DEVICE_DEPRECATION, FutureWarning, "latentsurgeon", 0,
+                           module="latentsurgeon.activations", registry=_DEVICE_WARNED)
     wanted = torch.device(device)
     if wanted.type != home.type or (wanted.index is not None and home.index is not None
                                     and wanted.index != home.index):

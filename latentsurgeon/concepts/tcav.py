@@ -225,7 +225,8 @@ def tcav(
         _CONSTRAINTS, owner="tcav()")
     check_batch_size(batch_size)
     layer = resolve_layer(model, layer)
-    device = analysis_device(model, device)
+    analysis_device(model, device)  # checked (and its deprecation said) once, here
+    device = None  # every pass below runs where the model is
     if seed is None:
         seed = int(torch.Generator().seed() % 2**31)
     given = _cav_list(concept)

@@ -13,8 +13,6 @@ from latentsurgeon.concepts._activations import _layer_activations, finite
 from latentsurgeon.errors import LatentSurgeonError, NonFiniteError
 from latentsurgeon.hooks import hook_count
 
-CPU = torch.device("cpu")
-
 
 class AddInPlace(nn.Module):
     """``x += 1`` on the previous layer's output, as a residual block's ``out += identity``."""
@@ -30,7 +28,7 @@ def test_reads_the_layers_own_output_whatever_follows(tiny_cnn, images):
     with torch.no_grad():
         expected = model[:4](x).flatten(1)
     model[4] = AddInPlace()
-    acts, shape = _layer_activations(model, "3", x, "flatten", 3, CPU)
+    acts, shape = _layer_activations(model, "3", x, "flatten", 3, None)
     assert shape == (6, 4, 4) and acts.dtype == torch.float64
     torch.testing.assert_close(acts, expected, rtol=0, atol=0)
     assert hook_count(model) == 0 and not model.training
@@ -38,19 +36,19 @@ def test_reads_the_layers_own_output_whatever_follows(tiny_cnn, images):
 
 @pytest.mark.parametrize("pooling, dim", [("flatten", 96), ("max", 6), ("mean", 6)])
 def test_pooling(tiny_cnn, images, pooling, dim):
-    acts, _ = _layer_activations(tiny_cnn(), "3", images(5, 1), pooling, 64, CPU)
+    acts, _ = _layer_activations(tiny_cnn(), "3", images(5, 1), pooling, 64, None)
     assert acts.shape == (5, dim)
 
 
 def test_empty_and_non_finite(tiny_cnn, images):
     model = tiny_cnn()
     with pytest.raises(LatentSurgeonError, match="concept inputs are empty"):
-        _layer_activations(model, "3", images(3, 1)[:0], "flatten", 64, CPU,
+        _layer_activations(model, "3", images(3, 1)[:0], "flatten", 64, None,
                            what="concept inputs")
     bad = images(4, 1)
     bad[2, 0, 0, 0] = math.nan
     with pytest.raises(NonFiniteError, match="random inputs"):
-        _layer_activations(model, "3", bad, "flatten", 64, CPU, what="random inputs")
+        _layer_activations(model, "3", bad, "flatten", 64, None, what="random inputs")
     assert hook_count(model) == 0
 
 
@@ -81,11 +79,11 @@ class Counter(nn.Module):
 def test_stops_the_forward_pass_after_the_layer(tiny_cnn, images):
     model = tiny_cnn()
     x = images(12, 1)
-    whole, _ = _layer_activations(model, "3", x, "flatten", 12, CPU)
+    whole, _ = _layer_activations(model, "3", x, "flatten", 12, None)
     model[4] = nn.Sequential(Counter(), model[4])
     counter = model[4][0]
     # The first pass above ran whole to learn how often layer 3 runs; every later one stops.
-    acts, _ = _layer_activations(model, "3", x, "flatten", 4, CPU)
+    acts, _ = _layer_activations(model, "3", x, "flatten", 4, None)
     assert counter.calls == 0
     torch.testing.assert_close(acts, whole, rtol=0, atol=0)
 
