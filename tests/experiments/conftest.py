@@ -31,10 +31,6 @@ def check_written(result: ExperimentResult, folder: Path) -> dict[str, list[dict
     assert result.title in html and "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained
     assert 'id="run-info"' in html and "CPU" in html
-    # the run's timing is recorded (the field's default is 0.0) and reaches summary and report
-    assert result.wall_seconds != 0.0 and result.cpu_seconds != 0.0
-    assert (summary["wall_seconds"], summary["cpu_seconds"]) == (result.wall_seconds,
-                                                                result.cpu_seconds)
-    assert f"{result.wall_seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU" in html
+    # the run's timing reaching summary and report is tested with a fake clock (test_runner)
     assert {p.name for p in result.files} >= {p.name for p in pngs} | {"report.html"}
     return tables

@@ -38,6 +38,28 @@ def test_all_runs_every_experiment_once_in_order_under_its_own_name(monkeypatch)
         assert run_experiment(name, seeds=[3]).name == name
 
 
+def test_the_runs_times_are_measured_and_reach_summary_and_report(monkeypatch, tmp_path):
+    """The runner measures each run's wall and CPU time around ``run`` and writes both into
+    summary.json and the report. A fake clock makes the numbers exact (no timing in tests)."""
+    import json
+    from types import SimpleNamespace
+
+    from latentsurgeon.experiments import _runner, roar
+
+    wall, cpu = iter([100.0, 102.5]), iter([7.0, 8.5])
+    monkeypatch.setattr(_runner, "time", SimpleNamespace(perf_counter=lambda: next(wall),
+                                                         process_time=lambda: next(cpu)))
+    monkeypatch.setattr(roar, "run", lambda seeds, **kw: ExperimentResult(
+        name=roar.NAME, title=roar.TITLE, claim=roar.CLAIM, seeds=seeds, quick=True,
+        settings={}))
+    monkeypatch.setattr(roar, "report", lambda result, section: None)
+    result = run_experiment("roar", seeds=[0], quick=True, out=tmp_path)
+    assert (result.wall_seconds, result.cpu_seconds) == (2.5, 1.5)
+    summary = json.loads((tmp_path / "roar" / "summary.json").read_text())
+    assert (summary["wall_seconds"], summary["cpu_seconds"]) == (2.5, 1.5)
+    assert "2.5 s wall, 1.5 s CPU" in (tmp_path / "roar" / "report.html").read_text()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "ablation"}, "name must be one of"),
     ({"name": "roar", "seeds": []}, "seeds"),
