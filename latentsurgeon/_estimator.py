@@ -43,7 +43,7 @@ import importlib
 import inspect
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path, PurePath
@@ -228,6 +228,25 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}__{name}" if prefix else name
 
 
+def _split_nested(values: Mapping[str, Any], names: Sequence[str],
+                  refuse: Callable[[str], Exception]) -> tuple[dict[str, Any],
+                                                               dict[str, dict[str, Any]]]:
+    """``{"a": 1, "cav__C": 2}`` -> ``({"a": 1}, {"cav": {"C": 2}})``, the one reading of
+    scikit-learn's ``name__sub`` keys (``set_params``, ``save(exclude=)``, ``load(**params)``);
+    a key whose first part is not in ``names`` raises ``refuse(key)``."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        name, sep, sub = key.partition("__")
+        if name not in names:
+            raise refuse(key)
+        if sep:
+            nested.setdefault(name, {})[sub] = value
+        else:
+            top[name] = value
+    return top, nested
+
+
 def _names(names: str | Iterable[str], what: str) -> list[str]:
     if isinstance(names, str):
         return [names]
@@ -294,18 +313,12 @@ class Estimator:
             InvalidParameterError: a name that is not a parameter of this estimator.
         """
         valid = self.get_params(deep=True)
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in params.items():
-            name, sep, sub = key.partition("__")
-            if name not in valid:
-                raise InvalidParameterError(
-                    f"{type(self).__name__} has no parameter {name!r}; its parameters are "
-                    f"{', '.join(self._get_param_names())}.")
-            if sep:
-                nested.setdefault(name, {})[sub] = value
-            else:
-                setattr(self, name, value)
-                valid[name] = value
+        top, nested = _split_nested(params, list(valid), lambda key: InvalidParameterError(
+            f"{type(self).__name__} has no parameter {key.partition('__')[0]!r}; its parameters "
+            f"are {', '.join(self._get_param_names())}."))
+        for name, value in top.items():
+            setattr(self, name, value)
+            valid[name] = value
         for name, sub_params in nested.items():
             valid[name].set_params(**sub_params)
         return self
@@ -346,20 +359,18 @@ class Estimator:
 
     def _check_exclude(self, names: list[str], prefix: str = "") -> None:
         params = self._get_param_names()
-        for full in names:
-            name, sep, sub = full.partition("__")
-            if name not in params:
+        _, nested = _split_nested(dict.fromkeys(names), params, lambda key: InvalidParameterError(
+            f"{type(self).__name__}.save: exclude names {_join(prefix, key)!r}, which is not a "
+            f"parameter; its parameters are {', '.join(params)}."))
+        for name, subs in nested.items():
+            value = getattr(self, name)
+            if not isinstance(value, Estimator):
                 raise InvalidParameterError(
-                    f"{type(self).__name__}.save: exclude names {_join(prefix, full)!r}, which "
-                    f"is not a parameter; its parameters are {', '.join(params)}.")
-            if sep:
-                value = getattr(self, name)
-                if not isinstance(value, Estimator):
-                    raise InvalidParameterError(
-                        f"{type(self).__name__}.save: exclude names {_join(prefix, full)!r}, but "
-                        f"{_join(prefix, name)!r} is not an estimator with parameters of its "
-                        f"own (it is {_kind(value)}).")
-                value._check_exclude([sub], _join(prefix, name))
+                    f"{type(self).__name__}.save: exclude names "
+                    f"{_join(prefix, name + '__' + next(iter(subs)))!r}, but "
+                    f"{_join(prefix, name)!r} is not an estimator with parameters of its own (it "
+                    f"is {_kind(value)}).")
+            value._check_exclude(list(subs), _join(prefix, name))
 
     def _payload(self, codec: _Codec, exclude: Iterable[str] = (), *, prefix: str = "",
                  require_fitted: bool = True) -> dict[str, Any]:
@@ -458,20 +469,11 @@ class Estimator:
         _check_payload(payload, where)
         klass = _stored_class(payload["class"], where)
         names = klass._get_param_names()
-        top: dict[str, Any] = {}
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in overrides.items():
-            name, sep, sub = key.partition("__")
-            if name not in names:
-                extra = (f"; load arguments: {', '.join(klass._load_arguments)}"
-                         if klass._load_arguments else "")
-                raise InvalidParameterError(
-                    f"{klass.__name__}.load: {key!r} is not a parameter of {klass.__name__} "
-                    f"(its parameters are {', '.join(names)}{extra}).")
-            if sep:
-                nested.setdefault(name, {})[sub] = value
-            else:
-                top[name] = value
+        extra = (f"; load arguments: {', '.join(klass._load_arguments)}"
+                 if klass._load_arguments else "")
+        top, nested = _split_nested(overrides, names, lambda key: InvalidParameterError(
+            f"{klass.__name__}.load: {key!r} is not a parameter of {klass.__name__} (its "
+            f"parameters are {', '.join(names)}{extra})."))
         stored = payload["params"]
         unknown = [name for name in stored if name not in names]
         if unknown:
