@@ -56,6 +56,14 @@ def _memory_tensors(data: Any) -> list[torch.Tensor]:
             if isinstance(v, torch.Tensor)]
 
 
+def no_samples(data: Any, argument: str, owner: str) -> InvalidParameterError:
+    """The one error for data holding no samples (raised up front when the size is known, or by
+    a reader that found none)."""
+    return InvalidParameterError(
+        f"{owner}: {argument} holds no samples (got {describe(data)}); it needs at least one "
+        "sample.")
+
+
 def check_samples(data: Any, argument: str, owner: str) -> None:
     """Raise :class:`InvalidParameterError` when ``data`` is known to hold no samples (data
     whose size cannot be known without reading it pass; their reader checks), or holds
@@ -65,9 +73,7 @@ def check_samples(data: Any, argument: str, owner: str) -> None:
             f"{owner}: {argument} is on the 'meta' device (shapes without values), so nothing "
             "can be computed from it; pass tensors holding values (on the model's device).")
     if _count(data) == 0:
-        raise InvalidParameterError(
-            f"{owner}: {argument} holds no samples (got {describe(data)}); it needs at least "
-            "one sample.")
+        raise no_samples(data, argument, owner)
 
 
 def sample_shape(data: Any) -> tuple[int, ...] | None:

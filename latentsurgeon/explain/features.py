@@ -41,7 +41,7 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.explain._checks import check_samples, describe, warn_all_zero
+from latentsurgeon.explain._checks import check_samples, no_samples, warn_all_zero
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["FEATURE_METHODS", "AuxiliaryFunction", "FeatureMethod", "label_free_attribution",
@@ -356,9 +356,7 @@ def label_free_attribution(
                               {**method_kwargs, "additional_forward_args": (reference,)})
             parts.append(attr.to("cpu"))
     if not parts:
-        raise InvalidParameterError(
-            f"label_free_attribution: data holds no samples (got {describe(data)}); it needs at "
-            "least one sample.")
+        raise no_samples(data, "data", "label_free_attribution")
     result = check_finite(torch.cat(parts), "the label-free attributions")
     warn_all_zero(result, "the label-free attributions", _ZERO_CAUSE, stacklevel=2)
     return result
@@ -421,9 +419,7 @@ def label_free_attribution_per_unit(
                                 .to("cpu"))
             parts.append(torch.stack(per_unit, dim=1))
     if not parts:
-        raise InvalidParameterError(
-            f"label_free_attribution_per_unit: data holds no samples (got {describe(data)}); it "
-            "needs at least one sample.")
+        raise no_samples(data, "data", "label_free_attribution_per_unit")
     result = check_finite(torch.cat(parts), "the per-unit attributions")
     warn_all_zero(result, "the per-unit attributions", _ZERO_CAUSE, stacklevel=2)
     return result

@@ -25,8 +25,8 @@ from latentsurgeon.activations.batching import (
     n_batches,
 )
 from latentsurgeon.activations.store import ActivationStore
-from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
-from latentsurgeon.explain._checks import describe
+from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
+from latentsurgeon.explain._checks import no_samples
 from latentsurgeon.hooks import preserve_model_state
 
 __all__ = ["representations", "store_layer"]
@@ -122,16 +122,12 @@ def representations(
                 out = access.forward_to(batch_inputs(batch), name)
                 parts.append(out.detach().reshape(out.shape[0], -1).to("cpu", copy=True))
         if not parts:
-            raise InvalidParameterError(
-                f"representations(): data holds no samples (got {describe(data)}); it needs at "
-                "least one sample.")
+            raise no_samples(data, "data", "representations()")
         reps = torch.cat(parts)
     if reps.dim() == 0:
         raise ShapeMismatchError("Representations must be (N, ...); got a scalar.")
     if reps.shape[0] == 0:
-        raise InvalidParameterError(
-            f"representations(): data holds no samples (got {describe(data)}); it needs at "
-            "least one sample.")
+        raise no_samples(data, "data", "representations()")
     if not reps.is_floating_point():
         reps = reps.float()
     reps = reps.reshape(reps.shape[0], -1)
