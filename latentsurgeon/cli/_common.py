@@ -286,15 +286,13 @@ def output_folder(text: str) -> str:
 def output_file(text: str) -> str:
     """The ``type=`` of a flag naming a file a command writes: refused at parse time, before any
     work, when it is a folder or its folder is missing, a file, or not writable."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        ancestor = _first_existing(parent)
-        reason = (f"{ancestor} is a file, not a folder" if ancestor.exists()
-                  and not ancestor.is_dir() else f"its folder {parent} does not exist")
-        raise argparse.ArgumentTypeError(f"cannot write {text}: {reason}")
+    from latentsurgeon._io import check_writable_file
+
+    parent = Path(text).parent
+    try:
+        check_writable_file(text)  # the writer's own check, so both say the same
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not writable")
     return text

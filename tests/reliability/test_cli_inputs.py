@@ -162,6 +162,8 @@ CASES = [
      ["--lr", "finite", "nan"]),
     ("explain examples at an infinite damping", ["explain", "examples", "--damping", "inf",
                                                  "--quiet"], ["--damping", "finite", "inf"]),
+    ("cbm with an unknown task head", ["cbm", "--task-head", "deep", "--quick", "--quiet"],
+     ["--task-head", "invalid choice", "'deep'"]),
     ("cbm with a NaN noise", ["cbm", "--noise", "nan", "--quick", "--quiet"],
      ["--noise", "finite"]),
     # counts and sizes are checked at parse time, naming the flag, the bound and the value
