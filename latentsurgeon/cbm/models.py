@@ -39,6 +39,7 @@ from latentsurgeon.errors import (
     InvalidParameterError,
     ShapeMismatchError,
 )
+from latentsurgeon.hooks import preserve_model_state
 from latentsurgeon.training import TrainingHistory, train
 
 __all__ = ["BlackBoxModel", "ConceptBottleneckModel", "ConceptEmbeddingModel", "ConceptOutput"]
@@ -179,27 +180,16 @@ class _ConceptModelBase(nn.Module, Estimator, ABC):
         learned attribute, the architecture the layers were built for and a generator seed's
         state), then the error propagates. ``fit`` resets the weights before training, so
         without this a failure would lose the trained model."""
-        modules = dict(self._modules)  # set_params may make fit rebuild (rebind) the layers
-        tensors = {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
-        training = [(m, m.training) for m in self.modules()]
-        grad_flags = [(p, p.requires_grad) for p in self.parameters()]
         learned = self.learned_state()
         built_for = self._built_for
         generator = self.seed if isinstance(self.seed, torch.Generator) else None
         generator_state = generator.get_state() if generator is not None else None
         try:
-            yield
+            # the layers (rebound ones too: set_params may make fit rebuild them), the weights'
+            # values in their own tensors and the flags: the one state guard, on error only
+            with preserve_model_state(self, restore_weights=True, only_on_error=True):
+                yield
         except BaseException:
-            self._modules.clear()
-            self._modules.update(modules)
-            with torch.no_grad():
-                current = self.state_dict(keep_vars=True)
-                for key, value in tensors.items():
-                    current[key].copy_(value)
-            for module, flag in training:
-                module.training = flag
-            for param, flag in grad_flags:
-                param.requires_grad_(flag)
             for key in self.learned_state():
                 if key not in learned:
                     delattr(self, key)

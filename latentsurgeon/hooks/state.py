@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,8 @@ def _restore_values(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 @contextmanager
-def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> Iterator[nn.Module]:
+def preserve_model_state(model: nn.Module, *, restore_weights: bool = False,
+                         only_on_error: bool = False) -> Iterator[nn.Module]:
     """Restore hooks, ``training`` flags and ``requires_grad`` flags on exit, also after an exception.
 
     Args:
@@ -92,6 +94,9 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
             step, ``p.data = ...``). An optimizer built before the block still points at the
             model's parameters afterwards. Use it around code that may train and must not keep
             the change if it fails.
+        only_on_error: restore only when the block raises, and leave a block that succeeds as
+            it left the model (a ``fit`` as one transaction: it keeps what it trained, or
+            nothing).
 
     Hooks that existed before stay; hooks added inside the block are removed.
     """
@@ -105,31 +110,41 @@ def preserve_model_state(model: nn.Module, *, restore_weights: bool = False) -> 
                   for m in modules]
     structures = [_Structure(m) for m in modules] if restore_weights else None
     saved = _snapshot_values(structures) if structures is not None else None
+    failed = True
     try:
         yield model
+        failed = False
     finally:
-        if structures is not None:
-            for structure in structures:
-                structure.restore()
-        for module, flag in zip(modules, training, strict=True):
-            module.training = flag
-        for param, flag in grad_flags:
-            param.requires_grad_(flag)
-        for module, before in zip(modules, hook_keys, strict=True):
-            for table, keys in before.items():
-                hooks = getattr(module, table, None)
-                if hooks is None:
-                    continue
-                for key in [k for k in hooks if k not in keys]:
-                    del hooks[key]
-        for module, flags in zip(modules, lazy_flags, strict=True):
-            for flag, value in flags.items():
-                if value is _MISSING:
-                    module.__dict__.pop(flag, None)
-                else:
-                    module.__dict__[flag] = value
-        if saved is not None:
-            _restore_values(saved)
+        if failed or not only_on_error:
+            _restore(modules, training, grad_flags, hook_keys, lazy_flags, structures, saved)
+
+
+def _restore(modules: list[nn.Module], training: list[bool], grad_flags: list[Any],
+             hook_keys: list[dict[str, set]], lazy_flags: list[dict[str, Any]],
+             structures: list[_Structure] | None, saved: Any) -> None:
+    """Put back what :func:`preserve_model_state` recorded."""
+    if structures is not None:
+        for structure in structures:
+            structure.restore()
+    for module, flag in zip(modules, training, strict=True):
+        module.training = flag
+    for param, flag in grad_flags:
+        param.requires_grad_(flag)
+    for module, before in zip(modules, hook_keys, strict=True):
+        for table, keys in before.items():
+            hooks = getattr(module, table, None)
+            if hooks is None:
+                continue
+            for key in [k for k in hooks if k not in keys]:
+                del hooks[key]
+    for module, flags in zip(modules, lazy_flags, strict=True):
+        for flag, value in flags.items():
+            if value is _MISSING:
+                module.__dict__.pop(flag, None)
+            else:
+                module.__dict__[flag] = value
+    if saved is not None:
+        _restore_values(saved)
 
 
 def hook_count(model: nn.Module) -> int:

@@ -243,3 +243,28 @@ def test_without_restore_weights_the_structure_is_left_alone(net):
     with preserve_model_state(net):
         net[5] = nn.Identity()
     assert isinstance(net[5], nn.Identity)  # only hooks, modes and flags are guarded then
+
+
+def test_only_on_error_keeps_a_block_that_succeeds_and_undoes_one_that_fails():
+    import pytest
+    import torch
+    from torch import nn
+
+    from latentsurgeon.hooks import preserve_model_state
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    before = model[0].weight.detach().clone()
+    with preserve_model_state(model, restore_weights=True, only_on_error=True):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model.eval()
+    assert torch.equal(model[0].weight, before + 1.0) and not model.training  # kept
+    trained = model[0].weight.detach().clone()
+    with pytest.raises(RuntimeError, match="boom"), \
+            preserve_model_state(model, restore_weights=True, only_on_error=True):
+        with torch.no_grad():
+            model[0].weight.mul_(0.0)
+        model[0] = nn.Linear(3, 2)  # a rebuilt layer is undone too
+        model.train()
+        raise RuntimeError("boom")
+    assert torch.equal(model[0].weight, trained) and not model.training
