@@ -329,7 +329,7 @@ def as_samples(
 
     Args:
         data: an object with ``.images`` (and optionally ``.labels``, ``.artifact``, ``.masks``),
-            a tuple ``(images[, labels[, artifact]])``, an images tensor/array, a
+            a tuple ``(images[, labels[, artifact[, masks]]])``, an images tensor/array, a
             ``TensorDataset`` or a ``DataLoader`` (read once into memory).
         labels, artifact, masks: replace what ``data`` carries.
         need_labels: raise unless class labels are available.
@@ -356,10 +356,11 @@ def as_samples(
             tensors = (data,)
         else:
             raise InvalidParameterError(f"Cannot read {what} of type {type(data).__name__}; {_DATA_HELP}.")
-        if len(tensors) > 3:
+        if len(tensors) > 4:
             raise LatentSurgeonError(
-                f"{what} holds {len(tensors)} tensors; expected (images[, labels[, artifact]]).")
-        found = dict(zip(("images", "labels", "artifact"), tensors, strict=False))
+                f"{what} holds {len(tensors)} tensors; expected (images[, labels[, artifact[, "
+                "masks]]]).")
+        found = dict(zip(("images", "labels", "artifact", "masks"), tensors, strict=False))
     for key, value in (("labels", labels), ("artifact", artifact), ("masks", masks)):
         if value is not None:
             found[key] = value

@@ -3,71 +3,15 @@ entropy measures the experiments share."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import stats
 
 from latentsurgeon._validation import check_finite
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
+from latentsurgeon.metrics.intervals import MeanInterval, mean_interval
 
 __all__ = ["MeanInterval", "mean_interval", "off_diagonal_mean", "pearson_matrix",
            "spearman_matrix"]
-
-
-@dataclass(frozen=True)
-class MeanInterval:
-    """The mean of ``n`` values (one per seed) and the half-width of its two-sided ``confidence``
-    Student-t interval, ``t_{(1+c)/2, n-1} * s / sqrt(n)`` (``s`` the sample standard deviation).
-    ``half_width`` is None for a single value: one seed gives no interval."""
-
-    mean: float
-    half_width: float | None
-    n: int
-    confidence: float = 0.95
-
-    @property
-    def low(self) -> float:
-        return self.mean - (self.half_width or 0.0)
-
-    @property
-    def high(self) -> float:
-        return self.mean + (self.half_width or 0.0)
-
-    def format(self, digits: int = 3) -> str:
-        """``"0.123 +- 0.045"`` (``"0.123 (1 seed)"`` without an interval)."""
-        if self.half_width is None:
-            return f"{self.mean:.{digits}f} (1 seed)"
-        return f"{self.mean:.{digits}f} +- {self.half_width:.{digits}f}"
-
-    def __str__(self) -> str:
-        return self.format()
-
-
-def mean_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95
-                  ) -> MeanInterval:
-    """Mean and ``confidence`` t-interval of ``values`` (one per seed).
-
-    Raises:
-        InvalidParameterError: no values, or ``confidence`` outside ``(0, 1)``.
-        NonFiniteError: a value is NaN or Inf.
-    """
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size == 0:
-        raise InvalidParameterError("mean_interval: values must hold at least one number; "
-                                    "got none.")
-    if not 0.0 < confidence < 1.0:
-        raise InvalidParameterError(
-            f"mean_interval: confidence must lie in (0, 1); got {confidence!r}.")
-    check_finite(array, "the values summarised over seeds")
-    mean = float(array.mean())
-    if array.size == 1:
-        return MeanInterval(mean, None, 1, confidence)
-    sem = float(array.std(ddof=1)) / math.sqrt(array.size)
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, array.size - 1)) * sem
-    return MeanInterval(mean, half, int(array.size), confidence)
 
 
 def _checked_rows(rows: np.ndarray, what: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Verification metrics: clean vs poisoned accuracy, worst-class accuracy, artifact relevance."""
+"""Verification metrics: clean vs poisoned accuracy, worst-class accuracy, artifact relevance, and
+the intervals around a figure (bootstrap over samples, t over seeds)."""
 
 from latentsurgeon.metrics.accuracy import (
     accuracy,
@@ -7,6 +8,14 @@ from latentsurgeon.metrics.accuracy import (
     predict,
     shortcut_gap,
     worst_class_accuracy,
+)
+from latentsurgeon.metrics.intervals import (
+    Estimate,
+    MeanInterval,
+    bootstrap,
+    bootstrap_weights,
+    mean_interval,
+    weighted_mean,
 )
 from latentsurgeon.metrics.relevance import (
     RELEVANCE_METHODS,
@@ -17,7 +26,13 @@ from latentsurgeon.metrics.relevance import (
 
 __all__ = [
     "RELEVANCE_METHODS",
+    "Estimate",
+    "MeanInterval",
     "RelevanceShares",
+    "bootstrap",
+    "bootstrap_weights",
+    "mean_interval",
+    "weighted_mean",
     "accuracy",
     "artifact_relevance",
     "artifact_relevance_change",
