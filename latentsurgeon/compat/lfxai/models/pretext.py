@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from latentsurgeon._validation import Interval, validate_params
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.models.perturbations import GaussianNoise, RandomMask
 from latentsurgeon.models.perturbations import Identity as _Identity
@@ -34,6 +35,8 @@ class RandomNoise(GaussianNoise):
     """Additive Gaussian noise of standard deviation ``noise_level`` (denoising)."""
 
     def __init__(self, noise_level: float = 0.3) -> None:
+        validate_params({"noise_level": noise_level},
+                        {"noise_level": Interval(float, 0, None)}, owner="RandomNoise")
         super().__init__(std=noise_level)
         self.noise_level = self.std
 
@@ -45,6 +48,9 @@ class Mask(RandomMask):
     """Each entry set to ``baseline`` with probability ``mask_proportion`` (inpainting)."""
 
     def __init__(self, mask_proportion: float = 0.2, baseline: float = 0.0) -> None:
+        validate_params({"mask_proportion": mask_proportion, "baseline": baseline},
+                        {"mask_proportion": Interval(float, 0, 1),
+                         "baseline": Interval(float, None, None)}, owner="Mask")
         super().__init__(fraction=mask_proportion, value=baseline)
         self.mask_proportion = self.fraction
         self.baseline = self.value
