@@ -432,3 +432,17 @@ def test_classifier_and_vaes_fit(digits28, tmp_path):
         before = vae.test_epoch("cpu", test)
         vae.fit("cpu", train, test, n_epoch=2)
         assert vae.test_epoch("cpu", test) < before
+
+
+def test_a_vaes_posterior_mean_is_explained_at_fc_mu():
+    """docs/compat.md: lfxai's ``model.encoder.mu`` is ``layer="fc_mu"`` here."""
+    from latentsurgeon.explain import label_free_attribution
+
+    torch.manual_seed(0)
+    vae = BetaVaeMnist(latent_dims=3)
+    images = torch.rand(4, 1, 28, 28)
+    attr = label_free_attribution(vae, images, Saliency, layer="fc_mu", progress=False)
+    x = images.clone().requires_grad_(True)
+    mu = vae.eval().encode(x)
+    (mu.detach() * mu).sum().backward()
+    torch.testing.assert_close(attr, x.grad.abs(), rtol=1e-5, atol=1e-8)

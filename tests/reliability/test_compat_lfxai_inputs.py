@@ -50,6 +50,8 @@ def _autoencoder() -> AutoEncoderMnist:
 
 MODEL = _autoencoder()
 ENC, DEC = EncoderMnist(2), DecoderMnist(2)
+CLASSIFIER = ClassifierMnist(EncoderMnist(2), 2, "clf").train()
+IMAGES28 = torch.rand(4, 1, 28, 28, generator=G)
 
 
 def _cases(tmp) -> list[Case]:
@@ -90,6 +92,10 @@ def _cases(tmp) -> list[Case]:
         Case("ClassifierMnist with a string encoder",
              lambda: ClassifierMnist("encoder", 2, "clf"), InvalidParameterError,
              ["encoder", "nn.Module", "str"]),
+        Case("ClassifierMnist.test_epoch of images without labels",
+             lambda: CLASSIFIER.test_epoch("cpu", DataLoader(IMAGES28, batch_size=2)),
+             InvalidParameterError, ["dataloader", "(images, labels)", "Tensor"],
+             (CLASSIFIER,)),
         Case("BetaVaeMnist with no latent units", lambda: BetaVaeMnist(latent_dims=0),
              InvalidParameterError, ["latent_dims", "0"]),
         Case("BetaTcVaeMnist with a negative beta", lambda: BetaTcVaeMnist(beta=-1),

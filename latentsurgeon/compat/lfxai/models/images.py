@@ -198,6 +198,10 @@ class ClassifierMnist(FitMixin, EncoderClassifier):
         with preserve_model_state(self), torch.no_grad():
             self.eval()
             for batch in _batches(dataloader, self):
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise InvalidParameterError(
+                        "ClassifierMnist.test_epoch: dataloader must yield (images, labels) "
+                        f"batches; got a {type(batch).__name__} batch.")
                 logits = access.output(batch[0])
                 labels = batch[1].long()
                 losses.append(float(F.cross_entropy(logits, labels)))
