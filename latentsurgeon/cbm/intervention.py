@@ -140,9 +140,9 @@ class InterventionModule(nn.Module):
     # The three steps below are where another calling convention plugs in (latentsurgeon.compat.
     # torch_concepts overrides them for pytorch_concepts 1.0's code); the rest of the
     # intervention, and the mask rule itself, stay here.
-    def _check_output(self, predictions: torch.Tensor) -> None:
-        """Refuse a layer output that is not ``(N, K)``."""
-        _check_concept_output(predictions)
+    def _check_output(self, predictions: torch.Tensor, layer: str | None = None) -> None:
+        """Refuse a layer output that is not ``(N, K)`` (``layer``: its name, for the message)."""
+        _check_concept_output(predictions, layer)
 
     def _context(self, predictions: torch.Tensor, args: tuple, kwargs: dict) -> dict:
         """The policy's and strategy's extra inputs: ``build_context(self, predictions, *args,
@@ -219,7 +219,7 @@ def _attached(model: nn.Module, layer: LayerSelector,
 
     def hook(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
         predictions = primary_tensor(output)
-        _check_concept_output(predictions, name)
+        wrapper._check_output(predictions, name)
         return replace_primary(output, wrapper.intervene(predictions, *inputs))
 
     with preserve_model_state(model), HookGroup() as group:
