@@ -31,7 +31,7 @@ from latentsurgeon.compat.torch_concepts import (
     intervene,
     intervention,
 )
-from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
+from latentsurgeon.errors import ShapeMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
