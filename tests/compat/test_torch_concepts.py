@@ -496,3 +496,18 @@ def test_the_docs_section_snippets_run(tmp_path, monkeypatch):
     namespace: dict = {}
     for snippet in snippets:
         snippet.run(namespace)
+
+
+def test_latentsurgeon_cbm_keeps_its_own_conventions_beside_compat():
+    # the list of per-concept distributions is latentsurgeon.cbm's too (compat adapts it)
+    mixed = [torch.distributions.Bernoulli(torch.tensor(1.0)),
+             torch.distributions.Normal(torch.tensor(-5.0), torch.tensor(0.01))]
+    values = cbm.DistributionIntervention(mixed, seed=0)(torch.zeros(6, 2))
+    assert bool((values[:, 0] == 1).all()) and bool((values[:, 1] < -4).all())
+    # cbm's module refuses (N, T, F) outputs and extra_tensors goes to the layer, which refuses it
+    layer = nn.Linear(4, F)
+    ours = cbm.InterventionModule(layer, cbm.DoIntervention(0.0), cbm.UniformPolicy())
+    with pytest.raises(ShapeMismatchError, match=r"\(N, K\)"):
+        ours(torch.randn(2, 5, 4))
+    with pytest.raises(TypeError):
+        ours(torch.randn(2, 4), extra_tensors={})
