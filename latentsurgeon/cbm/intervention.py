@@ -120,19 +120,15 @@ class InterventionModule(nn.Module):
     def intervene(self, predictions: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The intervened version of the layer's ``predictions`` ``(N, K)``; ``args``/``kwargs``
         are what the layer received (passed on to ``build_context``)."""
-        _check_concept_output(predictions)
+        self._check_output(predictions)
         check_finite(predictions, "the concept layer's output")
-        context = dict(self.build_context(self, predictions, *args, **kwargs) or {}) \
-            if self.build_context is not None else {}
+        context = self._context(predictions, args, kwargs)
         scores = self.policy(predictions, **context)
         if tuple(scores.shape) != tuple(predictions.shape):
             raise ShapeMismatchError(
                 f"The policy returned scores of shape {tuple(scores.shape)} for predictions of "
                 f"shape {tuple(predictions.shape)}; one score per sample and concept is needed.")
-        n = len(predictions)
-        mask = build_mask(scores.reshape(n, -1), self.concepts, self.quantile, k=self.k,
-                          fraction=self.fraction).reshape(predictions.shape)
-        mask = mask.to(device=predictions.device, dtype=predictions.dtype)
+        mask = self._mask(scores).to(device=predictions.device, dtype=predictions.dtype)
         new = self.strategy(predictions, **context)
         if tuple(new.shape) != tuple(predictions.shape):
             raise ShapeMismatchError(
@@ -140,6 +136,25 @@ class InterventionModule(nn.Module):
                 f"shape {tuple(predictions.shape)}.")
         self.last_mask = mask.detach()
         return predictions * mask + new.to(predictions.dtype) * (1 - mask)
+
+    # The three steps below are where another calling convention plugs in (latentsurgeon.compat.
+    # torch_concepts overrides them for pytorch_concepts 1.0's code); the rest of the
+    # intervention, and the mask rule itself, stay here.
+    def _check_output(self, predictions: torch.Tensor, layer: str | None = None) -> None:
+        """Refuse a layer output that is not ``(N, K)`` (``layer``: its name, for the message)."""
+        _check_concept_output(predictions, layer)
+
+    def _context(self, predictions: torch.Tensor, args: tuple, kwargs: dict) -> dict:
+        """The policy's and strategy's extra inputs: ``build_context(self, predictions, *args,
+        **kwargs)`` (the seed document's convention), or ``{}`` without one."""
+        if self.build_context is None:
+            return {}
+        return dict(self.build_context(self, predictions, *args, **kwargs) or {})
+
+    def _mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """The ``(N, K)`` mask of the ``(N, K)`` scores (1 kept, 0 replaced)."""
+        return build_mask(scores.reshape(len(scores), -1), self.concepts, self.quantile,
+                          k=self.k, fraction=self.fraction).reshape(scores.shape)
 
     def extra_repr(self) -> str:
         how = (f"k={self.k}" if self.k is not None else f"fraction={self.fraction}"
@@ -204,7 +219,7 @@ def _attached(model: nn.Module, layer: LayerSelector,
 
     def hook(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
         predictions = primary_tensor(output)
-        _check_concept_output(predictions, name)
+        wrapper._check_output(predictions, name)
         return replace_primary(output, wrapper.intervene(predictions, *inputs))
 
     with preserve_model_state(model), HookGroup() as group:

@@ -16,8 +16,8 @@ policy                 score (lowest first)
                        to first; zeros (= uniform) when no gradients are given
 =====================  =====================================================================
 
-pytorch_concepts' master branch scored ``GradientPolicy`` with ``+|grad|``, which replaces the
-*least* influential concepts first, contrary to its docstring; its 1.0 pre-releases return
+pytorch_concepts 1.0.0a6 (its master branch) scored ``GradientPolicy`` with ``+|grad|``, which
+replaces the *least* influential concepts first, contrary to its docstring; 1.0.0a7 returns
 ``-|grad|``, as here.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -172,9 +173,11 @@ class DistributionIntervention(InterventionStrategy):
     """Replace concepts with samples of a distribution (e.g. the concepts' marginals).
 
     Args:
-        distribution: a ``torch.distributions.Distribution`` whose samples are the new values:
-            batch shape ``()`` (one distribution for every concept), ``(K,)`` (one per concept)
-            or ``(N, K)``.
+        distribution: a ``torch.distributions.Distribution`` whose samples are the new values,
+            of a shape that ends the layer output's: ``()`` (one distribution for every
+            concept), ``(K,)`` (one per concept) or ``(N, K)``; or a list of ``K`` scalar
+            distributions, one per concept (pytorch_concepts' list form; each may be of another
+            family).
         space: ``"output"`` (samples as given) or ``"probs"`` (probabilities to logits; e.g.
             ``Bernoulli(probs=rates)`` samples 0/1).
         eps: clamp of ``space="probs"``.
@@ -185,15 +188,20 @@ class DistributionIntervention(InterventionStrategy):
 
     _parameter_constraints = {**_COMMON, "seed": Seed()}
 
-    def __init__(self, distribution: torch.distributions.Distribution, *, space: str = "output",
+    def __init__(self, distribution: torch.distributions.Distribution
+                 | Sequence[torch.distributions.Distribution], *, space: str = "output",
                  eps: float = 1e-6, seed: int | torch.Generator | None = None) -> None:
         super().__init__(space=space, eps=eps)
-        self.distribution = distribution
-        self.seed = seed
-        if not isinstance(distribution, torch.distributions.Distribution):
+        if isinstance(distribution, (list, tuple)):
+            distribution = list(distribution)
+            _check_per_concept(distribution)
+        elif not isinstance(distribution, torch.distributions.Distribution):
             raise InvalidParameterError(
                 "DistributionIntervention: distribution must be a torch.distributions."
-                f"Distribution; got {type(distribution).__name__}.")
+                "Distribution or a list of one scalar distribution per concept; got "
+                f"{type(distribution).__name__}.")
+        self.distribution = distribution
+        self.seed = seed
         self._validate()
         self._generator: torch.Generator | None = None
 
@@ -211,24 +219,51 @@ class DistributionIntervention(InterventionStrategy):
         return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
     def values(self, predictions: torch.Tensor, **context: Any) -> torch.Tensor:
-        n, k = predictions.shape[0], predictions.shape[1:]
-        dist_shape = tuple(self.distribution.batch_shape + self.distribution.event_shape)
-        if dist_shape == ():
-            shape = (n, *k)
-        elif dist_shape == tuple(k):
-            shape = (n,)
-        elif dist_shape == tuple(predictions.shape):
-            shape = ()
-        else:
-            raise ShapeMismatchError(
-                f"DistributionIntervention: a distribution of shape {dist_shape} cannot give "
-                f"values for a layer output of shape {tuple(predictions.shape)}; use shape (), "
-                f"{tuple(k)} or {tuple(predictions.shape)}.")
+        draw = self._sampler(tuple(predictions.shape))
         if self.seed is None:
-            sample = self.distribution.sample(torch.Size(shape))
+            sample = draw()
         else:
             cuda = [predictions.device.index or 0] if predictions.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(self._draw_seed())
-                sample = self.distribution.sample(torch.Size(shape))
+                sample = draw()
         return _fit(sample, predictions, "the samples", per_sample=False)
+
+    def _sampler(self, shape: tuple[int, ...]) -> Callable[[], torch.Tensor]:
+        """A function drawing one sample per value of a layer output of ``shape`` ``(..., K)``."""
+        if isinstance(self.distribution, list):
+            if len(self.distribution) != shape[-1]:
+                raise ShapeMismatchError(
+                    f"DistributionIntervention: {len(self.distribution)} per-concept "
+                    f"distributions for a layer output of shape {shape}, whose last dimension "
+                    f"holds {shape[-1]} concepts; give one distribution per concept.")
+            lead = torch.Size(shape[:-1])
+            return lambda: torch.stack([d.sample(lead) for d in self.distribution], dim=-1)
+        dist_shape = tuple(self.distribution.batch_shape + self.distribution.event_shape)
+        # The distribution's shape must end the output's; the dimensions before it are drawn.
+        cut = len(shape) - len(dist_shape)
+        if cut < 0 or shape[cut:] != dist_shape:
+            raise ShapeMismatchError(
+                f"DistributionIntervention: a distribution of shape {dist_shape} cannot give "
+                f"values for a layer output of shape {shape}; use shape (), {shape[-1:]} or "
+                f"{shape} (a shape that ends the output's).")
+        return lambda: self.distribution.sample(torch.Size(shape[:cut]))
+
+
+def _check_per_concept(distributions: list[Any]) -> None:
+    """A list form holds one scalar distribution per concept (their samples are stacked)."""
+    if not distributions:
+        raise InvalidParameterError(
+            "DistributionIntervention: distribution as a list needs one distribution per "
+            "concept; got an empty list.")
+    for i, d in enumerate(distributions):
+        if not isinstance(d, torch.distributions.Distribution):
+            raise InvalidParameterError(
+                "DistributionIntervention: distribution must be a torch.distributions."
+                "Distribution or a list of one scalar distribution per concept; got a list "
+                f"whose item {i} is a {type(d).__name__}.")
+        if tuple(d.batch_shape + d.event_shape) != ():
+            raise ShapeMismatchError(
+                "DistributionIntervention: each distribution of the list gives one concept's "
+                f"values and must be scalar (shape ()); item {i} has shape "
+                f"{tuple(d.batch_shape + d.event_shape)}.")
