@@ -221,6 +221,21 @@ def test_extract_activations_caches_under_save_dir(loader, tmp_path):
     assert len(calls) > n_calls
 
 
+def test_a_cache_of_other_weights_is_refused_not_reused(loader, tmp_path):
+    from latentsurgeon.compat.detoxai import PCLARC
+    from latentsurgeon.errors import StoreError
+
+    PCLARC(make_model(0), "exp", "cpu").extract_activations(loader, ["relu"],
+                                                             save_dir=str(tmp_path))
+    other = PCLARC(make_model(1), "exp", "cpu")
+    with pytest.raises(StoreError):
+        other.extract_activations(loader, ["relu"], save_dir=str(tmp_path))
+    other.extract_activations(loader, ["relu"], use_cache=False, save_dir=str(tmp_path))
+    model = other.get_model()
+    torch.testing.assert_close(torch.from_numpy(other.activations["relu"]),
+                               model.relu(model.conv(make_data().tensors[0])).detach())
+
+
 @pytest.mark.parametrize("cav_type", ["svm", "ridge", "lasso", "logistic", "signal", "mmp"])
 def test_compute_cavs_gives_unit_cavs_and_the_two_means(loader, tmp_path, cav_type):
     from latentsurgeon.compat.detoxai import PCLARC
@@ -377,7 +392,7 @@ def test_run_correction_call_sequence(loader, tmp_path, monkeypatch, method):
 # -- a LightningModule, detoxai's model type --------------------------------------------------------
 def test_a_lightning_module_is_unwrapped_and_its_criterion_used(loader, tmp_path):
     lightning = pytest.importorskip("lightning")
-    from latentsurgeon.compat.detoxai import PCLARC, RRCLARC
+    from latentsurgeon.compat.detoxai import ACLARC, PCLARC, RRCLARC
 
     calls = []
 
@@ -399,6 +414,10 @@ def test_a_lightning_module_is_unwrapped_and_its_criterion_used(loader, tmp_path
     assert corrector.get_lightning_model() is wrapper
     corrector.apply_model_correction(["relu"], loader, seed=0)
     assert sum(calls) == N  # one epoch through the LightningModule's own criterion
+    plain = Wrapper()  # no configure_optimizers of its own: ACLARC falls back to Adam(ft_lr)
+    before = [p.detach().clone() for p in plain.parameters()]
+    fitted(ACLARC, loader, tmp_path, model=plain).apply_model_correction(["relu"], loader, seed=0)
+    assert all(not torch.equal(b, p) for b, p in zip(before, plain.parameters(), strict=True))
     pclarc = fitted(PCLARC, loader, tmp_path, model=Wrapper())
     pclarc.apply_model_correction(["relu"])
     assert hook_count(pclarc.get_lightning_model()) == 1  # on the network inside it
@@ -424,3 +443,11 @@ def test_aclarc_fine_tunes_with_the_lightning_modules_own_optimizer(loader, tmp_
     corrector.apply_model_correction(["relu"], loader, seed=0)
     assert all(torch.equal(b, p) for b, p in zip(before, wrapper.parameters(), strict=True))
     assert hook_count(wrapper) == 0
+
+
+def test_the_docs_example_runs(tmp_path, monkeypatch):
+    from ._sections import run_section
+
+    monkeypatch.chdir(tmp_path)
+    namespace = run_section("detoxai")
+    assert hook_count(namespace["model"]) == 0

@@ -176,3 +176,11 @@ def test_the_documented_use_on_decoy_digits_reduces_the_penalty():
     rrr.fit(model, images, labels, masks)
     penalties = [h["penalty"] for h in rrr._history]
     assert penalties[-1] < penalties[0]
+
+
+def test_the_docs_example_runs(tmp_path, monkeypatch):
+    from ._sections import run_section
+
+    monkeypatch.chdir(tmp_path)
+    namespace = run_section("shortcut_detect")
+    assert len(namespace["rrr"]._history) == 2
