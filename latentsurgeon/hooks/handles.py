@@ -77,7 +77,8 @@ def check_hook_function(fn: Any, kind: str, argument: str = "fn") -> None:
 class HookGroup:
     """A set of registered hooks removed together.
 
-    ``remove()`` is idempotent and the group is a context manager::
+    ``remove()`` is idempotent, the group is a context manager, and iterating it yields its
+    ``torch.utils.hooks.RemovableHandle`` objects (so a list of handles is ``list(group)``)::
 
         with HookGroup() as group:
             group.forward(model, "features.*", fn)
@@ -91,6 +92,12 @@ class HookGroup:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+    def __iter__(self) -> Iterator[RemovableHandle]:
+        """The registered handles, in registration order (a snapshot: removing a handle while
+        iterating is safe). detoxai-style code ``for h in hooks: h.remove()`` works on a group;
+        a handle removed that way stays removed, and ``remove()`` afterwards does nothing more."""
+        return iter(tuple(self._handles))
 
     def __enter__(self) -> HookGroup:
         return self

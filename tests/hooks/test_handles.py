@@ -160,6 +160,35 @@ def test_hook_group_remove_is_idempotent(mlp, x):
     assert hook_count(mlp) == 0
 
 
+def test_hook_group_iterates_over_its_handles(mlp, x):
+    """detoxai's callers write ``for h in hooks: h.remove()`` on what add_clarc_hook returns."""
+    from torch.utils.hooks import RemovableHandle
+
+    from latentsurgeon.correct import add_clarc_hook, add_mass_mean_probe_hook
+
+    plain = mlp(x)
+    group = HookGroup().forward(mlp, ["0", "2"], lambda name, m, i, o: o * 2)
+    handles = list(group)
+    assert len(handles) == len(group) == 2
+    assert all(isinstance(h, RemovableHandle) for h in handles)
+    assert not torch.allclose(mlp(x), plain)
+    for handle in group:  # a snapshot: removing while iterating is safe
+        handle.remove()
+    assert hook_count(mlp) == 0
+    torch.testing.assert_close(mlp(x), plain)
+    group.remove()  # the handles are gone already: nothing more happens, nothing raises
+    assert hook_count(mlp) == 0 and list(group) == []
+
+    hooks = [add_clarc_hook(mlp, torch.ones(8), torch.zeros(8), "0"),
+             add_mass_mean_probe_hook(mlp, torch.ones(6), ["2"])]
+    assert hook_count(mlp) == 2
+    for hook_group in hooks:
+        for handle in hook_group:
+            handle.remove()
+    assert hook_count(mlp) == 0
+    torch.testing.assert_close(mlp(x), plain)
+
+
 def test_hook_group_adopts_raw_handles(mlp):
     with HookGroup() as group:
         group.add(mlp[0].register_forward_hook(lambda *a: None))
