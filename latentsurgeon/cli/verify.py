@@ -1,10 +1,13 @@
 """`latentsurgeon verify`: compare two checkpoints on clean and poisoned data (accuracy, the share of
-the shortcut gap closed, artifact relevance)."""
+the shortcut gap closed, artifact relevance) and issue the reliance certificate of the corrected
+one (``latentsurgeon.verify``); ``--require removed|reduced`` makes it a CI gate: exit code 3 when
+the verdict falls short (2 is a usage or input error, as for every command)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from torch import nn
 from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.cli._common import (
     build_model,
+    count,
     data_args,
     load_data,
     load_weights,
@@ -108,6 +112,33 @@ def _corrected_model(before: nn.Module, correction: Any, args: argparse.Namespac
     return after
 
 
+#: Exit code when the certificate's verdict falls short of ``--require``.
+EXIT_SHORT = 3
+
+
+def certificate_of(before: nn.Module, after: nn.Module, data: Any, correction: Any,
+                   args: argparse.Namespace) -> Any:
+    """The certificate of ``after`` with ``before`` as the reference; None when the data name no
+    shortcut class and ``--target`` is not given (nothing to certify against)."""
+    from latentsurgeon.verify import certify, neighbour_layers
+
+    target = args.target if args.target is not None else getattr(data, "shortcut_class", None)
+    if target is None:
+        if args.require:
+            raise LatentSurgeonError(
+                "--require: the certificate needs the shortcut class; --data names none, so "
+                "pass --target CLASS.")
+        return None
+    test = split_of(data, "test", what="verify")
+    poisoned = split_of(data, "poisoned", what="verify")
+    corrected_layers = getattr(correction, "layers_", None) if correction is not None else None
+    layers = None if args.no_concept or not corrected_layers else \
+        neighbour_layers(after, corrected_layers[0])
+    return certify(after, test, poisoned, target=int(target), reference=before, layers=layers,
+                   n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
+                   progress=not args.quiet)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.seed)
     if not args.weights:
@@ -119,11 +150,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     after = _corrected_model(before, correction, args)
     rows = measure({"before": before, "after": after}, data, batch_size=args.batch_size)
     print_rows(rows)
+    certificate = certificate_of(before, after, data, correction, args)
+    if certificate is not None:
+        print("certificate of --corrected (reference: --weights):")
+        print("  " + certificate.summary().replace("\n", "\n  "))
     if args.json:
         from latentsurgeon._io import write_json_atomic
 
-        write_json_atomic(args.json, rows, sort_keys=False)
+        out = dict(rows)
+        if certificate is not None:
+            out["certificate"] = certificate.to_dict()
+        write_json_atomic(args.json, out, sort_keys=False)
         print(f"results: {args.json}")
+    if args.require and not certificate.meets(args.require):
+        print(f"verdict {certificate.verdict!r} falls short of --require {args.require}",
+              file=sys.stderr)
+        return EXIT_SHORT
     return 0
 
 
@@ -141,6 +183,16 @@ def register(sub: Any) -> None:
                         "written by correct --save; needed for P-ClArC, whose exported model "
                         "carries the projection as a submodule)")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
+    p.add_argument("--target", type=count(0), default=None, metavar="CLASS",
+                   help="the shortcut class the certificate tests (default: the data's own)")
+    p.add_argument("--require", choices=("removed", "reduced"), default=None,
+                   help="exit with code 3 unless the certificate's verdict is at least this "
+                        "(removed > reduced > not removed): a model audit as a CI gate")
+    p.add_argument("--n-boot", type=count(10), default=1000, metavar="N",
+                   help="bootstrap resamples of every figure's interval (default 1000)")
+    p.add_argument("--no-concept", action="store_true",
+                   help="skip the concept tests (TCAV and CAV accuracy at the corrected layer "
+                        "and its neighbours)")
     p.add_argument("--allow-other-weights", action="store_true",
                    help="warn instead of refusing when the correction was fitted on other "
                         "weights than --weights / --corrected hold")

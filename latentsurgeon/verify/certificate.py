@@ -171,9 +171,9 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
             (:meth:`Artifact.from_examples`).
         reference: the uncorrected model; its figures are measured on the same samples and
             the criteria's ratios to them decide ``reduced``.
-        layers: layers for the concept tests (TCAV and CAV accuracy;
+        layers: layers of ``model`` for the concept tests (TCAV and CAV accuracy;
             :func:`~latentsurgeon.verify.concept.neighbour_layers` gives the corrected layer and
-            its neighbours); None skips them.
+            its neighbours); the reference is tested at those of them it has. None skips them.
         relevance_method: the attribution of the relevance test
             (``latentsurgeon.metrics.RELEVANCE_METHODS``).
         fill: the neutral fill of removal and of insertion's control (``FILLS``).
@@ -246,8 +246,14 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
     concept: dict[str, list[ConceptLayer]] = {"model": [], "reference": []}
     if layers:
         for role, net in models.items():
-            concept[role] = concept_tests(net, list(layers), clean, artifact, target=int(target),
-                                          n_runs=tcav_runs, seed=seed, progress=False)
+            # an exported correction may add modules (P-ClArC wraps its layer): the reference
+            # is tested at the names it has
+            names = dict(net.named_modules())
+            present = [name for name in layers if name in names] if role == "reference" \
+                else list(layers)
+            if present:
+                concept[role] = concept_tests(net, present, clean, artifact, target=int(target),
+                                              n_runs=tcav_runs, seed=seed, progress=False)
             steps.update(1)
     steps.close()
     settings = {"relevance_method": relevance_method, "fill": fill, "n_boot": n_boot,
