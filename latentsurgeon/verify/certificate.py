@@ -145,10 +145,10 @@ def _thresholds(thresholds: Any) -> dict[str, Threshold]:
         raise InvalidParameterError(
             "certify: thresholds must map criterion names to Threshold objects (default "
             f"latentsurgeon.verify.THRESHOLDS); got {type(thresholds).__name__}.")
-    unknown = [k for k, v in thresholds.items() if v.test not in TESTS]
+    unknown = {k: v.test for k, v in thresholds.items() if v.test not in TESTS}
     if unknown:
         raise InvalidParameterError(
-            f"certify: thresholds {unknown} name a test other than {', '.join(TESTS)}.")
+            f"certify: thresholds {unknown} name tests other than {', '.join(TESTS)}.")
     return dict(thresholds)
 
 

@@ -33,6 +33,7 @@ clean model's. Insertion decides.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -65,6 +66,21 @@ class Threshold:
     reduced_ratio: float
     meaning: str
     percent: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("removed_below", "removed_ratio", "reduced_ratio"):
+            value = getattr(self, name)
+            if value is None and name != "reduced_ratio":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise InvalidParameterError(
+                    f"Threshold {self.test}.{self.figure}: {name} must be a finite number >= 0"
+                    f"{' or None' if name != 'reduced_ratio' else ''}; got {value!r}.")
+        if not 0 < self.reduced_ratio <= 1:
+            raise InvalidParameterError(
+                f"Threshold {self.test}.{self.figure}: reduced_ratio must lie in (0, 1] (a "
+                f"share of the reference's figure); got {self.reduced_ratio!r}.")
 
     def describe(self) -> str:
         parts = []

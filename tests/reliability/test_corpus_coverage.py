@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-PACKAGES = ("explain", "cbm", "experiments")
+PACKAGES = ("explain", "cbm", "experiments", "verify")
 
 #: Public names that are returned, not called with user input.
 RESULTS = {
@@ -24,6 +24,11 @@ RESULTS = {
             "InterventionStrategy": "the abstract base of strategies"},
     "experiments": {"ExperimentResult": "what every experiment returns", "MeanInterval": "what "
                     "mean_interval returns"},
+    "verify": {"Certificate": "what certify returns", "ConceptLayer": "a row of concept_tests",
+               "GroupTest": "what group_metrics returns", "InsertionTest": "what "
+               "counterfactual_insertion returns", "Judgement": "a criterion's verdict",
+               "RelevanceTest": "what relevance_test returns", "RemovalTest": "what "
+               "counterfactual_removal returns"},
 }
 
 
