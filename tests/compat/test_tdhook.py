@@ -596,3 +596,26 @@ class TestAgainstTdhook:
         assert np.allclose(ours.coef_, theirs.coef_)
         assert np.allclose(ours.intercept_, theirs.intercept_)
         assert np.allclose(ours.predict_proba(X), theirs.predict_proba(X))
+
+
+# -- the docs ---------------------------------------------------------------------------------------
+def test_the_snippets_of_the_tdhook_section_of_docs_compat_run():
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tests"))
+    try:
+        from _snippets import python_blocks
+    finally:
+        sys.path.remove(str(root / "tests"))
+    page = root / "docs" / "compat.md"
+    lines = page.read_text().splitlines()
+    start = lines.index("## tdhook: `latentsurgeon.compat.tdhook`") + 1
+    stop = next(i for i in range(start, len(lines)) if lines[i].startswith("## "))
+    snippets = [s for s in python_blocks(page) if start < s.line <= stop]
+    assert snippets
+    namespace: dict = {}
+    for snippet in snippets:
+        snippet.run(namespace)
+    assert namespace["data"]["patched"]["output"].shape == (4, 5)
+    assert namespace["steered"].shape == (4, 5)
