@@ -248,10 +248,13 @@ def _new_cache() -> Any:
     return TensorDict() if TensorDict is not None else {}
 
 
-def _copy_cache(cache: Any) -> Any:
-    if TensorDictBase is not None and isinstance(cache, TensorDictBase):
-        return cache.copy()
-    return {k: _copy_cache(v) if isinstance(v, Mapping) else v for k, v in cache.items()}
+def _copy_cache(cache: Any, like: Any) -> Any:
+    """A shallow copy of ``cache`` of the kind of record ``like``: a TensorDict for a TensorDict
+    record, nested dicts for a dict record (whatever kind the cache itself is)."""
+    if TensorDictBase is not None and isinstance(like, TensorDictBase):
+        return cache.copy() if isinstance(cache, TensorDictBase) else TensorDict(cache)
+    items = cache.items()
+    return {k: _copy_cache(v, like) if _is_record(v) else v for k, v in items}
 
 
 # -- the lifecycle: factory -> context -> hooked module --------------------------------------------
@@ -576,7 +579,7 @@ class ActivationCaching(HookingContextFactory):
     def _run(self, context: HookingContext, data: Any) -> Any:
         result = context._forward(data)
         if _is_record(result):
-            _set(result, "cache", _copy_cache(context.cache))
+            _set(result, "cache", _copy_cache(context.cache, result))
         return result
 
 
