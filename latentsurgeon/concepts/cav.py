@@ -36,8 +36,10 @@ from latentsurgeon.activations.pooling import POOLINGS, pool
 from latentsurgeon.concepts.cav_fitting import (
     FILTERS,
     METHODS,
+    ZERO_DIRECTION,
     FittedDirection,
     Problem,
+    can_hold_out,
     fit_directions,
     held_out_split,
     paired_split,
@@ -116,15 +118,24 @@ class CAV(Estimator):
             (``C`` of svm/logistic, ``1/alpha`` of ridge, ``alpha = 1/(C n)`` of lasso). A list
             grid-searches it with 3-fold cross-validation; ``"grid"`` is detoxai's search
             (``10^-5 .. 10^4``, 5-fold, balanced sample weights).
-        test_size: share of samples held out to measure ``scores_``.
+        test_size: share of samples held out to measure ``scores_``. A ``"mass_mean"`` CAV
+            fits sets too small for that split (2 + 2 samples) on all of them; its held-out
+            ``accuracy`` and ``auc`` are then NaN ("unavailable") and ``n_test`` is 0. Other
+            methods refuse such sets.
         seed: seeds the held-out split and the scikit-learn estimators (None: fresh randomness).
+        zero_direction: what a fit does when the direction comes out zero (the class means
+            coincide): ``"raise"`` (default, a ``LatentSurgeonError``) or ``"keep"``: the
+            result is the zero direction, every sample projects to 0 = ``threshold_``, nothing
+            is predicted to carry the concept, and the held-out AUC is 0.5 (chance): tdhook's
+            mean-difference classifier does this.
 
     Learned attributes:
         direction_: ``(D,)`` unit vector, oriented so that concept samples project higher
             (float32; float64 when fitted on float64 activations, like the mean vectors).
         mean_clean_, mean_concept_: ``(D,)`` mean pooled activations without / with the concept.
         scores_: held-out ``{"accuracy", "auc", "n_train", "n_test"}`` of a direction fitted on
-            the other samples.
+            the other samples (``accuracy``/``auc`` NaN with ``n_test`` 0 when nothing could be
+            held out: see ``test_size``).
         input_shape_: per-sample shape of the activations before pooling.
         threshold_: projection value separating the classes (midpoint of the projected means).
 
@@ -140,6 +151,7 @@ class CAV(Estimator):
         "C": [_PositiveNumbers(), Options(["grid"])],
         "test_size": Interval(float, 0, 1, closed="neither"),
         "seed": [None, Interval(int, 0, None)],
+        "zero_direction": Options(ZERO_DIRECTION),
     }
 
     def __init__(
@@ -151,6 +163,7 @@ class CAV(Estimator):
         C: float | list[float] | str = 1.0,
         test_size: float = 0.25,
         seed: int | None = 0,
+        zero_direction: str = "raise",
     ) -> None:
         self.method = method
         self.pooling = pooling
@@ -158,6 +171,7 @@ class CAV(Estimator):
         self.C = C
         self.test_size = test_size
         self.seed = seed
+        self.zero_direction = zero_direction
 
     # -- fitting ---------------------------------------------------------------------------------
     def _vectors(self, activations: torch.Tensor) -> torch.Tensor:
@@ -181,7 +195,8 @@ class CAV(Estimator):
                   input_shape: tuple[int, ...], dtype: torch.dtype) -> CAV:
         (fitted,) = fit_directions(X, [Problem(torch.arange(len(y)), y, train)],
                                    method=self.method, filter_method=self.filter_method,
-                                   C=self.C, seeds=[self.seed])
+                                   C=self.C, seeds=[self.seed],
+                                   zero_direction=self.zero_direction)
         self._set_state(fitted, input_shape, dtype)
         return self
 
@@ -221,8 +236,13 @@ class CAV(Estimator):
         if min(int((y == 0).sum()), int((y == 1).sum())) < 2:
             raise LatentSurgeonError("Each group needs at least 2 samples to fit a CAV.")
         X = self._vectors(acts)
-        return self._fit_rows(X, y, held_out_split(y, self.test_size, self.seed),
-                              tuple(acts.shape[1:]), _state_dtype(acts))
+        if self.method == "mass_mean" and not can_hold_out(y, self.test_size):
+            # A closed form needs no validation split to exist: fit on every sample and report
+            # the held-out score as unavailable rather than refusing a tiny set.
+            train = torch.ones(len(y), dtype=torch.bool)
+        else:
+            train = held_out_split(y, self.test_size, self.seed)
+        return self._fit_rows(X, y, train, tuple(acts.shape[1:]), _state_dtype(acts))
 
     def fit_paired(self, with_concept: Any, without_concept: Any) -> CAV:
         """Fit on paired activations: row ``i`` of both comes from the same input, once with the

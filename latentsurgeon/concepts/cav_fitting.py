@@ -21,6 +21,10 @@ training part only (scored on the rest: ``scores_``). How:
 * ``"pattern"``: the filter of ``filter_method``, then its activation pattern ``cov(a, w.a)``
   (Haufe et al. 2014).
 
+A ``"mass_mean"`` CAV of a set too small to split (2 + 2 samples; see :func:`can_hold_out`) has
+its training part spanning every row and its held-out scores NaN ("unavailable"). A zero
+direction (coinciding class means) raises unless ``zero_direction="keep"``.
+
 Filters are fitted on standardised activations (``(a - mean) / (std + 1e-8)``) and mapped back
 to activation coordinates. Every direction is normalised to unit length and oriented so that the
 concept's rows project higher.
@@ -29,6 +33,7 @@ concept's rows project higher.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,10 +50,13 @@ from sklearn.svm import LinearSVC
 from latentsurgeon.concepts.newton import newton_dual, newton_primal
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NonFiniteError
 
-__all__ = ["FILTERS", "GRID", "METHODS", "FittedDirection", "Problem", "fit_directions",
-           "held_out_split", "paired_split"]
+__all__ = ["FILTERS", "GRID", "METHODS", "ZERO_DIRECTION", "FittedDirection", "Problem",
+           "can_hold_out", "fit_directions", "held_out_split", "paired_split"]
 
 METHODS = ("svm", "logistic", "ridge", "lasso", "pattern", "signal", "mass_mean")
+#: What a fit does when a direction comes out zero (e.g. coinciding class means): ``"raise"``
+#: (default) or ``"keep"`` it as a documented result (tdhook's mean-difference classifier).
+ZERO_DIRECTION = ("raise", "keep")
 FILTERS = ("svm", "logistic", "ridge", "lasso")
 #: detoxai's grid of the regularisation (``C="grid"``).
 GRID = tuple(10.0 ** k for k in range(-5, 5))
@@ -86,6 +94,15 @@ class FittedDirection:
     scores: dict[str, float]
 
 
+def can_hold_out(labels: torch.Tensor, test_size: float) -> bool:
+    """Whether a stratified split with ``test_size`` leaves both classes on both of its sides
+    (``labels``: ``(n,)`` 0/1)."""
+    y = labels.numpy()
+    n_test = int(np.ceil(test_size * len(y)))
+    counts = np.bincount(y.astype(np.int64), minlength=2)
+    return bool(counts.min() >= 2 and n_test >= 2 and len(y) - n_test >= 2)
+
+
 def held_out_split(labels: torch.Tensor, test_size: float, seed: int | None) -> torch.Tensor:
     """Stratified train mask ``(n,)`` (scikit-learn's ``train_test_split``).
 
@@ -94,9 +111,8 @@ def held_out_split(labels: torch.Tensor, test_size: float, seed: int | None) -> 
             a sample of each class (scikit-learn would fail with its own message).
     """
     y = labels.numpy()
-    n_test = int(np.ceil(test_size * len(y)))
     counts = np.bincount(y.astype(np.int64), minlength=2)
-    if counts.min() < 2 or n_test < 2 or len(y) - n_test < 2:
+    if not can_hold_out(labels, test_size):
         raise InvalidParameterError(
             f"test_size={test_size} on {counts[1]} concept and {counts[0]} negative samples "
             "leaves a side of the held-out split without both classes; give at least 2 "
@@ -336,14 +352,18 @@ def _raw_directions(X: torch.Tensor, y: torch.Tensor, train: torch.Tensor, metho
     return weights @ X, means
 
 
-def _check_direction(v: torch.Tensor) -> torch.Tensor:
+def _check_direction(v: torch.Tensor, zero_direction: str = "raise") -> torch.Tensor:
+    """``v`` at unit length; a zero ``v`` raises, or stays zero with ``zero_direction="keep"``."""
     norm = torch.linalg.vector_norm(v)
     if not torch.isfinite(norm):
         raise NonFiniteError("The concept direction holds NaN or Inf; the activations it was "
                              "fitted on are too large for float64.")
     if norm == 0:
+        if zero_direction == "keep":
+            return torch.zeros_like(v)
         raise LatentSurgeonError("The concept direction is zero: the two groups' activations "
-                                 "are indistinguishable at this layer.")
+                                 "are indistinguishable at this layer (zero_direction='keep' "
+                                 "returns it as a zero direction with chance-level scores).")
     return v / norm
 
 
@@ -365,19 +385,29 @@ def _midpoint(proj: torch.Tensor, y: torch.Tensor) -> float:
     return float(0.5 * (proj[y == 1].mean() + proj[y == 0].mean()))
 
 
-def _finish(X: torch.Tensor, p: Problem, raw: torch.Tensor, means: torch.Tensor
-            ) -> FittedDirection:
-    """Unit, oriented direction; threshold; held-out scores of the training part's direction."""
+def _finish(X: torch.Tensor, p: Problem, raw: torch.Tensor, means: torch.Tensor,
+            zero_direction: str = "raise") -> FittedDirection:
+    """Unit, oriented direction; threshold; held-out scores of the training part's direction.
+
+    A training part of every row (no held-out rows: the set was too small to split) gives
+    ``accuracy`` and ``auc`` NaN, "unavailable", with ``n_test`` 0. A zero direction kept with
+    ``zero_direction="keep"`` projects every sample on the threshold: no sample is predicted to
+    carry the concept and the AUC is 0.5 (chance)."""
     y, train = p.labels, p.train
-    V = torch.stack([_check_direction(raw[0]), _check_direction(raw[1])])
+    V = torch.stack([_check_direction(raw[0], zero_direction),
+                     _check_direction(raw[1], zero_direction)])
     proj = X @ V.T                                                       # (n, 2)
     for j, use in enumerate((torch.ones(len(y), dtype=torch.bool), train)):
         if proj[use & (y == 1), j].mean() < proj[use & (y == 0), j].mean():
             V[j], proj[:, j] = -V[j], -proj[:, j]
     threshold = _midpoint(proj[train, 1], y[train])
     held, yte = proj[~train, 1], y[~train]
-    scores = {"accuracy": float(((held > threshold) == (yte == 1)).double().mean()),
-              "auc": roc_auc(held, yte),
+    if len(yte) == 0:  # nothing held out: no score to report
+        accuracy, auc = math.nan, math.nan
+    else:
+        accuracy = float(((held > threshold) == (yte == 1)).double().mean())
+        auc = roc_auc(held, yte)
+    scores = {"accuracy": accuracy, "auc": auc,
               "n_train": int(train.sum()), "n_test": int((~train).sum())}
     return FittedDirection(direction=V[0], threshold=_midpoint(proj[:, 0], y),
                            mean_clean=means[0], mean_concept=means[1], scores=scores)
@@ -385,7 +415,8 @@ def _finish(X: torch.Tensor, p: Problem, raw: torch.Tensor, means: torch.Tensor
 
 def fit_directions(rows: torch.Tensor, problems: Sequence[Problem], *, method: str,
                    filter_method: str = "logistic", C: Any = 1.0,
-                   seeds: Sequence[int | None] | None = None) -> list[FittedDirection]:
+                   seeds: Sequence[int | None] | None = None,
+                   zero_direction: str = "raise") -> list[FittedDirection]:
     """Fit the CAV of every problem (see the module doc).
 
     Args:
@@ -394,6 +425,7 @@ def fit_directions(rows: torch.Tensor, problems: Sequence[Problem], *, method: s
             training part.
         method, filter_method, C: as :class:`~latentsurgeon.concepts.CAV`.
         seeds: per problem, the ``random_state`` of scikit-learn estimators that take one.
+        zero_direction: ``"raise"`` on a zero direction (default) or ``"keep"`` it.
 
     Returns:
         One :class:`FittedDirection` per problem, in order.
@@ -415,5 +447,5 @@ def fit_directions(rows: torch.Tensor, problems: Sequence[Problem], *, method: s
             filters = (newton.filters(i, X) if newton is not None
                        else _sklearn_filters(X, p, kind, C, seeds[i]))
         raw, means = _raw_directions(X, p.labels, p.train, method, filters)
-        out.append(_finish(X, p, raw, means))
+        out.append(_finish(X, p, raw, means, zero_direction))
     return out

@@ -252,6 +252,60 @@ class TestErrors:
         with pytest.raises(LatentSurgeonError, match="zero"):
             CAV("mass_mean").fit(torch.cat([x, x]), torch.arange(20) >= 10)
 
+
+class TestTinySetsAndZeroDirections:
+    """tdhook's mean-difference probe fits 2 + 2 samples and keeps a zero direction; ours does
+    both where asked (tiny sets: mass-mean always; zero directions: zero_direction="keep")."""
+
+    def test_mass_mean_fits_two_plus_two_without_a_held_out_score(self):
+        x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [-2.0, 0.0]])
+        cav = CAV("mass_mean").fit(x, torch.tensor([1, 1, 0, 0]))
+        torch.testing.assert_close(cav.direction_, torch.tensor([1.0, 0.0]))
+        assert cav.threshold_ == 0.0  # midpoint of the projected class means (1.5, -1.5)
+        assert cav.scores_["n_train"] == 4 and cav.scores_["n_test"] == 0
+        assert math.isnan(cav.scores_["accuracy"]) and math.isnan(cav.scores_["auc"])
+        assert cav.predict(x).tolist() == [True, True, False, False]
+
+    def test_a_split_is_still_made_where_both_classes_fit_in_it(self):
+        x, y = torch.randn(8, 3) + 2.0 * (torch.arange(8) % 2)[:, None], torch.arange(8) % 2
+        scores = CAV("mass_mean").fit(x, y).scores_
+        assert scores["n_test"] == 2 and scores["n_train"] == 6
+        assert not math.isnan(scores["accuracy"])
+
+    def test_other_methods_still_refuse_a_set_too_small_to_split(self):
+        x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [-2.0, 0.0]])
+        with pytest.raises(InvalidParameterError, match="test_size"):
+            CAV("logistic").fit(x, torch.tensor([1, 1, 0, 0]))
+
+    def test_one_sample_per_class_is_still_refused(self):
+        with pytest.raises(LatentSurgeonError, match="at least 2"):
+            CAV("mass_mean").fit(torch.randn(3, 2), torch.tensor([1, 0, 0]))
+
+    def test_zero_direction_kept_on_request_with_chance_scores(self):
+        same = torch.ones(8, 3)
+        y = torch.arange(8) % 2
+        with pytest.raises(LatentSurgeonError, match="zero_direction='keep'"):
+            CAV("mass_mean").fit(same, y)  # the default keeps raising
+        cav = CAV("mass_mean", zero_direction="keep").fit(same, y)
+        assert torch.equal(cav.direction_, torch.zeros(3))
+        assert cav.threshold_ == 0.0
+        assert cav.scores_["auc"] == 0.5 and cav.scores_["accuracy"] == 0.5
+        assert not cav.predict(same).any()
+        assert torch.equal(cav.project(torch.randn(5, 3)), torch.zeros(5))
+
+    def test_zero_direction_and_tiny_set_together(self):
+        cav = CAV(zero_direction="keep").fit(torch.ones(4, 2), torch.tensor([1, 1, 0, 0]))
+        assert torch.equal(cav.direction_, torch.zeros(2)) and cav.scores_["n_test"] == 0
+
+    def test_zero_direction_is_validated_saved_and_cloned(self, tmp_path):
+        with pytest.raises(InvalidParameterError, match="CAV: zero_direction must be"):
+            CAV(zero_direction="ignore").fit(torch.randn(8, 2), torch.arange(8) % 2)
+        cav = CAV(zero_direction="keep").fit(torch.ones(8, 2), torch.arange(8) % 2)
+        assert clone(cav).zero_direction == "keep"
+        cav.save(tmp_path / "cav.pt")
+        loaded = CAV.load(tmp_path / "cav.pt")
+        assert loaded.zero_direction == "keep" and torch.equal(loaded.direction_, cav.direction_)
+
     def test_not_fitted(self):
         with pytest.raises(NotFittedError):
             CAV().project(torch.randn(3, 3))

@@ -9,8 +9,14 @@ import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
 from latentsurgeon.concepts import CAV, cav_fitting
-from latentsurgeon.concepts.cav_fitting import Problem, fit_directions, held_out_split
+from latentsurgeon.concepts.cav_fitting import (
+    Problem,
+    can_hold_out,
+    fit_directions,
+    held_out_split,
+)
 from latentsurgeon.concepts.newton import newton_dual, newton_primal
+from latentsurgeon.errors import InvalidParameterError
 
 
 def _problem_data(n: int, d: int, seed: int, share: float = 0.35):
@@ -151,3 +157,22 @@ def test_roc_auc_equals_scikit_learns_with_ties():
         assert roc_auc(torch.from_numpy(scores), torch.from_numpy(y)) == pytest.approx(
             expected, abs=1e-12)
     assert np.isnan(roc_auc(torch.zeros(3), torch.ones(3)))
+
+
+@pytest.mark.parametrize("labels, test_size, expected", [
+    ([1, 1, 0, 0], 0.25, False),          # one held-out sample cannot hold both classes
+    ([1, 1, 0, 0], 0.5, True),            # one sample of each class on each side
+    ([1, 0] * 4, 0.25, True),             # 2 held out, 6 trained on, both classes each side
+    ([1, 0] * 4, 0.8, False),             # too few left to train on
+    ([1, 1, 1, 0, 0, 0, 0, 0], 0.25, True),
+    ([1, 0, 0, 0, 0, 0, 0, 0], 0.25, False),  # one concept sample
+])
+def test_can_hold_out_is_the_condition_held_out_split_refuses(labels, test_size, expected):
+    y = torch.tensor(labels)
+    assert can_hold_out(y, test_size) is expected
+    if expected:
+        train = held_out_split(y, test_size, seed=0)
+        assert set(y[train].tolist()) == set(y[~train].tolist()) == {0, 1}
+    else:
+        with pytest.raises(InvalidParameterError, match="test_size"):
+            held_out_split(y, test_size, seed=0)
