@@ -128,7 +128,7 @@ def _check_confidence(confidence: Any, owner: str) -> None:
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) \
             or not 0.0 < float(confidence) < 1.0:
         raise InvalidParameterError(
-            f"{owner}: confidence must be a number in (0, 1); got {confidence!r}.")
+            f"{owner}: confidence must lie in (0, 1) (a number); got {confidence!r}.")
 
 
 def bootstrap_weights(n: int, n_boot: int = N_BOOT, *, seed: int = 0) -> np.ndarray:
