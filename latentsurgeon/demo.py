@@ -260,9 +260,10 @@ def certify_all(model: nn.Module, data: DecoyDigits, config: DemoConfig, echo: E
     def one(candidate: nn.Module, concept: bool = True) -> Any:
         layers = (neighbour_layers(candidate, config.block_layer)
                   if concept and config.block_layer in dict(candidate.named_modules()) else None)
+        # the reference's concept rows are the uncorrected model's own: measured once, on it
         return certify(candidate, data.test, data.poisoned, target=k, reference=model,
                        layers=layers, tcav_runs=config.tcav_runs, seed=config.seed,
-                       progress=False)
+                       concept_reference=False, progress=False)
 
     torch.manual_seed(config.seed)
     control = DigitCNN()

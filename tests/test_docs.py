@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.mark.parametrize("page", ["foundation.md", "concepts.md", "architecture.md"])
+@pytest.mark.parametrize("page", ["foundation.md", "concepts.md", "architecture.md", "verify.md"])
 def test_page_snippets_run(page, tmp_path, monkeypatch):
     assert list(python_blocks(DOCS / page)), f"{page} has no Python snippets"
     monkeypatch.chdir(tmp_path)  # snippets write stores, checkpoints and saved estimators here

@@ -20,3 +20,4 @@ def test_readme_snippets_run(tmp_path, monkeypatch, capsys):
     assert namespace["store"].layers == ["features.0", "features.3"]
     assert namespace["result"].significant
     assert namespace["gap_closed"](namespace["before"], namespace["after"]) > 0.5
+    assert namespace["certificate"].meets("reduced")

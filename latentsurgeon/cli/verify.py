@@ -116,18 +116,25 @@ def _corrected_model(before: nn.Module, correction: Any, args: argparse.Namespac
 EXIT_SHORT = 3
 
 
+def shortcut_class(data: Any, args: argparse.Namespace) -> int | None:
+    """The class the certificate tests: ``--target``, else the data's own; ``--require``
+    without either is refused (before any work)."""
+    target = args.target if args.target is not None else getattr(data, "shortcut_class", None)
+    if target is None and args.require:
+        raise LatentSurgeonError(
+            "--require: the certificate needs the shortcut class; --data names none, so pass "
+            "--target CLASS.")
+    return target
+
+
 def certificate_of(before: nn.Module, after: nn.Module, data: Any, correction: Any,
                    args: argparse.Namespace) -> Any:
     """The certificate of ``after`` with ``before`` as the reference; None when the data name no
     shortcut class and ``--target`` is not given (nothing to certify against)."""
     from latentsurgeon.verify import certify, neighbour_layers
 
-    target = args.target if args.target is not None else getattr(data, "shortcut_class", None)
+    target = shortcut_class(data, args)
     if target is None:
-        if args.require:
-            raise LatentSurgeonError(
-                "--require: the certificate needs the shortcut class; --data names none, so "
-                "pass --target CLASS.")
         return None
     test = split_of(data, "test", what="verify")
     poisoned = split_of(data, "poisoned", what="verify")
@@ -143,6 +150,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.seed)
     if not args.weights:
         raise LatentSurgeonError("verify needs --weights (the uncorrected model's state_dict).")
+    shortcut_class(data, args)
     before = load_weights(build_model(args), args.weights)
     correction_file = args.correction or (correction_path(args.corrected)
                                           if correction_path(args.corrected).exists() else None)

@@ -157,8 +157,8 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
             layers: Sequence[str] | None = None, relevance_method: str = "input_x_gradient",
             fill: str = "local_mean", thresholds: Mapping[str, Threshold] | None = None,
             n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, tcav_runs: int = 10,
-            batch_size: int = 256, head: str | int = "logits", progress: bool = True
-            ) -> Certificate:
+            concept_reference: bool = True, batch_size: int = 256, head: str | int = "logits",
+            progress: bool = True) -> Certificate:
     """The reliance certificate of ``model`` for the artifact ``poisoned`` carries.
 
     Args:
@@ -180,6 +180,8 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
         thresholds: ``{criterion: Threshold}``; default :data:`~latentsurgeon.verify.THRESHOLDS`.
         n_boot, confidence, seed: the bootstrap over test samples.
         tcav_runs: CAVs per concept test.
+        concept_reference: also run the concept tests on the reference (False when several
+            models are certified against one reference: its rows are the same every time).
         batch_size, head: as for every model read.
         progress: a progress bar over the tests.
 
@@ -189,12 +191,12 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
     validate_params(
         {"relevance_method": relevance_method, "fill": fill, "n_boot": n_boot,
          "confidence": confidence, "seed": seed, "tcav_runs": tcav_runs,
-         "batch_size": batch_size, "progress": progress},
+         "concept_reference": concept_reference, "batch_size": batch_size, "progress": progress},
         {"relevance_method": Options(RELEVANCE_METHODS), "fill": Options(FILLS),
          "n_boot": Interval(int, 10, None), "confidence": Interval(float, 0, 1,
                                                                   closed="neither"),
          "seed": Interval(int, 0, None), "tcav_runs": Interval(int, 2, None),
-         "batch_size": Interval(int, 1, None), "progress": bool}, owner="certify()")
+         "concept_reference": bool, "batch_size": Interval(int, 1, None), "progress": bool}, owner="certify()")
     if not isinstance(model, nn.Module):
         raise InvalidParameterError(
             f"certify: model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -215,7 +217,8 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
         raise InvalidParameterError(
             f"certify: artifact must be an Artifact or None; got {type(artifact).__name__}.")
     models = {"model": model} if reference is None else {"model": model, "reference": reference}
-    steps = tqdm(total=len(models) * (2 if layers else 1), desc="certify", disable=not progress,
+    concept_roles = [r for r in models if r == "model" or concept_reference] if layers else []
+    steps = tqdm(total=len(models) + len(concept_roles), desc="certify", disable=not progress,
                  leave=False)
     tests: dict[str, dict[str, Any]] = {}
     for role, net in models.items():
@@ -245,7 +248,8 @@ def certify(model: nn.Module, clean: Any, poisoned: Any, *, target: int,
     verdict, reason = overall_verdict(judgements)
     concept: dict[str, list[ConceptLayer]] = {"model": [], "reference": []}
     if layers:
-        for role, net in models.items():
+        for role in concept_roles:
+            net = models[role]
             # an exported correction may add modules (P-ClArC wraps its layer): the reference
             # is tested at the names it has
             names = dict(net.named_modules())

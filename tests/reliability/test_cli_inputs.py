@@ -30,6 +30,13 @@ USER = textwrap.dedent(
     def unlabelled_splits():
         return {"train": {"images": torch.rand(12, 1, 8, 8)}}
 
+    def splits():
+        g = torch.Generator().manual_seed(0)
+        split = lambda: {"images": torch.rand(12, 1, 8, 8, generator=g),  # noqa: E731
+                         "labels": torch.arange(12) % 3,
+                         "masks": torch.zeros(12, 8, 8, dtype=torch.bool)}
+        return {"train": split(), "test": split(), "poisoned": split()}
+
     def crashes():
         raise RuntimeError("the user's function failed")
     """
@@ -44,6 +51,9 @@ def workdir(tmp_path_factory):
     torch.save(DigitCNN().state_dict(), root / "cnn.pt")
     (root / "not-a-checkpoint.pt").write_text("hello")
     torch.save(torch.nn.Linear(2, 2).state_dict(), root / "linear.pt")
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).state_dict(),
+               root / "user.pt")
     ActivationStore.extract(DigitCNN(), torch.rand(16, 1, 16, 16), ["features.0"], root / "store",
                             pooling="max", progress=False)
     # a P-ClArC fitted on cnn.pt (fixed.pt + fixed.correction.pt), other weights of the same
@@ -138,6 +148,16 @@ CASES = [
     ("verify of a corrected file that is not the correction's export",
      ["verify", "--weights", "cnn.pt", "--corrected", "other-fixed.pt", "--correction",
       "fixed.correction.pt", "--quiet"], ["--corrected", "other-fixed.pt", "not the export"]),
+    ("verify with an unknown requirement", ["verify", "--weights", "cnn.pt", "--corrected",
+                                            "fixed.pt", "--require", "gone"],
+     ["--require", "gone"]),
+    ("verify with too few resamples", ["verify", "--weights", "cnn.pt", "--corrected",
+                                       "fixed.pt", "--n-boot", "3"], ["--n-boot", ">= 10", "3"]),
+    ("verify of a negative shortcut class", ["verify", "--weights", "cnn.pt", "--corrected",
+                                             "fixed.pt", "--target", "-1"], ["--target", "-1"]),
+    ("verify --require without a shortcut class",
+     ["verify", "--model", "cliuser:model", "--data", "cliuser:splits", "--weights", "user.pt",
+      "--corrected", "user.pt", "--require", "reduced", "--quiet"], ["--require", "--target"]),
     ("cbm of an unknown data set", ["cbm", "--dataset", "circles"], ["--dataset", "circles"]),
     ("bench of an unknown benchmark", ["bench", "no_such_bench"], ["no_such_bench"]),
     ("explain-experiment of an unknown experiment", ["explain-experiment", "ablation",

@@ -138,6 +138,9 @@ CASES = [
     Case("certify: bad confidence", lambda: certify(
         M, (IMAGES, LABELS), POISONED, target=0, confidence=95.0), InvalidParameterError,
          ["confidence", "95"], [M]),
+    Case("certify: concept_reference not a bool", lambda: certify(
+        M, (IMAGES, LABELS), POISONED, target=0, concept_reference="no"), InvalidParameterError,
+         ["concept_reference", "no"], [M]),
     Case("certify: bad fill", lambda: certify(
         M, (IMAGES, LABELS), POISONED, target=0, fill="blur"), InvalidParameterError,
          ["fill", "blur"], [M]),

@@ -103,9 +103,18 @@ def test_the_certificate_is_json_and_lists_every_figure_with_an_interval(waterma
         for name, estimate in figures.items():
             assert estimate["low"] <= estimate["value"] <= estimate["high"], (test, name)
     assert back["concept"][0]["layer"] == "features"
+    assert back["concept_reference"][0]["layer"] == "features"
     assert 0.0 <= back["concept"][0]["cav_accuracy"] <= 1.0
     assert set(back["criteria"]) == set(THRESHOLDS)
     assert "verdict:" in found.summary() and "concept (reported) features" in found.summary()
+
+
+def test_the_reference_concept_rows_can_be_skipped(watermark, base_model, clean_trained):
+    found = certify(clean_trained, watermark.test, watermark.poisoned, target=0,
+                    reference=base_model, layers=["features"], tcav_runs=3,
+                    concept_reference=False, progress=False)
+    assert [row.layer for row in found.concept] == ["features"]
+    assert found.concept_reference == []
 
 
 def test_a_model_is_left_as_it_was(watermark, base_model):
