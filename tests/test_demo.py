@@ -117,6 +117,7 @@ def test_report_is_self_contained(demo):
     assert 'id="methods"' in text and 'id="cav-quality"' in text
     assert 'id="explain-examples"' in text and 'id="reliance-after"' in text
     assert 'id="run-info"' in text
+    assert 'id="certificate"' in text and 'id="certificate-concepts"' in text
 
 
 def test_report_renders_in_headless_chromium(demo):
@@ -129,3 +130,20 @@ def test_report_renders_in_headless_chromium(demo):
     assert tables.get("methods") == 1 + len(METHODS)
     SCREENSHOT_DIR.mkdir(exist_ok=True)
     shutil.copy(out / "report.png", SCREENSHOT_DIR / "demo-report.png")
+
+
+def test_the_certificate_says_not_removed_before_and_removed_or_reduced_after(demo):
+    """The demo's certificate: the uncorrected model keeps the shortcut, the control trained
+    without the watermark has none, and each correction removes or reduces it, with intervals;
+    the corrections that train are certified over 5 seeds."""
+    _, results, printed = demo
+    assert "reliance certificate" in printed
+    certificate = results["certificate"]
+    assert certificate["none"]["verdict"] == "not removed"
+    assert certificate["clean-trained"]["verdict"] == "removed"
+    for name in METHODS[1:]:
+        assert certificate[name]["verdict"] in ("removed", "reduced"), certificate[name]["reason"]
+        flips = certificate[name]["figures"]["insertion"]["flip_rate"]
+        assert flips["low"] <= flips["value"] <= flips["high"] < 0.05
+    assert {certificate[n]["settings"]["seeds"] for n in ("a-clarc", "rr-clarc", "rrr")} == {5}
+    assert certificate["p-clarc"]["settings"]["seeds"] == 1

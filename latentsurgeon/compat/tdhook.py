@@ -501,7 +501,22 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
 
 
 # -- the methods ---------------------------------------------------------------------------------
-class ActivationCaching(HookingContextFactory):
+class _KeyPatternFactory(HookingContextFactory):
+    """A method that hooks the modules its ``key_pattern`` selects (checked when set)."""
+
+    _key_pattern: str
+
+    @property
+    def key_pattern(self) -> str:
+        return self._key_pattern
+
+    @key_pattern.setter
+    def key_pattern(self, key_pattern: str) -> None:
+        key_pattern_selector(key_pattern)
+        self._key_pattern = key_pattern
+
+
+class ActivationCaching(_KeyPatternFactory):
     """Store what the modules matching ``key_pattern`` produce (tdhook's ``ActivationCaching``).
 
     Args:
@@ -537,15 +552,6 @@ class ActivationCaching(HookingContextFactory):
         self._directions = _check_directions(directions)
         self._use_nested_keys = bool(use_nested_keys) or len(self._directions) > 1
         self._hooking_context_kwargs = {"cache": cache, "clear_cache": bool(clear_cache)}
-
-    @property
-    def key_pattern(self) -> str:
-        return self._key_pattern
-
-    @key_pattern.setter
-    def key_pattern(self, key_pattern: str) -> None:
-        key_pattern_selector(key_pattern)
-        self._key_pattern = key_pattern
 
     def _hook(self, context: HookingContext) -> HookGroup:
         names = _matched_names(context.module, self._key_pattern, self._relative)
@@ -583,7 +589,7 @@ class ActivationCaching(HookingContextFactory):
         return result
 
 
-class Probing(HookingContextFactory):
+class Probing(_KeyPatternFactory):
     """Feed what the matching modules produce to probes (tdhook's ``Probing``): at every call,
     ``probe.step(value, **extra)`` for the probe ``probe_factory(key, direction)`` made for
     each matched module when the context is entered; ``extra`` holds ``additional_keys`` read
@@ -630,15 +636,6 @@ class Probing(HookingContextFactory):
         self._classes_to_skip = _classes(classes_to_skip, self.default_classes_to_skip,
                                          "classes_to_skip")
         self._extra: dict[str, Any] = {}
-
-    @property
-    def key_pattern(self) -> str:
-        return self._key_pattern
-
-    @key_pattern.setter
-    def key_pattern(self, key_pattern: str) -> None:
-        key_pattern_selector(key_pattern)
-        self._key_pattern = key_pattern
 
     def _hook(self, context: HookingContext) -> HookGroup:
         names = _matched_names(context.module, self._key_pattern, self._relative,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from latentsurgeon.activations.batching import batch_inputs
+from latentsurgeon.compat.lfxai.models._fitting import _directory
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.explain import InfluenceFunctions as _InfluenceFunctions
 from latentsurgeon.explain import NearestNeighbours as _NearestNeighbours
@@ -66,13 +67,7 @@ def _loss_spec(loss_f: Any, owner: str) -> Any:
 
 
 def _save_dir(save_dir: Any, owner: str) -> Path:
-    if not isinstance(save_dir, (str, Path)):
-        raise InvalidParameterError(
-            f"{owner}: save_dir must be a directory path (str or pathlib.Path); got "
-            f"{type(save_dir).__name__}.")
-    path = Path(save_dir)
-    if path.exists() and not path.is_dir():
-        raise InvalidParameterError(f"{owner}: save_dir must be a directory; {path} is a file.")
+    path = _directory(save_dir, owner)
     path.mkdir(parents=True, exist_ok=True)  # lfxai creates it
     return path
 
