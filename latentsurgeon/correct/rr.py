@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from latentsurgeon.correct.projection import CHANNEL_POOLINGS
+from latentsurgeon.correct.projection import CHANNEL_POOLINGS, TOKEN_POOLING
 from latentsurgeon.errors import InvalidParameterError
 
 __all__ = ["RRLossType", "RRMaskingPattern", "as_enum", "latent_gradient", "masked_output",
@@ -87,8 +87,11 @@ def latent_gradient(gradient: torch.Tensor, pooling: str = "flatten") -> torch.T
     ``"flatten"``: the flattened gradient. ``"max"``/``"mean"`` (channel space): summed over the
     spatial positions, i.e. the gradient w.r.t. a shift of each channel applied at every
     position, which is how a channel-space direction acts (:func:`clarc_projection
-    <latentsurgeon.correct.projection.clarc_projection>`).
+    <latentsurgeon.correct.projection.clarc_projection>`). ``"token"`` (a ``(D,)`` direction
+    at every token of ``(N, T, D)``): summed over the tokens, likewise.
     """
+    if pooling == TOKEN_POOLING and gradient.dim() > 2:
+        return gradient.reshape(gradient.shape[0], -1, gradient.shape[-1]).sum(dim=1)
     if pooling in CHANNEL_POOLINGS and gradient.dim() > 2:
         return gradient.sum(dim=tuple(range(2, gradient.dim())))
     return gradient.reshape(gradient.shape[0], -1)
