@@ -12,7 +12,7 @@ from latentsurgeon.correct.projection import CHANNEL_POOLINGS, TOKEN_POOLING
 from latentsurgeon.errors import InvalidParameterError
 
 __all__ = ["RRLossType", "RRMaskingPattern", "as_enum", "latent_gradient", "masked_output",
-           "rr_penalty"]
+           "rr_gradient_penalty", "rr_penalty"]
 
 _LOGPROB_EPS = 1e-5
 
@@ -109,3 +109,22 @@ def rr_penalty(gradient: torch.Tensor, direction: torch.Tensor,
         return dot.abs().mean()
     cos = dot / (gradient.norm(dim=1) * v.norm() + 1e-12)
     return cos.abs().mean()
+
+
+def rr_gradient_penalty(logits: torch.Tensor, offset: torch.Tensor, direction: torch.Tensor, *,
+                        pooling: str = "flatten",
+                        masking: RRMaskingPattern | str = RRMaskingPattern.MAX_LOGIT,
+                        loss: RRLossType | str = RRLossType.L2, target: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """RR-ClArC's penalty of one batch (scalar, differentiable w.r.t. the parameters).
+
+    ``g = d sum(m(logits)) / d offset`` (``create_graph=True``), with ``offset`` the zero offset
+    added to the layer's output in the pass that produced ``logits``
+    (:meth:`~latentsurgeon.activations.access.ModelAccess.offsets`); then
+    :func:`rr_penalty` of :func:`latent_gradient` ``(g)`` against ``direction``. The one
+    implementation: :class:`~latentsurgeon.correct.RRClarc`'s ``fit`` and the loss term
+    :class:`~latentsurgeon.correct.RRClarcLoss` both call it.
+    """
+    m = masked_output(logits, masking, target, generator)
+    (grad,) = torch.autograd.grad(m.sum(), offset, create_graph=True)
+    return rr_penalty(latent_gradient(grad, pooling), direction, loss)
