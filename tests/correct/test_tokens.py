@@ -99,7 +99,7 @@ def test_per_token_projection_closes_the_token_shortcut(trained):
     cost = {k: statistics.mean(v) for k, v in clean_cost.items()}
     # measured on seeds 0-9: masked 1.18 (no clean cost), all 0.49, flattened T*D 0.22
     # (docs/correct.md; above 1: the poisoned class-1 samples gain too)
-    # seeds 10-14: masked 1.28, all 1.35 (it varies: 0.01 to 1.35 per seed), flattened 0.15
+    # seeds 10-14: masked 1.28, all 1.35 (it varies: 0.00 to 2.97 per seed), flattened 0.15
     assert mean["masked"] >= 0.8 and cost["masked"] <= 0.02, (mean, cost)
     assert min(mean["masked"], mean["all"]) > mean[None] + 0.2, mean
 
