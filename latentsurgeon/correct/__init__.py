@@ -5,6 +5,8 @@
 * :class:`AClarc` - fine-tune the layers above while adding the artifact in latent space.
 * :class:`RRClarc` - fine-tune with a penalty on the latent gradient along the artifact.
 * :class:`ExplanationRegularization` - RRR: penalise input gradients inside artifact masks.
+* :class:`RRClarcLoss`, :class:`RRRLoss` - the RR-ClArC and RRR penalties as loss terms for the
+  user's own training loop (:mod:`latentsurgeon.correct.lightning`: a Lightning callback).
 
 Every correction has ``fit(model, data) -> self``, ``corrected(model, data) -> nn.Module``,
 ``attach(model) -> HookGroup``, ``applied(model)``, ``export(model) -> nn.Module``,
@@ -20,6 +22,7 @@ from latentsurgeon.activations.masks import prepare_masks
 from latentsurgeon.correct._base import Correction
 from latentsurgeon.correct.aclarc import AClarc
 from latentsurgeon.correct.hooks import add_clarc_hook, add_mass_mean_probe_hook
+from latentsurgeon.correct.loss_terms import RRClarcLoss, RRRLoss
 from latentsurgeon.correct.modules import ClarcProjection, MassMeanShift
 from latentsurgeon.correct.pclarc import PClarc
 from latentsurgeon.correct.projection import clarc_projection, mass_mean_shift
@@ -39,8 +42,10 @@ __all__ = [
     "MassMeanShift",
     "PClarc",
     "RRClarc",
+    "RRClarcLoss",
     "RRLossType",
     "RRMaskingPattern",
+    "RRRLoss",
     "add_clarc_hook",
     "add_mass_mean_probe_hook",
     "clarc_projection",

@@ -27,7 +27,7 @@ from latentsurgeon.activations.batching import (
 )
 from latentsurgeon.activations.fingerprint import model_fingerprint
 from latentsurgeon.concepts import CAV, METHODS
-from latentsurgeon.correct.projection import GRADIENTS
+from latentsurgeon.correct.projection import GRADIENTS, TOKEN_POOLING
 from latentsurgeon.errors import (
     InvalidParameterError,
     LatentSurgeonError,
@@ -45,10 +45,13 @@ from latentsurgeon.hooks import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CAV_SAMPLES", "ClarcCorrection", "Correction", "check_labels", "criterion_loss",
+__all__ = ["CAV_SAMPLES", "TOKEN_MODES", "ClarcCorrection", "Correction", "check_labels", "criterion_loss",
            "layer_activations", "random_stream"]
 
 CAV_SAMPLES = ("artifact_classes", "all")
+#: Per-token directions for sequence activations ``(N, T, D)`` (see :meth:`ClarcCorrection.
+#: _fit_token_directions`): fitted on every token, or on the artifact-masked tokens only.
+TOKEN_MODES = ("all", "masked")
 #: Poolings a ClArC direction can be fitted with (``"none"`` gives no vector per sample).
 CAV_POOLINGS = ("flatten", "max", "mean")
 _GLOB_CHARS = set("*?[")
@@ -425,9 +428,10 @@ class ClarcCorrection(Correction):
 
     def _fit_directions(self, model: nn.Module | None, samples: Samples | None,
                         activations: Any, *, labels: Any = None, artifact_labels: Any = None,
-                        cavs: dict[str, Any] | None = None) -> None:
+                        cavs: dict[str, Any] | None = None, pooling: str | None = None) -> None:
         """Set ``layers_`` and ``vectors_`` from the constructor's CAVs (or ``cavs``, one per
-        layer), or fit them (one CAV per layer) on the layers' activations."""
+        layer), or fit them (one CAV per layer) on the layers' activations (CAVs fitted here
+        pool with ``pooling``, default the ``pooling`` parameter)."""
         if cavs is None:
             layers = self._layer_names(model)
             cavs = {layer: self._cav_for(layer, len(layers)) for layer in layers}
@@ -466,7 +470,7 @@ class ClarcCorrection(Correction):
                         f"there are {len(flags.artifact)} artifact labels.")
                 mask = self._sample_mask(flags.labels, flags.artifact)
                 recipe = clone(cav) if isinstance(cav, CAV) else CAV(
-                    method=self.cav_method, pooling=self.pooling,
+                    method=self.cav_method, pooling=pooling or self.pooling,
                     seed=draw_seed(getattr(self, "seed", 0)))
                 cav = recipe.fit(acts[layer], flags.artifact, sample_mask=mask)
                 logger.info("%s: CAV at %s fitted on %d samples, held-out accuracy %.3f",
@@ -482,6 +486,72 @@ class ClarcCorrection(Correction):
                 _per_position_means(vectors[layer], acts[layer], flags.artifact, mask)
         self.layers_ = list(layers)
         self.vectors_ = vectors
+
+    def _fit_token_directions(self, model: nn.Module | None, samples: Samples | None,
+                              activations: Any, mode: str, *, labels: Any = None,
+                              artifact_labels: Any = None) -> None:
+        """Per-token directions for sequence activations ``(N, T, D)`` (features last): each
+        layer's direction ``v`` is ``(D,)`` and its reference the mean clean *token* vector, and
+        the projection acts on every token's ``D``-vector (``pooling="token"``).
+
+        ``mode="all"``: the CAV is fitted on each sample's mean over its ``T`` tokens (artifact
+        samples against clean ones), and the projection acts at every token. ``mode="masked"``:
+        on the artifact's own tokens, the tokens that ``masks`` (``(N, T)``, 1 = artifact token)
+        flag in the artifact samples, against every token of the clean samples; the projection
+        then acts only at the tokens that carry the artifact. The masks are not there when the
+        model runs, so those tokens are found by the direction itself: a token is projected
+        when its component along ``v`` lies beyond ``vectors_[layer]["gate"]``, halfway
+        between the clean and the artifact tokens' mean component. The other tokens (the
+        class evidence among them) pass unchanged.
+        """
+        layers = self._layer_names(model)
+        cavs = {layer: self._cav_for(layer, len(layers)) for layer in layers}
+        for layer, cav in cavs.items():
+            if cav is not None and _pooling_of(cav) == "max":
+                raise InvalidParameterError(
+                    f"{type(self).__name__}: tokens={mode!r} needs a CAV in the tokens' feature "
+                    f"space (pooling 'flatten' or 'mean'); the CAV for {layer!r} has "
+                    "pooling='max'.")
+        if all(_is_fitted_cav(cav) for cav in cavs.values()):
+            self._fit_directions(None, None, None, cavs=cavs)
+        else:
+            acts = self._activations(model, samples, activations, layers)
+            if samples is not None:
+                labels = samples.labels if labels is None else labels
+                artifact_labels = samples.artifact if artifact_labels is None \
+                    else artifact_labels
+            first = acts[layers[0]]
+            flags = as_samples(first, labels=labels, artifact=artifact_labels,
+                               what="activations")
+            if flags.artifact is None:
+                raise LatentSurgeonError(
+                    "Fitting the artifact direction needs artifact labels (1 = artifact "
+                    "present): pass artifact_labels=... or data with an .artifact attribute.")
+            rows: dict[str, torch.Tensor] = {}
+            row_labels, row_artifact = flags.labels, flags.artifact
+            for layer in layers:
+                tokens = _token_view(acts[layer], layer)  # (N, T, D)
+                if mode == "all":
+                    rows[layer] = tokens.mean(dim=1)
+                    continue
+                picked = _masked_token_rows(tokens, flags.artifact, samples, layer)
+                rows[layer], keep_sample = picked
+                row_artifact = torch.cat([torch.ones(int(keep_sample[0].numel()), dtype=torch.bool),
+                                          torch.zeros(int(keep_sample[1].numel()),
+                                                      dtype=torch.bool)])
+                row_labels = None if flags.labels is None else \
+                    flags.labels[torch.cat(keep_sample)]
+            self._fit_directions(None, None, rows, labels=row_labels,
+                                 artifact_labels=row_artifact, cavs=cavs, pooling="flatten")
+        for vec in self.vectors_.values():
+            vec["pooling"] = TOKEN_POOLING
+            if mode == "masked":  # halfway between the clean and the artifact tokens' component
+                shift = (vec["mean_concept"] - vec["mean_clean"]) @ vec["direction"]
+                vec["gate"] = 0.5 * float(shift)
+                if not math.isfinite(vec["gate"]) or vec["gate"] == 0:
+                    raise LatentSurgeonError(
+                        "tokens='masked': the artifact tokens' mean has no component along the "
+                        "direction, so no token can be told to carry the artifact.")
 
     def _activations(self, model: nn.Module | None, samples: Samples | None, activations: Any,
                      layers: list[str]) -> dict[str, torch.Tensor]:
@@ -570,3 +640,41 @@ def _per_position_means(vectors: dict[str, Any], acts: torch.Tensor, artifact: t
     per_sample = acts.float().mean(dim=tuple(range(2, acts.dim())))  # (N, C): spatial means
     vectors["mean_clean"] = per_sample[keep & ~artifact].mean(0)
     vectors["mean_concept"] = per_sample[keep & artifact].mean(0)
+
+
+def _token_view(acts: torch.Tensor, layer: str) -> torch.Tensor:
+    """``(N, T, D)`` sequence activations (``(N, *positions, D)`` flattened to ``(N, T, D)``)."""
+    if acts.dim() < 3:
+        raise ShapeMismatchError(
+            f"tokens=... needs sequence activations (N, T, D) at layer {layer!r}; its output "
+            f"has shape {tuple(acts.shape)}.")
+    return acts.reshape(acts.shape[0], -1, acts.shape[-1])
+
+
+def _masked_token_rows(tokens: torch.Tensor, artifact: torch.Tensor, samples: Samples | None,
+                       layer: str) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of ``tokens="masked"``: the masked tokens of the artifact samples, then every
+    token of the clean samples; and the sample index of each row (artifact rows, clean rows)."""
+    masks = None if samples is None else samples.masks
+    if masks is None:
+        raise LatentSurgeonError(
+            "tokens='masked' fits the direction on the artifact's tokens and needs masks "
+            "(N, T), 1 = artifact token: pass data with masks (e.g. (inputs, labels, artifact, "
+            "masks)) or use tokens='all'.")
+    n, t = tokens.shape[:2]
+    flat = masks.reshape(masks.shape[0], -1) if masks.dim() > 1 else masks.reshape(1, -1)
+    if flat.shape[1] != t or flat.shape[0] not in (1, n):
+        raise ShapeMismatchError(
+            f"tokens='masked': masks must flag the {t} tokens of layer {layer!r}'s output, "
+            f"(N, {t}) or ({t},); got masks of shape {tuple(masks.shape)}.")
+    token_mask = torch.broadcast_to(flat != 0, (n, t)).cpu()
+    hit = token_mask & artifact.cpu().reshape(-1, 1)
+    if not bool(hit.any()):
+        raise LatentSurgeonError(
+            "tokens='masked': no artifact sample has a masked token; the masks must flag the "
+            "artifact's tokens (1) in the samples whose artifact label is 1.")
+    sample_of = torch.arange(n).reshape(-1, 1).expand(n, t)
+    clean = ~artifact.cpu()
+    clean_rows = tokens[clean].reshape(-1, tokens.shape[-1])
+    rows = torch.cat([tokens[hit], clean_rows])
+    return rows, (sample_of[hit], sample_of[clean].reshape(-1))

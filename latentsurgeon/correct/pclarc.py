@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from latentsurgeon._aliases import aliased
-from latentsurgeon._validation import check_finite
+from latentsurgeon._validation import Options, check_finite
 from latentsurgeon.activations.batching import analysis_device, to_tensor
 from latentsurgeon.concepts import CAV
-from latentsurgeon.correct._base import ClarcCorrection, layer_activations
+from latentsurgeon.correct._base import TOKEN_MODES, ClarcCorrection, layer_activations
 from latentsurgeon.correct.modules import ClarcProjection
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.hooks import HookGroup, edited_copy
@@ -54,6 +54,18 @@ class PClarc(ClarcCorrection):
             and never moves the model (another device is a ``DeviceMismatchError``).
         progress: show a progress bar.
         gradient: ``"exact"`` or ``"straight_through"`` (see above).
+        tokens: per-token projection for sequence activations ``(N, T, D)`` (features last, as
+            transformer blocks return them): the direction is a ``(D,)`` vector and the
+            projection acts on every token's ``D``-vector, with the mean clean token as the
+            reference. ``"all"``: the direction is fitted on each sample's mean over its
+            tokens and projected out at every token. ``"masked"``: it is fitted on the tokens
+            that the data's ``masks`` (``(N, T)``, 1 = artifact token) flag in the artifact
+            samples, against the clean samples' tokens, and projected out only at the tokens
+            that carry the artifact (found when the model runs by their component along the
+            direction: beyond ``vectors_[layer]["gate"]``, halfway between the clean and the
+            artifact tokens' mean); the other tokens pass unchanged.
+            None (default): the projection acts on the flattened ``T*D`` activations (or in
+            channel space, see ``pooling``). See ``docs/correct.md`` for what each closes.
 
     Learned attributes:
         layers_: the corrected layers. vectors_: ``{layer: {"direction", "mean_clean",
@@ -62,12 +74,15 @@ class PClarc(ClarcCorrection):
         the one corrected layer (``direction_``: ``(D,)`` unit vector ``v``).
     """
 
+    _parameter_constraints: ClassVar[dict[str, Any]] = {"tokens": [None, Options(TOKEN_MODES)]}
+
     @aliased(supported={"layer_name": "layer", "cav_layers": "layers", "layer_names": "layers"})
     def __init__(self, layer: str | None = None, cav: Any = None, alpha: float = 1.0, *,
                  layers: LayerSelector | None = None, cav_method: str = "mass_mean",
                  pooling: str = "flatten", cav_samples: str | int = "artifact_classes",
                  batch_size: int = 256, device: str | torch.device | None = None,
-                 progress: bool = True, gradient: str = "exact") -> None:
+                 progress: bool = True, gradient: str = "exact",
+                 tokens: str | None = None) -> None:
         self.layer = layer
         self.cav = cav
         self.alpha = alpha
@@ -79,6 +94,7 @@ class PClarc(ClarcCorrection):
         self.device = device
         self.progress = progress
         self.gradient = gradient
+        self.tokens = tokens
 
     def fit(self, model: nn.Module | None, data: Any = None, artifact_labels: Any = None, *,
             labels: Any = None, activations: Any = None) -> PClarc:
@@ -102,8 +118,12 @@ class PClarc(ClarcCorrection):
         if model is not None:
             analysis_device(model, self.device)
         samples = self._samples(data, labels, artifact_labels, need_labels=False)
-        self._fit_directions(model, samples, activations, labels=labels,
-                             artifact_labels=artifact_labels)
+        if self.tokens is not None:
+            self._fit_token_directions(model, samples, activations, self.tokens, labels=labels,
+                                       artifact_labels=artifact_labels)
+        else:
+            self._fit_directions(model, samples, activations, labels=labels,
+                                 artifact_labels=artifact_labels)
         self._record_weights(model)
         return self
 
@@ -124,6 +144,10 @@ class PClarc(ClarcCorrection):
             self
         """
         self._validate_params()
+        if self.tokens is not None:
+            raise InvalidParameterError(
+                f"PClarc.fit_paired does not take tokens={self.tokens!r}; fit() fits per-token "
+                "directions (tokens='all' or 'masked').")
         if model is not None:
             analysis_device(model, self.device)
         layers = self._layer_names(model)
@@ -152,7 +176,7 @@ class PClarc(ClarcCorrection):
             for key in ("direction", "mean_clean"):
                 check_finite(vec[key], f"PClarc: vectors_[{layer!r}][{key!r}]")
         return {layer: ClarcProjection(vec["direction"], vec["mean_clean"], float(self.alpha),
-                                       vec["pooling"], self.gradient)
+                                       vec["pooling"], self.gradient, vec.get("gate"))
                 for layer, vec in self.vectors_.items()}
 
     def attach(self, model: nn.Module, *, allow_other_weights: bool = False) -> HookGroup:
@@ -178,12 +202,17 @@ class PClarc(ClarcCorrection):
 
     def export(self, model: nn.Module, *, allow_other_weights: bool = False) -> nn.Module:
         """A hook-free deep copy of ``model`` in which each corrected layer is replaced by
-        ``nn.Sequential(layer, ClarcProjection(v, mean_clean, alpha, pooling, gradient))``.
+        :class:`~latentsurgeon.hooks.Followed` ``(layer, ClarcProjection(v, mean_clean, alpha,
+        pooling, gradient))``: the layer is called with every positional and keyword argument it
+        is given (``attention_mask=``, ``need_weights=``, several tensors), and in a tuple, named
+        tuple, dict or HuggingFace ``ModelOutput`` output only the primary tensor (the first) is
+        projected; the rest passes unchanged.
 
         Outputs and gradients equal the hooked model's; the copy survives ``torch.save``,
-        ``state_dict`` round-trips (load into another export) and ``torch.jit.trace``. Parameter
-        names under a corrected layer gain a ``.0`` (``features.3.weight`` ->
-        ``features.0.3.weight``). ``model`` must have the weights ``fit`` saw.
+        ``state_dict`` round-trips (load into another export), ``torch.jit.trace`` and
+        ``torch.export``. Parameter names under a corrected layer gain a ``.0``
+        (``features.3.weight`` -> ``features.0.3.weight``), the projection's buffers sit under
+        ``.1`` (``features.1.direction``). ``model`` must have the weights ``fit`` saw.
         """
         self._check_fitted()
         self.check_weights(model, allow_other_weights=allow_other_weights)

@@ -6,6 +6,12 @@
   for a channel-pooled direction.
 * :func:`mass_mean_shift` - ``a' = a - alpha * probe``, a constant shift.
 
+Three spaces a direction can live in (the ``pooling`` argument): the flattened activations
+(``"flatten"``/``"none"``: ``v`` has ``prod(shape[1:])`` entries), channel space
+(``"max"``/``"mean"``: ``v`` is ``(C,)`` for ``(N, C, *spatial)`` and acts at every spatial
+position), and token space (``"token"``: ``v`` is ``(D,)`` for sequence activations
+``(N, T, D)``, features last as in transformers, and acts on every token's ``D``-vector).
+
 The projection is linear in ``a``, so its exact derivative is the same projection:
 ``da'/da = I - alpha * v v^T``. That is the default (``gradient="exact"``): gradients of a
 corrected model (its explanations, TCAV on it, further training) then describe the corrected
@@ -22,13 +28,16 @@ import torch
 
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
-__all__ = ["CHANNEL_POOLINGS", "GRADIENTS", "POOLINGS", "check_gradient", "clarc_projection",
-           "mass_mean_shift"]
+__all__ = ["CHANNEL_POOLINGS", "GRADIENTS", "POOLINGS", "TOKEN_POOLING", "check_gradient",
+           "clarc_projection", "mass_mean_shift"]
 
 #: Poolings whose directions live in channel space (``(C,)`` for ``(N, C, H, W)`` activations).
 CHANNEL_POOLINGS = ("max", "mean")
+#: A direction in the feature space ``D`` of sequence activations ``(N, T, D)``, applied at every
+#: token (P-ClArC's ``tokens=`` options fit such directions).
+TOKEN_POOLING = "token"
 #: Every pooling a direction may come with.
-POOLINGS = ("flatten", "none", *CHANNEL_POOLINGS)
+POOLINGS = ("flatten", "none", *CHANNEL_POOLINGS, TOKEN_POOLING)
 #: How gradients pass the projection: its exact derivative, or straight through (detoxai).
 GRADIENTS = ("exact", "straight_through")
 
@@ -48,7 +57,9 @@ def _channel_space(activations: torch.Tensor, pooling: str) -> bool:
 def _check_size(activations: torch.Tensor, vector: torch.Tensor, pooling: str, what: str) -> None:
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return  # shapes are fixed while tracing; Python checks would only add warnings
-    if _channel_space(activations, pooling):
+    if pooling == TOKEN_POOLING:
+        expected, space = activations.shape[-1], "token space (the last axis, at every token)"
+    elif _channel_space(activations, pooling):
         expected, space = activations.shape[1], f"channel space ({pooling} pooling)"
     else:
         expected, space = math.prod(activations.shape[1:]), "the flattened activations"
@@ -67,6 +78,7 @@ def clarc_projection(
     pooling: str = "flatten",
     sample_weight: torch.Tensor | None = None,
     gradient: str = "exact",
+    gate: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Move each sample's component along ``direction`` to the component of ``reference``.
 
@@ -76,7 +88,9 @@ def clarc_projection(
         activations: ``(N, ...)`` layer output.
         direction: ``v``, a unit vector: ``(D,)`` with ``D = prod(activations.shape[1:])`` for
             ``pooling="flatten"``/``"none"``, or ``(C,)`` for ``"max"``/``"mean"`` (channel-pooled
-            directions are applied in channel space at every spatial position of ``(N, C, ...)``).
+            directions are applied in channel space at every spatial position of ``(N, C, ...)``),
+            or ``(D,)`` for ``"token"`` (applied to the last axis at every token of
+            ``(N, T, D)``).
         reference: ``z``, same size as ``direction`` (e.g. the mean clean activation), or a
             0-dim tensor ``s`` meaning ``z = s * v`` (the target projection length).
         alpha: strength; 1 sets the component exactly to the reference's, 0 does nothing.
@@ -86,6 +100,10 @@ def clarc_projection(
         gradient: ``"exact"`` (default: the backward pass is the derivative of this function,
             ``I - alpha * v v^T``) or ``"straight_through"`` (the correction term is computed
             from a detached copy; gradients pass as if there were no correction, as in detoxai).
+        gate: ``"token"`` only: project only the tokens that look like the artifact, those
+            whose component ``c = (a - z) . v`` lies beyond ``gate`` (``c / gate > 1``; P-ClArC
+            sets ``gate`` halfway between the clean and the artifact tokens' mean component);
+            other tokens pass unchanged. None: every token.
 
     Returns:
         A new tensor shaped like ``activations`` (never a view of it, so a later in-place op on
@@ -100,7 +118,14 @@ def clarc_projection(
         _check_size(activations, z, pooling, "reference (mean) vector")
     source = activations if gradient == "exact" else activations.detach()
     n = activations.shape[0]
-    if _channel_space(activations, pooling):
+    if pooling == TOKEN_POOLING:
+        coef = ((source - z) * v).sum(dim=-1, keepdim=True)  # (N, T, 1): one per token
+        if gate is not None:
+            # which tokens are edited is a step function of a: no gradient flows through it
+            g = torch.as_tensor(gate, dtype=coef.dtype, device=coef.device)
+            coef = coef * (coef.detach() / g > 1).to(coef.dtype)
+        delta = coef * v
+    elif _channel_space(activations, pooling):
         shape = [1, -1] + [1] * (activations.dim() - 2)
         v_b, z_b = v.reshape(shape), z.reshape(shape)
         coef = ((source - z_b) * v_b).sum(dim=1, keepdim=True)  # (N, 1, *spatial)

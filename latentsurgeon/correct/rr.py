@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from latentsurgeon.correct.projection import CHANNEL_POOLINGS
+from latentsurgeon.correct.projection import CHANNEL_POOLINGS, TOKEN_POOLING
 from latentsurgeon.errors import InvalidParameterError
 
 __all__ = ["RRLossType", "RRMaskingPattern", "as_enum", "latent_gradient", "masked_output",
-           "rr_penalty"]
+           "rr_gradient_penalty", "rr_penalty"]
 
 _LOGPROB_EPS = 1e-5
 
@@ -87,8 +87,11 @@ def latent_gradient(gradient: torch.Tensor, pooling: str = "flatten") -> torch.T
     ``"flatten"``: the flattened gradient. ``"max"``/``"mean"`` (channel space): summed over the
     spatial positions, i.e. the gradient w.r.t. a shift of each channel applied at every
     position, which is how a channel-space direction acts (:func:`clarc_projection
-    <latentsurgeon.correct.projection.clarc_projection>`).
+    <latentsurgeon.correct.projection.clarc_projection>`). ``"token"`` (a ``(D,)`` direction
+    at every token of ``(N, T, D)``): summed over the tokens, likewise.
     """
+    if pooling == TOKEN_POOLING and gradient.dim() > 2:
+        return gradient.reshape(gradient.shape[0], -1, gradient.shape[-1]).sum(dim=1)
     if pooling in CHANNEL_POOLINGS and gradient.dim() > 2:
         return gradient.sum(dim=tuple(range(2, gradient.dim())))
     return gradient.reshape(gradient.shape[0], -1)
@@ -106,3 +109,22 @@ def rr_penalty(gradient: torch.Tensor, direction: torch.Tensor,
         return dot.abs().mean()
     cos = dot / (gradient.norm(dim=1) * v.norm() + 1e-12)
     return cos.abs().mean()
+
+
+def rr_gradient_penalty(logits: torch.Tensor, offset: torch.Tensor, direction: torch.Tensor, *,
+                        pooling: str = "flatten",
+                        masking: RRMaskingPattern | str = RRMaskingPattern.MAX_LOGIT,
+                        loss: RRLossType | str = RRLossType.L2, target: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """RR-ClArC's penalty of one batch (scalar, differentiable w.r.t. the parameters).
+
+    ``g = d sum(m(logits)) / d offset`` (``create_graph=True``), with ``offset`` the zero offset
+    added to the layer's output in the pass that produced ``logits``
+    (:meth:`~latentsurgeon.activations.access.ModelAccess.offsets`); then
+    :func:`rr_penalty` of :func:`latent_gradient` ``(g)`` against ``direction``. The one
+    implementation: :class:`~latentsurgeon.correct.RRClarc`'s ``fit`` and the loss term
+    :class:`~latentsurgeon.correct.RRClarcLoss` both call it.
+    """
+    m = masked_output(logits, masking, target, generator)
+    (grad,) = torch.autograd.grad(m.sum(), offset, create_graph=True)
+    return rr_penalty(latent_gradient(grad, pooling), direction, loss)

@@ -19,9 +19,7 @@ from latentsurgeon.correct.rr import (
     RRLossType,
     RRMaskingPattern,
     as_enum,
-    latent_gradient,
-    masked_output,
-    rr_penalty,
+    rr_gradient_penalty,
 )
 from latentsurgeon.errors import InvalidParameterError
 from latentsurgeon.hooks.outputs import classification_logits
@@ -134,9 +132,9 @@ class RRClarc(TrainedClarc):
             probe = held["probe"]
             logits = classification_logits(probe.call(x), self.head)
             task = criterion_loss(self.criterion, logits, y)
-            m = masked_output(logits, masking, self.target, generator)
-            (grad,) = torch.autograd.grad(m.sum(), probe.offset(), create_graph=True)
-            penalty = rr_penalty(latent_gradient(grad, pooling), v, loss_type)
+            penalty = rr_gradient_penalty(logits, probe.offset(), v, pooling=pooling,
+                                          masking=masking, loss=loss_type, target=self.target,
+                                          generator=generator)
             return {"loss": task + lam * penalty, "ce": task.detach(), "rr": penalty.detach()}
 
         return offsets(), step

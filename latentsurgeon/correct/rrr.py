@@ -23,12 +23,39 @@ from latentsurgeon.correct._base import (
 from latentsurgeon.errors import LatentSurgeonError
 from latentsurgeon.training import train
 
-__all__ = ["RRR_MASKINGS", "ExplanationRegularization"]
+__all__ = ["RRR_MASKINGS", "ExplanationRegularization", "rrr_penalty"]
 
 logger = logging.getLogger(__name__)
 
 #: What RRR differentiates: the true label's log-probability, or the sum over classes.
 RRR_MASKINGS = ("true_label", "sum_log_probs")
+
+
+def rrr_penalty(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                masks: torch.Tensor, *, masking: str = "true_label",
+                normalize: bool = False) -> torch.Tensor:
+    """RRR's penalty of one batch: ``sum(masks * (d s(x) / dx)^2)`` (scalar, differentiable
+    w.r.t. the parameters).
+
+    Args:
+        logits: ``(N, K)``, computed from ``inputs`` (which must require grad).
+        inputs: ``(N, ...)`` the batch's inputs.
+        labels: ``(N,)`` class labels (``masking="true_label"``).
+        masks: 1 = shortcut element, the inputs' shape or broadcastable to it.
+        masking: ``"true_label"`` (``s = log p(y|x)``) or ``"sum_log_probs"``.
+        normalize: divide by the number of masked input elements.
+
+    The one implementation: :class:`ExplanationRegularization`'s ``fit`` and the loss term
+    :class:`~latentsurgeon.correct.RRRLoss` both call it.
+    """
+    logp = F.log_softmax(logits, dim=1)
+    score = logp.gather(1, labels[:, None]).sum() if masking == "true_label" else logp.sum()
+    (grad,) = torch.autograd.grad(score, inputs, create_graph=True)
+    penalty = (masks * grad.pow(2)).sum()
+    if normalize:
+        covered = torch.broadcast_to(masks, grad.shape).sum()
+        penalty = penalty / covered.clamp_min(1.0)
+    return penalty
 
 
 class ExplanationRegularization(Correction):
@@ -148,8 +175,7 @@ class ExplanationRegularization(Correction):
         assert samples.labels is not None
         masks = prepare_masks(samples.masks, samples.images, name="shortcut_masks", owner="RRR")
         check_labels(model, samples, self.head)
-        lam, true_label, normalize = float(self.lambda_rrr), self.masking == "true_label", \
-            bool(self.normalize)
+        lam, masking, normalize = float(self.lambda_rrr), self.masking, bool(self.normalize)
 
         access = ModelAccess(model, head=self.head)
 
@@ -157,14 +183,8 @@ class ExplanationRegularization(Correction):
             x, y, m = batch
             x = x.detach().requires_grad_(True)
             logits = access.logits(x)
-            logp = F.log_softmax(logits, dim=1)
             task = criterion_loss(self.criterion, logits, y)
-            score = logp.gather(1, y[:, None]).sum() if true_label else logp.sum()
-            (grad,) = torch.autograd.grad(score, x, create_graph=True)
-            penalty = (m * grad.pow(2)).sum()
-            if normalize:
-                covered = torch.broadcast_to(m, grad.shape).sum()
-                penalty = penalty / covered.clamp_min(1.0)
+            penalty = rrr_penalty(logits, x, y, m, masking=masking, normalize=normalize)
             return {"loss": task + lam * penalty, "ce": task.detach(),
                     "penalty": penalty.detach()}
 

@@ -8,6 +8,7 @@ the logits out of a model's structured output (the ``head=`` argument of every m
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,9 +35,16 @@ def primary_tensor(output: Any) -> torch.Tensor:
 
 
 def replace_primary(output: Any, new: torch.Tensor) -> Any:
-    """``output`` with its primary tensor replaced by ``new`` (same container type)."""
+    """``output`` with its primary tensor replaced by ``new``, in a container of the same type.
+
+    ``output`` itself is never modified: a tuple (a named tuple included) or list is rebuilt, a
+    mapping (a dict, an ``OrderedDict``, a HuggingFace ``ModelOutput``) is shallow-copied with
+    the one entry replaced; every other element passes unchanged (the same objects).
+    """
     if isinstance(output, torch.Tensor):
         return new
+    if isinstance(output, tuple) and hasattr(output, "_replace") and hasattr(output, "_fields"):
+        return output._replace(**{output._fields[0]: new})  # a named tuple keeps its type
     if isinstance(output, tuple):
         return (new, *output[1:])
     if isinstance(output, list):
@@ -44,9 +52,10 @@ def replace_primary(output: Any, new: torch.Tensor) -> Any:
     if isinstance(output, Mapping):
         for key, value in output.items():
             if isinstance(value, torch.Tensor):
-                copy = output.__class__(output) if not hasattr(output, "to_tuple") else output
-                copy[key] = new
-                return copy
+                # copy.copy keeps the class (a ModelOutput's __setitem__ also sets the attribute)
+                replaced = copy.copy(output)
+                replaced[key] = new
+                return replaced
     raise LatentSurgeonError(f"Cannot replace the tensor in an output of type {type(output).__name__}.")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from latentsurgeon.errors import InvalidParameterError, LayerNotFoundError
-from latentsurgeon.hooks.state import HOOK_TABLES
+from latentsurgeon.hooks.state import _LAZY_HOOK_FLAGS, HOOK_TABLES
 
 __all__ = ["Followed", "edited_copy"]
 
@@ -43,6 +43,10 @@ def _without_hooks(model: nn.Module) -> nn.Module:
             hooks = getattr(module, table, None)
             if hooks:
                 hooks.clear()
+        # a library that installs hooks lazily and remembers it (HuggingFace's
+        # output_hidden_states capture) must install them again on the copy when asked
+        for flag in _LAZY_HOOK_FLAGS:
+            module.__dict__.pop(flag, None)
     return model
 
 
@@ -51,7 +55,9 @@ def edited_copy(model: nn.Module, after: Mapping[str, nn.Module] | None = None) 
     ``after`` is followed by its module (see :class:`Followed`).
 
     Hooks are dropped because an attached correction's hook would otherwise be copied along and
-    act twice (and hooks do not survive ``torch.save`` anyway). The model itself is unchanged.
+    act twice (and hooks do not survive ``torch.save`` anyway). Hooks a library installs lazily
+    and remembers (HuggingFace's ``output_hidden_states`` capture) are forgotten with them, so
+    the library installs them again on the copy when asked. The model itself is unchanged.
 
     Args:
         model: the network.
