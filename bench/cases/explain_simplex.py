@@ -1,7 +1,8 @@
 """SimplEx: latentsurgeon's ``SimplEx`` against lfxai's on the same encoder and data.
 
 lfxai runs 1,000 Adam steps (learning rate 1e-3, autograd) per block of 50 test points; ours
-solves every test point at once by accelerated mirror descent to a certified tolerance: the
+solves every test point at once by its active-set solver (Wolfe's minimum-norm-point algorithm,
+batched) to a certified tolerance: the
 default 1e-3 of each row's objective at uniform weights, and a loose 0.1 (still far below
 lfxai's objective: the equal-or-lower-objective comparison). Both compute the encoder's
 representations of 300 training and 200 test images themselves. Two encoder sizes (4.2k and

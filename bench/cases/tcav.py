@@ -1,6 +1,6 @@
 """TCAV: latentsurgeon's ``tcav`` against captum's ``TCAV``.
 
-Two cases, both 10 concept runs and 10 random-vs-random null runs (``S_{i-1}`` vs ``S_i``, our
+Three cases, all 10 concept runs and 10 random-vs-random null runs (``S_{i-1}`` vs ``S_i``, our
 null design) over 11 random sets of 100 inputs, on both sides the same layer, sets and inputs:
 
 * ``tcav_resnet_vs_captum_default``: a CIFAR-sized ResNet (3x32x32 inputs, random weights, the
@@ -11,6 +11,9 @@ null design) over 11 random sets of 100 inputs, on both sides the same layer, se
   ``save_path``. Ours: its default logistic CAVs (fitted on all samples plus a training split for
   the held-out score, all 20 in one batched solve). Agreement: the absolute difference of the
   two mean concept sign counts (different classifiers: not 0 by construction).
+* ``tcav_resnet32_layer2_vs_captum_default``: the same, on the ResNet-32 layout (five blocks a
+  stage) at ``layer2`` (32x16x16 = 8,192 dimensions): another depth and layer, as a new user
+  would try it.
 * ``tcav_vs_captum``: a DigitCNN trained 5 epochs on the watermarked decoy digits at
   ``features``; captum gets a ``Classifier`` that fits our logistic CAV on the activations it
   hands it, so both sides fit the same 20 CAVs and the difference is the pipeline around them.
@@ -80,9 +83,10 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _resnet_sets() -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _resnet_sets(blocks: int = 3
+                 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     torch.manual_seed(0)
-    model = CifarResNet().eval()
+    model = CifarResNet(blocks=blocks).eval()
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(100, 3, 32, 32, generator=g)
     concept = torch.rand(100, 3, 32, 32, generator=g)
@@ -115,28 +119,35 @@ def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(abs(np.mean(a) - np.mean(b)))
 
 
-def resnet_case() -> Case:
+def resnet_case(blocks: int = 3, layer: str = "layer1") -> Case:
     from captum.concept import TCAV
 
-    model, inputs, concept, sets = _resnet_sets()
+    model, inputs, concept, sets = _resnet_sets(blocks)
     target = 3
 
     def ours() -> np.ndarray:
-        return tcav(model, "layer1", inputs, target, concept, random=sets, progress=False).sign_count
+        return tcav(model, layer, inputs, target, concept, random=sets, progress=False).sign_count
 
     def peer() -> np.ndarray:
         experiments = _captum_experiments(concept, sets)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the default classifier warns about memory
-            scores = TCAV(model, ["layer1"], save_path=tmp).interpret(inputs, experiments,
-                                                                      target=target)
-        return _captum_sign_counts(scores, "layer1")
+            scores = TCAV(model, [layer], save_path=tmp).interpret(inputs, experiments,
+                                                                   target=target)
+        return _captum_sign_counts(scores, layer)
 
-    return Case("tcav_resnet_vs_captum_default", ours, peer, "captum.concept.TCAV (defaults)",
-                "CIFAR-sized ResNet (ResNet-20 layout, random weights) @ layer1 (16x32x32 = "
-                "16,384 dims, flattened), 100 class inputs, concept 100 images, 11 random sets "
-                "of 100: 10 concept + 10 null CAVs; ours logistic, captum its default SGD "
-                "classifier", ">= 3", _mean_difference)
+    if blocks == 3:
+        return Case("tcav_resnet_vs_captum_default", ours, peer, "captum.concept.TCAV (defaults)",
+                    "CIFAR-sized ResNet (ResNet-20 layout, random weights) @ layer1 (16x32x32 = "
+                    "16,384 dims, flattened), 100 class inputs, concept 100 images, 11 random "
+                    "sets of 100: 10 concept + 10 null CAVs; ours logistic, captum its default "
+                    "SGD classifier", ">= 3", _mean_difference)
+    depth = 6 * blocks + 2
+    return Case(f"tcav_resnet{depth}_{layer}_vs_captum_default", ours, peer,
+                "captum.concept.TCAV (defaults)",
+                f"CIFAR-sized ResNet-{depth} layout ({blocks} blocks a stage, random weights) @ "
+                f"{layer}, flattened, the same inputs, sets and runs as "
+                "tcav_resnet_vs_captum_default", ">= 3", _mean_difference)
 
 
 # -- the decoy-digits case with identical CAV fits --------------------------------------------------
@@ -206,4 +217,4 @@ def digits_case() -> Case:
 def cases() -> list[Case]:
     # One thread: on a shared 2-core machine two BLAS threads make every timing noisy.
     torch.set_num_threads(1)
-    return [resnet_case(), digits_case()]
+    return [resnet_case(), resnet_case(5, "layer2"), digits_case()]

@@ -330,7 +330,10 @@ def test_every_explainer_of_lfxais_suite_scores_every_example(digits8, tmp_path)
         one = explainer.attribute_loader("cpu", loader(*train), loader(*test), **kwargs)
         five = explainer.attribute_loader("cpu", loader(*train, 5), loader(*test, 5), **kwargs)
         assert one.shape == five.shape == (10, 10), str(explainer)
-        torch.testing.assert_close(one, five, rtol=1e-5, atol=1e-8)
+        # SimplEx's weights are the exact optimum of an active set: float32 rounding of the
+        # representations (batch-size dependent) moves them by its sensitivity, ~1e-7 here
+        atol = 1e-6 if str(explainer) == "SimplEx" else 1e-8
+        torch.testing.assert_close(one, five, rtol=1e-5, atol=atol)
         assert model.training
     assert [str(e) for e in explainers] == ["Influence Functions", "TracIn", "SimplEx", "DKNN"]
 

@@ -1,5 +1,6 @@
 """SimplEx: certified convergence to the constrained least-squares optimum (an independent
-projected-gradient solver), row independence, every test point solved, lfxai's defects."""
+projected-gradient solver) by both solvers, the active-set weights equal to the reference's
+where the optimum is unique, row independence, every test point solved, lfxai's defects."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
 
 def optimum(train: torch.Tensor, test: torch.Tensor, steps: int = 3000) -> torch.Tensor:
     """min ||w H - z||^2 on the simplex by FISTA with exact projections: the reference."""
+    w = optimal_weights(train, test, steps)
+    return ((w @ train - test) ** 2).sum(dim=1)
+
+
+def optimal_weights(train: torch.Tensor, test: torch.Tensor, steps: int = 3000) -> torch.Tensor:
+    """The reference's weights (FISTA with exact projections onto the simplex)."""
     lipschitz = 2 * torch.linalg.eigvalsh(train @ train.T).max()
     w = torch.full((len(test), len(train)), 1 / len(train), dtype=torch.float64)
     y, t = w.clone(), 1.0
@@ -42,14 +49,16 @@ def optimum(train: torch.Tensor, test: torch.Tensor, steps: int = 3000) -> torch
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         y = w_next + (t - 1) / t_next * (w_next - w)
         w, t = w_next, t_next
-    return ((w @ train - test) ** 2).sum(dim=1)
+    return w
 
 
+@pytest.mark.parametrize("solver", ["active-set", "mirror-descent"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("tol", [1e-2, 1e-3])
-def test_the_tolerance_certifies_the_distance_to_the_optimum(seed, tol):
+def test_the_tolerance_certifies_the_distance_to_the_optimum(seed, tol, solver):
     train, test = problem(seed)
-    weights, objective, n_iter = simplex_weights(test, train, tol=tol, max_iter=20000)
+    weights, objective, n_iter = simplex_weights(test, train, tol=tol, max_iter=20000,
+                                                 solver=solver)
     assert torch.allclose(weights.sum(dim=1), torch.ones(len(test), dtype=torch.float64))
     assert bool((weights >= 0).all())
     torch.testing.assert_close(objective, ((weights @ train - test) ** 2).sum(dim=1))
@@ -58,6 +67,64 @@ def test_the_tolerance_certifies_the_distance_to_the_optimum(seed, tol):
     assert bool((gap >= -1e-9).all())              # nothing beats the optimum
     assert bool((gap <= tol * start).all())        # the promise of tol
     assert bool((n_iter < 20000).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_active_set_weights_are_the_unique_optimum(seed):
+    # fewer training points than dimensions: affinely independent, so the optimum's weights
+    # are unique and the reference (FISTA) must reach the same ones
+    train, test = problem(seed, n=8, m=12, d=12)
+    weights, _, n_iter = simplex_weights(test, train, tol=1e-12, max_iter=100)
+    torch.testing.assert_close(weights, optimal_weights(train, test), rtol=0, atol=1e-9)
+    assert bool((n_iter < 100).all())
+
+
+def test_active_set_and_mirror_descent_reach_the_same_objective():
+    # more training points than dimensions (the usual case): the weights may differ where a
+    # test point lies inside the hull, the objective may not (both within tol of the optimum);
+    # the active-set solver's is never higher and it takes a few steps, not hundreds
+    train, test = problem(0, n=200, m=30, d=5)
+    start = ((train.mean(0) - test) ** 2).sum(dim=1)
+    tol = 1e-4
+    sparse, f_sparse, steps = simplex_weights(test, train, tol=tol, max_iter=20000)
+    _, f_dense, dense_steps = simplex_weights(test, train, tol=tol, max_iter=20000,
+                                              solver="mirror-descent")
+    assert bool(((f_sparse - f_dense).abs() <= tol * start).all())
+    assert bool((f_sparse <= f_dense + 1e-12).all())
+    assert bool(((sparse > 0).sum(dim=1) <= 5 + 1).all())   # at most D + 1 points
+    assert int(steps.max()) < int(dense_steps.max())
+
+
+def test_rows_beyond_the_active_set_bound_are_finished_by_mirror_descent(monkeypatch):
+    from latentsurgeon.explain import _simplex_solvers
+
+    train, test = problem(6, n=60, m=8, d=20)
+    free, _, _ = simplex_weights(test, train, tol=1e-4, max_iter=20000)
+    monkeypatch.setattr(_simplex_solvers, "MAX_ACTIVE", 2)
+    weights, objective, _ = simplex_weights(test, train, tol=1e-4, max_iter=20000)
+    start = ((train.mean(0) - test) ** 2).sum(dim=1)
+    assert bool(((objective - optimum(train, test)) <= 1e-4 * start).all())
+    assert bool(((weights > 1e-9).sum(dim=1) > 2).any())   # dense rows: mirror descent's
+    assert not torch.equal(weights, free)
+
+
+def test_duplicated_training_points_are_solved():
+    # affinely dependent corpus (every point twice, and a point inside the others' hull)
+    train, test = problem(7, n=15, m=10, d=3)
+    train = torch.cat([train, train, train[:3].mean(0, keepdim=True)])
+    weights, objective, _ = simplex_weights(test, train, tol=1e-6, max_iter=20000)
+    assert bool(torch.isfinite(weights).all()) and bool((weights >= 0).all())
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(10, dtype=torch.float64))
+    start = ((train.mean(0) - test) ** 2).sum(dim=1)
+    assert bool(((objective - optimum(train, test)) <= 1e-6 * start).all())
+
+
+def test_max_iter_stops_on_the_simplex():
+    train, test = problem(8, n=100, m=20, d=30)
+    weights, objective, n_iter = simplex_weights(test, train, max_iter=2)
+    assert bool((n_iter <= 2).all()) and bool((weights >= 0).all())
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(20, dtype=torch.float64))
+    torch.testing.assert_close(objective, ((weights @ train - test) ** 2).sum(dim=1))
 
 
 def test_an_extreme_training_point_is_recovered():
