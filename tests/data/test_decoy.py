@@ -439,5 +439,7 @@ def test_other_fraction_plants_the_watermark_in_other_classes_only_on_its_own_st
 @pytest.mark.parametrize("kwargs", [{"pattern": "star"}, {"other_fraction": 1.5},
                                     {"other_fraction": True}])
 def test_bad_pattern_options_are_refused(kwargs):
+    from latentsurgeon.errors import InvalidParameterError
+
     with pytest.raises(InvalidParameterError):
         decoy_digits(seed=0, **kwargs)
