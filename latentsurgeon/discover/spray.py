@@ -6,7 +6,9 @@ predictors") of one set of relevance vectors (the training samples of one class)
 2. a sparse, symmetric k-nearest-neighbour affinity over those vectors (scikit-learn's
    ``kneighbors_graph``: memory grows with ``N * n_neighbors``, not ``N**2``);
 3. the spectrum of the graph's normalised Laplacian (its smallest eigenvalues, through
-   ``scipy.sparse.linalg.eigsh``) and scikit-learn's ``SpectralEmbedding`` of the graph;
+   ``scipy.sparse.linalg.eigsh``) and scikit-learn's spectral embedding of the graph
+   (``sklearn.manifold.spectral_embedding``, the function behind ``SpectralEmbedding``, with
+   the first eigenvector kept);
 4. the number of clusters ``k`` is the eigengap's: the ``k`` in ``cluster_range`` with the
    largest gap ``lambda_{k+1} - lambda_k``; ``KMeans`` clusters the embedding into ``k``.
 """
@@ -20,7 +22,7 @@ import torch
 from scipy.sparse import csgraph
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
-from sklearn.manifold import SpectralEmbedding
+from sklearn.manifold import spectral_embedding
 from sklearn.neighbors import kneighbors_graph
 
 from latentsurgeon._estimator import Estimator
@@ -68,7 +70,7 @@ class SpRAy(Estimator):
         eigenvalues_: ``(high + 1,)`` the smallest eigenvalues of the normalised Laplacian.
         eigengaps_: ``(high + 1 - low,)`` ``lambda_{k+1} - lambda_k`` for ``k`` in the range.
         n_clusters_: the number of clusters chosen.
-        embedding_: ``(N, high)`` the spectral embedding.
+        embedding_: ``(N, high)`` the spectral embedding (first eigenvector included).
         labels_: ``(N,)`` int64 cluster of each sample.
 
     Use::
@@ -116,10 +118,14 @@ class SpRAy(Estimator):
         eigenvalues = np.sort(np.clip(1.0 - values, 0.0, 2.0))
         gaps = eigenvalues[low:high + 1] - eigenvalues[low - 1:high]
         n_clusters = low + int(np.argmax(gaps))
-        embedding = SpectralEmbedding(n_components=high, affinity="precomputed",
-                                      random_state=self.seed).fit_transform(affinity)
-        labels = KMeans(n_clusters, n_init=10, random_state=self.seed).fit_predict(
-            embedding[:, :n_clusters])
+        # the first eigenvectors too (drop_first=False): on a graph of separate components
+        # they are the components' indicators; rows normalised to unit length (Ng, Jordan
+        # and Weiss) before KMeans
+        embedding = spectral_embedding(affinity, n_components=high, drop_first=False,
+                                       random_state=self.seed)
+        points = embedding[:, :n_clusters]
+        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+        labels = KMeans(n_clusters, n_init=10, random_state=self.seed).fit_predict(points)
         self.eigenvalues_ = torch.from_numpy(eigenvalues)
         self.eigengaps_ = torch.from_numpy(gaps)
         self.n_clusters_ = int(n_clusters)
