@@ -2,8 +2,8 @@
 artifact labels, a CAV and masks.
 
 **Proposals.** For every class, SpRAy clusters the training samples' input relevance and their
-concept relevance at ``layer`` (each twice: with the eigengap's number of clusters in
-``cluster_range`` and with two clusters); every cluster of at least ``min_members`` samples is a
+concept relevance at ``layer`` (each into the eigengap's number of clusters in
+``cluster_range``, and into two on the same embedding); every cluster of at least ``min_members`` samples is a
 proposal.
 
 **The score** (the same formula for every class and layer, in ``[0, 1]``). Let ``H`` be each
@@ -329,10 +329,11 @@ def discover_shortcuts(
             continue
         proposals: list[tuple[str, torch.Tensor]] = []
         for source, vectors in (("inputs", rel.inputs[idx]), ("concepts", rel.concepts[idx])):
-            for low_high in (cluster_range, (2, 2)):
-                spray = SpRAy(n_neighbors, tuple(low_high), seed=seed).fit(vectors)
-                for cluster in range(spray.n_clusters_):
-                    members = spray.labels_ == cluster
+            spray = SpRAy(n_neighbors, cluster_range, seed=seed).fit(vectors)
+            splits = [spray.labels_] + ([spray.cluster(2)] if spray.n_clusters_ != 2 else [])
+            for labels_of in splits:
+                for cluster in labels_of.unique().tolist():
+                    members = labels_of == cluster
                     if min_members <= int(members.sum()) <= len(idx) - min_members:
                         proposals.append((source, members))
         found.extend(_candidates(k, idx, proposals, flat_x[idx], heat_all[idx], rel, ctx,

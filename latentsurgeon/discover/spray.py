@@ -123,12 +123,32 @@ class SpRAy(Estimator):
         # and Weiss) before KMeans
         embedding = spectral_embedding(affinity, n_components=high, drop_first=False,
                                        random_state=self.seed)
-        points = embedding[:, :n_clusters]
-        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-        labels = KMeans(n_clusters, n_init=10, random_state=self.seed).fit_predict(points)
+        self.embedding_ = torch.from_numpy(np.ascontiguousarray(embedding))
+        labels = self._kmeans(n_clusters)
         self.eigenvalues_ = torch.from_numpy(eigenvalues)
         self.eigengaps_ = torch.from_numpy(gaps)
         self.n_clusters_ = int(n_clusters)
-        self.embedding_ = torch.from_numpy(np.ascontiguousarray(embedding))
-        self.labels_ = torch.from_numpy(labels.astype(np.int64))
+        self.labels_ = labels
         return self
+
+    def _kmeans(self, n_clusters: int) -> torch.Tensor:
+        points = self.embedding_.numpy()[:, :n_clusters]
+        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+        labels = KMeans(n_clusters, n_init=10, random_state=self.seed).fit_predict(points)
+        return torch.from_numpy(labels.astype(np.int64))
+
+    def cluster(self, n_clusters: int) -> torch.Tensor:
+        """``(N,)`` int64 clusters of the fitted embedding into ``n_clusters`` (2 ..
+        ``embedding_.shape[1]``), e.g. the coarse split beside the eigengap's choice.
+
+        Raises:
+            InvalidParameterError: ``n_clusters`` outside that range.
+        """
+        self._check_fitted()
+        high = int(self.embedding_.shape[1])
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) \
+                or not 2 <= n_clusters <= high:
+            raise InvalidParameterError(
+                f"SpRAy.cluster(): n_clusters must be an int in [2, {high}]; got "
+                f"{n_clusters!r}.")
+        return self._kmeans(n_clusters)
