@@ -320,7 +320,7 @@ def discover_shortcuts(
     wanted = sorted(set(y.tolist())) if classes is None else _classes(classes, y)
     ctx = _Context(model, rel.layer, head, inputs, y, batch_size)
     flat_x = inputs.reshape(len(inputs), -1)
-    heat_all = rel.inputs.abs().reshape(len(inputs), -1).double()
+    heat_all = rel.input_relevance.abs().reshape(len(inputs), -1).double()
     heat_all = heat_all / heat_all.sum(1, keepdim=True).clamp_min(1e-30)
     found: list[Candidate] = []
     for k in wanted:
@@ -328,7 +328,7 @@ def discover_shortcuts(
         if len(idx) < 2 * min_members:
             continue
         proposals: list[tuple[str, torch.Tensor]] = []
-        for source, vectors in (("inputs", rel.inputs[idx]), ("concepts", rel.concepts[idx])):
+        for source, vectors in (("inputs", rel.input_relevance[idx]), ("concepts", rel.concepts[idx])):
             spray = SpRAy(n_neighbors, cluster_range, seed=seed).fit(vectors)
             splits = [spray.labels_] + ([spray.cluster(2)] if spray.n_clusters_ != 2 else [])
             for labels_of in splits:
@@ -372,7 +372,7 @@ def _candidates(k: int, idx: torch.Tensor, proposals: list[tuple[str, torch.Tens
             class_label=int(k), members=idx[members], score=agreement,
             parts={"agreement": agreement, "relevance_share": share,
                    "size": int(members.sum()), "source": source},
-            prototypes=idx[members][near], heatmap=rel.inputs[idx][members].mean(0),
+            prototypes=idx[members][near], heatmap=rel.input_relevance[idx][members].mean(0),
             region=region.reshape(shape), channels=torch.argsort(lift, descending=True)[:5],
             flagged=agreement >= THRESHOLD, _context=ctx))
     return out

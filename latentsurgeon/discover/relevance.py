@@ -52,7 +52,7 @@ class Relevance:
     """What :func:`relevance` returns (CPU float32 tensors).
 
     Attributes:
-        inputs: ``(N, *input_shape)`` input relevance; None with ``inputs=False``.
+        input_relevance: ``(N, *input_shape)`` input relevance; None with ``at_input=False``.
         concepts: ``(N, C)`` concept relevance at ``layer``; None without a layer.
         target: ``(N,)`` int64: the logit each sample was explained for (its label, or its
             predicted class when no labels were given).
@@ -61,7 +61,7 @@ class Relevance:
         method: the input attribution method.
     """
 
-    inputs: torch.Tensor | None
+    input_relevance: torch.Tensor | None
     concepts: torch.Tensor | None
     target: torch.Tensor
     logits: torch.Tensor
@@ -91,7 +91,7 @@ def relevance(
     layer: str | None = None,
     labels: Any = None,
     method: str = "input_x_gradient",
-    inputs: bool = True,
+    at_input: bool = True,
     head: str | int | None = "logits",
     batch_size: int = 64,
     progress: bool = True,
@@ -106,7 +106,7 @@ def relevance(
         layer: one layer for concept relevance (None: input relevance only).
         labels: ``(N,)`` class indices overriding the data's labels.
         method: ``"input_x_gradient"`` (default), ``"saliency"`` or ``"integrated_gradients"``.
-        inputs: also return the input relevance (False: only the layer's).
+        at_input: also return the input relevance (False: only the layer's).
         head: where the logits are in a structured output.
         batch_size: samples per pass.
         progress: a tqdm bar over batches.
@@ -120,13 +120,13 @@ def relevance(
         NonFiniteError: NaN or Inf in the inputs or the relevance.
         LatentSurgeonError: no samples; the output does not depend on the layer.
     """
-    validate_params({"method": method, "batch_size": batch_size, "inputs": inputs,
+    validate_params({"method": method, "batch_size": batch_size, "at_input": at_input,
                      "progress": progress},
                     {"method": Options(RELEVANCE_METHODS), "batch_size": Interval(int, 1, None),
-                     "inputs": bool, "progress": bool}, owner="relevance()")
-    if not inputs and layer is None:
+                     "at_input": bool, "progress": bool}, owner="relevance()")
+    if not at_input and layer is None:
         raise InvalidParameterError(
-            "relevance(): inputs=False needs a layer (otherwise there is nothing to compute); "
+            "relevance(): at_input=False needs a layer (otherwise there is nothing to compute); "
             "got layer=None.")
     access = ModelAccess(model, None if layer is None else [layer], head=head)
     name = access.layers[0] if layer is not None else None
@@ -157,7 +157,7 @@ def relevance(
                         "relevance(): data must hold floating-point input tensors; got "
                         f"{type(x).__name__}" + (f" of {x.dtype}" if isinstance(x, torch.Tensor)
                                                  else "") + ".")
-                x = x.detach().requires_grad_(inputs and ig is None)
+                x = x.detach().requires_grad_(at_input and ig is None)
                 output = probe.call(x) if probe is not None else access.call(x)
                 logits = classification_logits(output, access.head)
                 if logits.dim() != 2:
@@ -170,7 +170,7 @@ def relevance(
                         f"relevance(): labels must lie in [0, {k - 1}] for a model with {k} "
                         f"outputs; got values from {int(target.min())} to {int(target.max())}.")
                 chosen = logits.gather(1, target.to(logits.device)[:, None]).sum()
-                wrt = ([x] if inputs and ig is None else []) + \
+                wrt = ([x] if at_input and ig is None else []) + \
                     ([probe.offset(name)] if probe is not None else [])
                 grads = torch.autograd.grad(chosen, wrt, allow_unused=True)
                 if probe is not None:
@@ -181,7 +181,7 @@ def relevance(
                     out_c.append(check_finite(_concept_relevance(probe.output(name), g),
                                               "relevance(): the concept relevance")
                                  .float().cpu())
-                if inputs:
+                if at_input:
                     if ig is not None:
                         attr = ig.attribute(x.detach(), target=target.to(x.device))
                     else:
@@ -199,7 +199,7 @@ def relevance(
     if given is not None and len(given) != seen:
         raise ShapeMismatchError(
             f"relevance(): labels has {len(given)} entries for {seen} samples.")
-    return Relevance(torch.cat(out_in) if inputs else None,
+    return Relevance(torch.cat(out_in) if at_input else None,
                      torch.cat(out_c) if name is not None else None,
                      torch.cat(out_t), torch.cat(out_l), name, method)
 

@@ -60,3 +60,31 @@ def test_a_model_trained_on_clean_digits_flags_nothing(seed):
     model, data = _trained(seed, fraction=0.0)
     found = discover_shortcuts(model, data.train, layer="features.3", progress=False)
     assert found[0].score < THRESHOLD
+
+
+#: The held-out grid of docs/discover.md: (fraction, pattern, position, class, seed).
+GRID = [(0.2, "plus", (2, 2), 1, 20), (0.3, "cross", (1, 12), 7, 21),
+        (0.5, "square", None, 0, 22), (0.4, "plus", (12, 12), 4, 23),
+        (0.3, "square", (2, 2), 9, 24), (0.2, "cross", None, 2, 25),
+        (0.5, "plus", (1, 12), 6, 26), (0.4, "cross", (2, 2), 8, 27)]
+
+
+@pytest.mark.slow
+def test_the_held_out_grid_measures_what_docs_discover_reports():
+    """The issue's targets (top-1 >= 90 %, AUROC >= 0.95, IoU >= 0.5) are NOT met; this pins
+    the measured floor (top-1 1 of 8, mean AUROC 0.76, mean IoU 0.30) so a change that makes
+    discovery worse fails, and one that makes it better shows in the numbers."""
+    top1, aurocs, ious = 0, [], []
+    for fraction, pattern, position, cls, seed in GRID:
+        model, data = _trained(seed, fraction=fraction, pattern=pattern, position=position,
+                               shortcut_class=cls)
+        found = discover_shortcuts(model, data.train, layer="features.3", progress=False)
+        top1 += int(found[0].class_label == cls and found[0].flagged)
+        best = next((c for c in found if c.class_label == cls), found[0])
+        truth = data.train.artifact
+        refined = best.refine(artifact_labels=truth.long())
+        aurocs.append(refined.auroc)
+        ious.append(mask_iou(best.masks(refinement=refined)[truth], data.train.masks[truth]))
+    assert top1 >= 1
+    assert sum(aurocs) / len(aurocs) >= 0.7
+    assert sum(ious) / len(ious) >= 0.25

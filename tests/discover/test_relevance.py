@@ -27,7 +27,7 @@ def test_input_relevance_is_captums_input_x_gradient_of_the_own_class(setup):
     model.eval()
     expected = InputXGradient(model).attribute(x.clone().requires_grad_(), target=y)
     model.train()
-    assert torch.allclose(out.inputs, expected, atol=1e-6)
+    assert torch.allclose(out.input_relevance, expected, atol=1e-6)
     assert torch.equal(out.target, y) and out.concepts is None and len(out) == 20
 
 
@@ -47,7 +47,7 @@ def test_batch_size_does_not_change_the_result_and_the_model_is_restored(setup):
     model, x, y = setup
     a = relevance(model, (x, y), layer="features.3", batch_size=7, progress=False)
     b = relevance(model, (x, y), layer="features.3", batch_size=64, progress=False)
-    assert torch.allclose(a.inputs, b.inputs, atol=1e-6)
+    assert torch.allclose(a.input_relevance, b.input_relevance, atol=1e-6)
     assert torch.allclose(a.concepts, b.concepts, atol=1e-5)
     assert model.training and hook_count(model) == 0
 
@@ -65,5 +65,5 @@ def test_integrated_gradients_is_captums_and_the_layer_still_comes_out(setup):
     model.eval()
     expected = IntegratedGradients(model).attribute(x[:6], target=y[:6])
     model.train()
-    assert torch.allclose(out.inputs, expected.float(), atol=1e-5)
+    assert torch.allclose(out.input_relevance, expected.float(), atol=1e-5)
     assert out.concepts.shape == (6, 32)
