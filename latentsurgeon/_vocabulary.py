@@ -101,7 +101,7 @@ SIGNATURE_DEFAULTS: dict[str, object] = {"progress": True}
 #: The public packages whose ``__all__`` is checked.
 PACKAGES: tuple[str, ...] = ("activations", "concepts", "correct", "explain", "intervene",
                              "metrics", "cbm", "hooks", "training", "models", "data",
-                             "experiments", "report", "verify")
+                             "experiments", "report", "verify", "discover")
 
 #: ``{"package:qualname": reason}``: signatures that keep another form on purpose.
 EXCEPTIONS: dict[str, str] = {

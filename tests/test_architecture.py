@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("concepts",),
     ("intervene",),
     ("explain",),
+    ("discover",),
     ("correct",),
     ("cbm", "verify"),
     ("experiments",),

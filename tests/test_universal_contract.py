@@ -182,6 +182,18 @@ CASES: dict[str, Case] = {
     "AClarc": _correction_case("a-clarc"),
     "RRClarc": _correction_case("rr-clarc"),
     "ExplanationRegularization": _correction_case("rrr"),
+    "SpRAy": Case(
+        build=lambda: __import__("latentsurgeon.discover", fromlist=["S"]).SpRAy(
+            cluster_range=(2, 4)),
+        fit=lambda est, env: est.fit(env.acts[:60]),
+        use=lambda est, env: est.labels_,
+        bad_fit=lambda est, env: est.fit(_nan(env.acts[:60]))),
+    "PrototypeDiscovery": Case(
+        build=lambda: __import__("latentsurgeon.discover", fromlist=["P"]).PrototypeDiscovery(
+            n_components=2),
+        fit=lambda est, env: est.fit(env.acts[:60, :32]),
+        use=lambda est, env: est.prototypes_,
+        bad_fit=lambda est, env: est.fit(_nan(env.acts[:60, :32]))),
     "SteeringVector": Case(
         build=lambda: __import__("latentsurgeon.intervene", fromlist=["S"]).SteeringVector(
             "features", alpha=1.5),

@@ -15,6 +15,7 @@ from latentsurgeon.data.concept_sets import ConceptSets, watermark_concept_sets
 from latentsurgeon.data.decoy import (
     CORNERS,
     KINDS,
+    PATTERNS,
     DecoyDigits,
     DecoySplit,
     decoy_digits,
@@ -23,6 +24,7 @@ from latentsurgeon.data.decoy import (
     paste_swatch,
     paste_watermark,
     swatch_gray,
+    watermark_pattern,
 )
 from latentsurgeon.data.digits import load_digits16
 from latentsurgeon.data.tabular import spurious_tabular
@@ -47,6 +49,7 @@ __all__ = [
     "ConceptSplit",
     "DIGIT_CONCEPT_NAMES",
     "KINDS",
+    "PATTERNS",
     "TOY_CONCEPT_SETS",
     "DecoyDigits",
     "DecoySplit",
@@ -64,6 +67,7 @@ __all__ = [
     "paste_watermark",
     "spurious_tabular",
     "swatch_gray",
+    "watermark_pattern",
     "toy_concepts",
     "watermark_concept_sets",
 ]

@@ -17,11 +17,13 @@ from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 __all__ = [
     "CORNERS",
     "KINDS",
+    "PATTERNS",
     "DecoyDigits",
     "DecoySplit",
     "decoy_digits",
     "default_watermark",
     "default_watermark_position",
+    "watermark_pattern",
     "paste_swatch",
     "paste_watermark",
     "swatch_gray",
@@ -29,6 +31,8 @@ __all__ = [
 
 KINDS = ("watermark", "swatch")
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+#: The watermark shapes :func:`watermark_pattern` draws ("square" is the default hollow square).
+PATTERNS = ("square", "cross", "plus", "bar", "checker")
 N_DIGITS = 1797
 
 
@@ -191,6 +195,31 @@ def default_watermark(patch_size: int = 3) -> torch.Tensor:
     return pattern
 
 
+def watermark_pattern(name: str = "square", patch_size: int = 3) -> torch.Tensor:
+    """A ``(patch_size, patch_size)`` watermark of one of :data:`PATTERNS`: ``"square"`` (the
+    hollow square of :func:`default_watermark`), ``"cross"`` (both diagonals), ``"plus"`` (the
+    middle row and column), ``"bar"`` (the middle row only, a horizontal dash) or
+    ``"checker"`` (alternating pixels, the top-left one black: at 3x3 the four edge centres)."""
+    if name not in PATTERNS:
+        raise InvalidParameterError(
+            f"pattern must be one of {', '.join(PATTERNS)}; got {name!r}")
+    _check_int("patch_size", patch_size, low=1)
+    if name == "square":
+        return default_watermark(patch_size)
+    idx = torch.arange(patch_size)
+    rows, cols = idx[:, None], idx[None, :]
+    mid = patch_size // 2
+    if name == "cross":
+        shape = (rows == cols) | (rows + cols == patch_size - 1)
+    elif name == "plus":
+        shape = (rows == mid) | (cols == mid)
+    elif name == "bar":
+        shape = (rows == mid).expand(patch_size, patch_size)
+    else:
+        shape = (rows + cols) % 2 == 1
+    return shape.float()
+
+
 def default_watermark_position(image_size: int, patch_size: int) -> tuple[int, int]:
     """Top-left ``(row, col)`` of the default watermark: near the bottom-left corner.
 
@@ -348,7 +377,7 @@ def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-_SPLIT_STREAM, _ARTIFACT_STREAM, _TEST_STREAM = 0, 1, 2
+_SPLIT_STREAM, _ARTIFACT_STREAM, _TEST_STREAM, _OTHER_STREAM = 0, 1, 2, 3
 
 
 def decoy_digits(
@@ -362,6 +391,8 @@ def decoy_digits(
     swatch_size: int = 4,
     position: tuple[int, int] | str | None = None,
     size: int = 16,
+    pattern: str = "square",
+    other_fraction: float = 0.0,
 ) -> DecoyDigits:
     """scikit-learn's digits with a planted shortcut, deterministic in ``seed``.
 
@@ -398,6 +429,10 @@ def decoy_digits(
         position: watermark: ``(row, col)`` of its top-left pixel; swatch: None (random
             corner per image) or one of ``CORNERS``.
         size: image side length.
+        pattern: watermark: its shape, one of :data:`PATTERNS` (see :func:`watermark_pattern`).
+        other_fraction: watermark: share of the *other* classes' training images that also
+            carry it (a small rate, as real artifacts leak; default 0). Drawn from its own
+            seeded stream, so the shortcut class's images do not change with it.
 
     Returns:
         A :class:`DecoyDigits` whose splits hold ``(N, 1, size, size)`` float32 images.
@@ -428,7 +463,12 @@ def decoy_digits(
             raise InvalidParameterError("a watermark needs a shortcut_class (0..9)")
         shortcut_class = _check_int("shortcut_class", shortcut_class, low=0, high=N_CLASSES - 1)
         patch_size = _check_int("patch_size", patch_size, low=1, high=size)
-        pattern = default_watermark(patch_size)
+        if isinstance(other_fraction, bool) or not isinstance(other_fraction, (int, float)) \
+                or not 0.0 <= float(other_fraction) <= 1.0:
+            raise InvalidParameterError(
+                f"other_fraction must be a float in [0, 1], got {other_fraction!r}")
+        pattern_name = pattern
+        pattern = watermark_pattern(pattern_name, patch_size)
         if position is None:
             position = default_watermark_position(size, patch_size)
         if isinstance(position, str) or len(position) != 2:
@@ -437,6 +477,11 @@ def decoy_digits(
         eligible = torch.nonzero(y_train == shortcut_class).flatten()
         n_pick = int(math.floor(fraction * eligible.numel() + 0.5))
         chosen = eligible[torch.randperm(eligible.numel(), generator=artifact_gen)[:n_pick]]
+        if other_fraction > 0:
+            rest = torch.nonzero(y_train != shortcut_class).flatten()
+            n_rest = int(math.floor(float(other_fraction) * rest.numel() + 0.5))
+            order = torch.randperm(rest.numel(), generator=_generator(seed, _OTHER_STREAM))
+            chosen = torch.cat([chosen, rest[order[:n_rest]]])
         train_pasted, train_masks = paste_watermark(x_train, pattern=pattern, position=position)
         poisoned_images, poisoned_masks = paste_watermark(
             x_test, pattern=pattern, position=position
@@ -447,6 +492,10 @@ def decoy_digits(
             "position": list(position),
             "pattern": pattern,
         }
+        if pattern_name != "square":
+            params["pattern_name"] = pattern_name
+        if other_fraction > 0:
+            params["other_fraction"] = float(other_fraction)
     else:
         swatch_size = _check_int("swatch_size", swatch_size, low=1, high=size)
         if position is not None and (not isinstance(position, str) or position not in CORNERS):

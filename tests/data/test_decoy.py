@@ -408,3 +408,38 @@ def test_correction_data_marks_the_watermark_region_on_every_training_image():
     assert torch.equal(split.masks[data.train.artifact], data.train.masks[data.train.artifact])
     swatch = decoy_digits("swatch", seed=0)
     assert swatch.correction_data() is swatch.train
+
+
+# -- the discovery grid's options: pattern and a rate in other classes ---------------------------
+def test_every_pattern_is_pasted_exactly_and_the_default_is_unchanged():
+    from latentsurgeon.data import PATTERNS, watermark_pattern
+
+    base = decoy_digits(seed=3)
+    same = decoy_digits(seed=3, pattern="square")
+    assert torch.equal(base.train.images, same.train.images)
+    shapes = set()
+    for name in PATTERNS:
+        data = decoy_digits(seed=3, pattern=name, fraction=0.4, position=(2, 2))
+        pattern = watermark_pattern(name, 3)
+        carried = data.train.images[data.train.artifact][:, 0, 2:5, 2:5]
+        assert torch.equal(carried, pattern.expand_as(carried))
+        shapes.add(tuple(pattern.flatten().tolist()))
+    assert len(shapes) == len(PATTERNS)
+
+
+def test_other_fraction_plants_the_watermark_in_other_classes_only_on_its_own_stream():
+    plain = decoy_digits(seed=1, fraction=0.3, shortcut_class=4)
+    leaky = decoy_digits(seed=1, fraction=0.3, shortcut_class=4, other_fraction=0.05)
+    in_class = plain.train.labels == 4
+    assert torch.equal(plain.train.artifact[in_class], leaky.train.artifact[in_class])
+    share = leaky.summary()["other_classes_artifact_fraction"]
+    assert abs(share - 0.05) < 0.005 and plain.summary()["other_classes_artifact_fraction"] == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"pattern": "star"}, {"other_fraction": 1.5},
+                                    {"other_fraction": True}])
+def test_bad_pattern_options_are_refused(kwargs):
+    from latentsurgeon.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError):
+        decoy_digits(seed=0, **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-PACKAGES = ("explain", "cbm", "experiments", "verify")
+PACKAGES = ("explain", "cbm", "experiments", "verify", "discover")
 
 #: Public names that are returned, not called with user input.
 RESULTS = {
@@ -29,6 +29,8 @@ RESULTS = {
                "counterfactual_insertion returns", "Judgement": "a criterion's verdict",
                "RelevanceTest": "what relevance_test returns", "RemovalTest": "what "
                "counterfactual_removal returns"},
+    "discover": {"Candidate": "what discover_shortcuts returns", "Refinement": "what "
+                 "Candidate.refine returns", "Relevance": "what relevance returns"},
 }
 
 
