@@ -25,10 +25,15 @@ from latentsurgeon.explain import kfac
 from latentsurgeon.explain._base import Block, ExampleExplainer
 from latentsurgeon.explain._gradients import (
     GradientSpec,
+    LinearFactors,
+    NotFactorable,
     State,
     _sample_tree,
     current_state,
     gradient_matrix,
+    gradients_from_data,
+    gradients_to_data,
+    linear_layers,
     parameter_names,
 )
 from latentsurgeon.hooks import preserve_model_state, resolve_layer
@@ -267,7 +272,24 @@ class InfluenceFunctions(ExampleExplainer):
         test_loss = self.loss if self.test_loss is None else self.test_loss
         self._test_spec = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
                                        layer=layer)
+        if self.solver in ("kfac", "ekfac") and not callable(self.loss) \
+                and not callable(test_loss):
+            # all-Linear parameters: keep per-sample gradients factored (d, a), so scores are
+            # taken in the eigenbasis without P-long gradients (kfac.factored_scores)
+            self._train_spec.linear = self._test_spec.linear = linear_layers(model, names)
         return device
+
+    def _gradient_matrix(self, spec: GradientSpec, data: Any, desc: str) -> tuple[Any, Any]:
+        """Per-sample gradients, factored when the layers allow it, else flat (both specs
+        then stay flat)."""
+        try:
+            return gradient_matrix(spec, self._state, data, self.batch_size, self._device,
+                                   desc=desc, progress=self.progress)
+        except NotFactorable as exc:
+            logger.info("InfluenceFunctions: flat per-sample gradients (%s)", exc)
+            self._train_spec.linear = self._test_spec.linear = None
+            return gradient_matrix(spec, self._state, data, self.batch_size, self._device,
+                                   desc=desc, progress=self.progress)
 
     def _kronecker_modules(self) -> list[kfac.KroneckerModule]:
         if callable(self.loss):
@@ -298,10 +320,9 @@ class InfluenceFunctions(ExampleExplainer):
             self.dampings_[module.name] = damping
         self._modules = modules
 
-    def _compute_train_gradients(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        return gradient_matrix(self._train_spec, self._state, self._train_block.data,
-                               self.batch_size, self._device, desc="training gradients",
-                               progress=self.progress)
+    def _compute_train_gradients(self) -> tuple[Any, list[tuple[int, int]]]:
+        return self._gradient_matrix(self._train_spec, self._train_block.data,
+                                     "training gradients")
 
     def _hessian_batches(self) -> Any:
         return tqdm(iter_batches(self._hessian_source, self.batch_size), desc="Hessian",
@@ -446,7 +467,8 @@ class InfluenceFunctions(ExampleExplainer):
                 f"need more than cache_mb={self.cache_mb} MiB), and without them a loaded one "
                 "could not explain; fit with a larger cache_mb to save it.")
         assert self._train_gradients is not None
-        return {"gradients": self._train_gradients.detach().cpu(),
+        return {"gradients": gradients_to_data(self._train_gradients),
+                "linear": self._train_spec.linear,
                 "bounds": [list(b) for b in self._train_bounds]}
 
     def _reattach(self, state: dict[str, Any], model: nn.Module) -> None:
@@ -456,7 +478,11 @@ class InfluenceFunctions(ExampleExplainer):
         if self.__dict__.get("factors_") is not None:
             self.factors_ = {m: {k: t.to(device) for k, t in f.items()}
                              for m, f in self.factors_.items()}
-        self._train_gradients = state["gradients"].to(device)
+        gradients = state["gradients"]
+        # files written before factored gradients hold the flat tensor itself
+        self._train_gradients = (gradients.to(device) if isinstance(gradients, torch.Tensor)
+                                 else gradients_from_data(gradients, device))
+        self._train_spec.linear = self._test_spec.linear = state.get("linear")  # as fit found
         self._train_bounds = [(int(a), int(b)) for a, b in state["bounds"]]
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -465,15 +491,33 @@ class InfluenceFunctions(ExampleExplainer):
         assert model is not None  # explain() refuses one loaded without its model
         with preserve_model_state(model):
             model.eval()
-            test_grads, _ = gradient_matrix(self._test_spec, self._state, test, self.batch_size,
-                                            self._device, desc="test gradients",
-                                            progress=self.progress)
-            solved = self.inverse_hvp(test_grads)                    # (n_test, P)
+            test_grads, _ = self._gradient_matrix(self._test_spec, test, "test gradients")
             if self._train_gradients is not None:
                 train_grads, bounds = self._train_gradients, self._train_bounds
             else:
                 train_grads, bounds = self._compute_train_gradients()
+            factored = isinstance(train_grads, LinearFactors)
+            if factored and isinstance(test_grads, LinearFactors):
+                return self._factored_scores(test_grads, train_grads, bounds)
+            if factored:  # the test side could not be factored: compare flat gradients
+                train_grads = train_grads.flat()
+            if isinstance(test_grads, LinearFactors):
+                test_grads = test_grads.flat()
+            solved = self.inverse_hvp(test_grads)                    # (n_test, P)
         if not bounds:
             return solved.new_zeros(len(solved), 0).to("cpu")
         blocks = [-(solved @ train_grads[s:e].to(torch.float64).T) for s, e in bounds]
+        return torch.cat(blocks, dim=1).to("cpu")
+
+    def _factored_scores(self, test: LinearFactors, train: LinearFactors,
+                         bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """K-FAC/EK-FAC scores of factored gradients, block by block as they were computed."""
+        assert self.factors_ is not None and self.dampings_ is not None
+        modules = getattr(self, "_modules", None)
+        if modules is None:
+            modules = self._modules = self._kronecker_modules()
+        blocks = [-kfac.factored_scores(test, train[s:e], modules, self.factors_,
+                                        self.dampings_) for s, e in bounds]
+        if not blocks:
+            return torch.zeros(len(test), 0, dtype=torch.float64)
         return torch.cat(blocks, dim=1).to("cpu")

@@ -48,9 +48,10 @@ from latentsurgeon._validation import check_finite
 from latentsurgeon.activations.access import ModelAccess
 from latentsurgeon.activations.batching import batch_inputs, to_device
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError
+from latentsurgeon.explain._gradients import LinearFactors
 
 __all__ = ["FISHERS", "NOISE_BLOCK", "SUM_BLOCK", "KroneckerModule", "compute_factors",
-           "inverse_hvp", "kronecker_modules"]
+           "factored_scores", "inverse_hvp", "kronecker_modules"]
 
 FISHERS = ("true", "expected", "empirical")
 #: samples per block of seeded label draws (the draw of sample ``i`` depends on ``i`` only)
@@ -394,3 +395,42 @@ def inverse_hvp(vectors: torch.Tensor, modules: Sequence[KroneckerModule],
         if module.bias is not None:
             out[:, slices[module.bias]] = back[:, :, -1]
     return out
+
+
+def _rotate(block: LinearFactors, j: int, module: KroneckerModule,
+            f: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``j``'s output gradients and inputs (with the bias column) in the eigenbases."""
+    a = block.inputs[j].to(torch.float64)
+    if module.bias is not None:
+        a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
+    return block.grads[j].to(torch.float64) @ f["QS"], a @ f["QA"]
+
+
+def factored_scores(test: LinearFactors, train: LinearFactors, modules: Sequence[KroneckerModule],
+                    factors: dict[str, dict[str, torch.Tensor]], dampings: dict[str, float]
+                    ) -> torch.Tensor:
+    """``(n_test, n_train)`` products ``g_test^T (F + damping I)^-1 g_train`` of factored
+    per-sample gradients of ``nn.Linear`` layers (a sample's weight gradient is ``d a^T``).
+
+    In the eigenbasis the gradient is the outer product ``(Q_S^T d)(Q_A^T a)^T``, so each pair
+    costs ``out * in'`` multiply-adds per module (the flat route: two ``(out, in')`` rotations
+    per test point, then a ``P``-long product per pair); the ``P``-long gradients are never
+    formed.
+    """
+    total = torch.zeros(len(test), len(train), dtype=torch.float64,
+                        device=test.grads[0].device)
+    for j, module in enumerate(modules):
+        f = factors[module.name]
+        weights = 1.0 / (f["eigenvalues"] + dampings[module.name])        # (out, in')
+
+        d_test, a_test = _rotate(test, j, module, f)
+        d_train, a_train = _rotate(train, j, module, f)
+        n = max(len(train), 1)
+        # a chunk of test rows at a time: (rows, n_train, out) and (rows, n_train, in')
+        rows = max(1, 2**23 // (n * max(module.out_features, module.columns)))
+        for start in range(0, len(test), rows):
+            stop = min(start + rows, len(test))
+            outer = d_test[start:stop, None, :] * d_train[None, :, :]    # (r, n, out)
+            inner = a_test[start:stop, None, :] * a_train[None, :, :]    # (r, n, in')
+            total[start:stop] += ((outer @ weights) * inner).sum(dim=2)
+    return total
