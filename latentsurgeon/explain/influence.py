@@ -21,13 +21,19 @@ from latentsurgeon.activations.batching import (
     to_device,
 )
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NonFiniteError
+from latentsurgeon.explain import kfac
 from latentsurgeon.explain._base import Block, ExampleExplainer
 from latentsurgeon.explain._gradients import (
     GradientSpec,
+    LinearFactors,
+    NotFactorable,
     State,
     _sample_tree,
     current_state,
     gradient_matrix,
+    gradients_from_data,
+    gradients_to_data,
+    linear_layers,
     parameter_names,
 )
 from latentsurgeon.hooks import preserve_model_state, resolve_layer
@@ -37,7 +43,7 @@ __all__ = ["SOLVERS", "InfluenceFunctions", "hessian_vector_product"]
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("auto", "exact", "cg")
+SOLVERS = ("auto", "exact", "cg", "kfac", "ekfac")
 
 
 def _flat(tensors: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -114,11 +120,26 @@ class InfluenceFunctions(ExampleExplainer):
         ``"cg"``: conjugate gradient on Hessian-vector products, every test point at once, to a
         relative residual of ``cg_tol``; each iteration is one pass over the Hessian data.
         ``"auto"``: exact when ``P <= max_exact_params``, else CG.
+        ``"ekfac"`` / ``"kfac"``: Kronecker-factored curvature per ``nn.Linear`` and
+        ``nn.Conv2d`` (:mod:`latentsurgeon.explain.kfac`): the Fisher (Gauss-Newton) matrix of
+        each module approximated by ``S (x) A``, eigendecomposed once in float64 at ``fit``;
+        EK-FAC refits the eigenvalues from per-sample pseudo-gradients in that eigenbasis.
+        Every inverse-Hessian product is then two rotations and a division per module; the
+        cross-module blocks are ignored. Any other module among ``params`` is an
+        :class:`~latentsurgeon.errors.InvalidParameterError` naming it. A loss callable is not
+        supported (use a named loss, or CG). Memory ``out^2 + in^2`` per module.
 
     Args:
         loss, test_loss, params, layer, head: as :class:`~latentsurgeon.explain.TracIn`.
-        damping: added to the Hessian's diagonal (>= 0).
-        solver: ``"auto"``, ``"exact"`` or ``"cg"``.
+        damping: added to the Hessian's diagonal (>= 0); K-FAC/EK-FAC use it only with
+            ``relative_damping=None``.
+        solver: ``"auto"``, ``"exact"``, ``"cg"``, ``"kfac"`` or ``"ekfac"``.
+        relative_damping: K-FAC/EK-FAC: each module's damping is this fraction of the mean of
+            its curvature eigenvalues (kronfluence's default, 0.1); None: the absolute
+            ``damping`` for every module (as the exact and CG solvers use it).
+        fisher: K-FAC/EK-FAC pseudo-gradients: ``"true"`` (labels sampled from the model, one
+            per example: the true Fisher = Gauss-Newton), ``"expected"`` (that expectation
+            exactly, one backward pass per output column), ``"empirical"`` (the data's labels).
         max_exact_params: the largest parameter count ``"auto"`` solves exactly.
         cg_tol: CG stops when ``||r|| <= cg_tol * ||b||`` for every test point.
         cg_max_iter: the most CG iterations.
@@ -137,6 +158,10 @@ class InfluenceFunctions(ExampleExplainer):
         gradients_cached_: whether ``fit`` kept the training gradients (within ``cache_mb``).
         train_block_: the ``[start, end)`` training rows this process scores.
         cg_iterations_: iterations of the last conjugate-gradient solve (CG solver).
+        factors_: K-FAC/EK-FAC: ``{module: {"QA", "QS", "eigenvalues"}}`` float64 (the
+            eigenbases of ``A`` and ``S`` and the ``(out, in')`` eigenvalues), else None;
+            saved with the explainer and checked against the weights' fingerprint on load.
+        dampings_: K-FAC/EK-FAC: ``{module: damping}`` as used.
 
     Scores are float64. Under a process group the ranks split the training examples; every
     rank builds the same Hessian from all of them.
@@ -152,6 +177,8 @@ class InfluenceFunctions(ExampleExplainer):
         "layer": [str, None],
         "damping": Interval(float, 0, None),
         "solver": Options(SOLVERS),
+        "relative_damping": [Interval(float, 0, None), None],
+        "fisher": Options(kfac.FISHERS),
         "max_exact_params": Interval(int, 1, None),
         "cg_tol": Interval(float, 0, None, closed="neither"),
         "cg_max_iter": Interval(int, 1, None),
@@ -165,7 +192,8 @@ class InfluenceFunctions(ExampleExplainer):
     def __init__(self, loss: LossSpec = "reconstruction", *, test_loss: LossSpec | None = None,
                  params: LayerSelector | None = None, layer: str | None = None,
                  head: str | int | None = "logits", damping: float = 0.01,
-                 solver: str = "auto", max_exact_params: int = 4096, cg_tol: float = 1e-6,
+                 solver: str = "auto", relative_damping: float | None = 0.1,
+                 fisher: str = "true", max_exact_params: int = 4096, cg_tol: float = 1e-6,
                  cg_max_iter: int = 500, hessian_samples: int | None = None, seed: int = 0,
                  batch_size: int = 64, cache_mb: float = 512.0,
                  device: str | torch.device | None = None, progress: bool = True) -> None:
@@ -176,6 +204,8 @@ class InfluenceFunctions(ExampleExplainer):
         self.head = head
         self.damping = damping
         self.solver = solver
+        self.relative_damping = relative_damping
+        self.fisher = fisher
         self.max_exact_params = max_exact_params
         self.cg_tol = cg_tol
         self.cg_max_iter = cg_max_iter
@@ -208,12 +238,18 @@ class InfluenceFunctions(ExampleExplainer):
         self.n_params_ = sum(self._state[n].numel() for n in names)
         exact = self.solver == "exact" or (self.solver == "auto"
                                            and self.n_params_ <= self.max_exact_params)
-        self.solver_ = "exact" if exact else "cg"
+        self.solver_ = self.solver if self.solver in ("kfac", "ekfac") else (
+            "exact" if exact else "cg")
+        modules = self._kronecker_modules() if self.solver_ in ("kfac", "ekfac") else None
         self._hessian_source, self._n_hessian = self._hessian_data(train)
         self.hessian_ = None
+        self.factors_: dict[str, dict[str, torch.Tensor]] | None = None
+        self.dampings_: dict[str, float] | None = None
         with preserve_model_state(model):
             model.eval()
-            if exact:
+            if modules is not None:
+                self._fit_factors(modules)
+            elif exact:
                 self.hessian_ = self._assemble_hessian()
                 self._factorise()
             itemsize = self._state[names[0]].element_size()
@@ -236,12 +272,57 @@ class InfluenceFunctions(ExampleExplainer):
         test_loss = self.loss if self.test_loss is None else self.test_loss
         self._test_spec = GradientSpec(ModelAccess(model, head=self.head, loss=test_loss), names,
                                        layer=layer)
+        if self.solver in ("kfac", "ekfac") and not callable(self.loss) \
+                and not callable(test_loss):
+            # all-Linear parameters: keep per-sample gradients factored (d, a), so scores are
+            # taken in the eigenbasis without P-long gradients (kfac.factored_scores)
+            self._train_spec.linear = self._test_spec.linear = linear_layers(model, names)
         return device
 
-    def _compute_train_gradients(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        return gradient_matrix(self._train_spec, self._state, self._train_block.data,
-                               self.batch_size, self._device, desc="training gradients",
-                               progress=self.progress)
+    def _gradient_matrix(self, spec: GradientSpec, data: Any, desc: str) -> tuple[Any, Any]:
+        """Per-sample gradients, factored when the layers allow it, else flat (both specs
+        then stay flat)."""
+        try:
+            return gradient_matrix(spec, self._state, data, self.batch_size, self._device,
+                                   desc=desc, progress=self.progress)
+        except NotFactorable as exc:
+            logger.info("InfluenceFunctions: flat per-sample gradients (%s)", exc)
+            self._train_spec.linear = self._test_spec.linear = None
+            return gradient_matrix(spec, self._state, data, self.batch_size, self._device,
+                                   desc=desc, progress=self.progress)
+
+    def _kronecker_modules(self) -> list[kfac.KroneckerModule]:
+        if callable(self.loss):
+            raise InvalidParameterError(
+                f"solver={self.solver!r} needs a named loss ('reconstruction', "
+                "'cross_entropy' or 'predicted') to form its pseudo-gradients; got a loss "
+                "callable. Use solver='cg' (or 'exact') with a loss callable.")
+        assert self._model is not None
+        return kfac.kronecker_modules(self._model, self._train_spec.names)
+
+    def _fit_factors(self, modules: list[kfac.KroneckerModule]) -> None:
+        """The Kronecker factors (once; every explain() reuses them) and each module's damping."""
+        self.factors_ = kfac.compute_factors(
+            self._train_spec.access, modules, self._hessian_batches, self._n_hessian,
+            fisher=self.fisher, eigenvalue_correction=self.solver_ == "ekfac",
+            layer=self._train_spec.layer, seed=self.seed, device=self._device)
+        self.dampings_ = {}
+        for module in modules:
+            mean = float(self.factors_[module.name]["eigenvalues"].mean())
+            damping = (self.damping if self.relative_damping is None
+                       else self.relative_damping * mean)
+            if damping <= 0 and float(self.factors_[module.name]["eigenvalues"].min()) <= 0:
+                raise InvalidParameterError(
+                    f"damping: the curvature of layer {module.name!r} is singular (its smallest "
+                    f"eigenvalue is {float(self.factors_[module.name]['eigenvalues'].min()):.3g}"
+                    f", the mean {mean:.3g}) and the damping is {damping:.3g}; use "
+                    "relative_damping > 0 (e.g. 0.1) or damping > 0 with relative_damping=None.")
+            self.dampings_[module.name] = damping
+        self._modules = modules
+
+    def _compute_train_gradients(self) -> tuple[Any, list[tuple[int, int]]]:
+        return self._gradient_matrix(self._train_spec, self._train_block.data,
+                                     "training gradients")
 
     def _hessian_batches(self) -> Any:
         return tqdm(iter_batches(self._hessian_source, self.batch_size), desc="Hessian",
@@ -356,6 +437,15 @@ class InfluenceFunctions(ExampleExplainer):
         """``(H + damping I)^-1 g`` for each row ``g`` of ``gradients`` ``(m, P)``: float64."""
         self._check_fitted()
         rhs = gradients.to(torch.float64)
+        if self.solver_ in ("kfac", "ekfac"):
+            assert self.factors_ is not None and self.dampings_ is not None
+            modules = getattr(self, "_modules", None)
+            if modules is None:  # loaded from disk: the layout comes from the model
+                modules = self._modules = self._kronecker_modules()
+            names = self._train_spec.names
+            slices = kfac.module_slices(modules, names,
+                                        {n: self._state[n].shape for n in names})
+            return kfac.inverse_hvp(rhs, modules, self.factors_, self.dampings_, slices)
         if self.solver_ == "exact":
             if not hasattr(self, "_solve"):  # loaded from disk: factorise the saved Hessian
                 self._factorise()
@@ -377,14 +467,22 @@ class InfluenceFunctions(ExampleExplainer):
                 f"need more than cache_mb={self.cache_mb} MiB), and without them a loaded one "
                 "could not explain; fit with a larger cache_mb to save it.")
         assert self._train_gradients is not None
-        return {"gradients": self._train_gradients.detach().cpu(),
+        return {"gradients": gradients_to_data(self._train_gradients),
+                "linear": self._train_spec.linear,
                 "bounds": [list(b) for b in self._train_bounds]}
 
     def _reattach(self, state: dict[str, Any], model: nn.Module) -> None:
         device = self._set_model(model)
         if self.hessian_ is not None:
             self.hessian_ = self.hessian_.to(device)
-        self._train_gradients = state["gradients"].to(device)
+        if self.__dict__.get("factors_") is not None:
+            self.factors_ = {m: {k: t.to(device) for k, t in f.items()}
+                             for m, f in self.factors_.items()}
+        gradients = state["gradients"]
+        # files written before factored gradients hold the flat tensor itself
+        self._train_gradients = (gradients.to(device) if isinstance(gradients, torch.Tensor)
+                                 else gradients_from_data(gradients, device))
+        self._train_spec.linear = self._test_spec.linear = state.get("linear")  # as fit found
         self._train_bounds = [(int(a), int(b)) for a, b in state["bounds"]]
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -393,15 +491,33 @@ class InfluenceFunctions(ExampleExplainer):
         assert model is not None  # explain() refuses one loaded without its model
         with preserve_model_state(model):
             model.eval()
-            test_grads, _ = gradient_matrix(self._test_spec, self._state, test, self.batch_size,
-                                            self._device, desc="test gradients",
-                                            progress=self.progress)
-            solved = self.inverse_hvp(test_grads)                    # (n_test, P)
+            test_grads, _ = self._gradient_matrix(self._test_spec, test, "test gradients")
             if self._train_gradients is not None:
                 train_grads, bounds = self._train_gradients, self._train_bounds
             else:
                 train_grads, bounds = self._compute_train_gradients()
+            factored = isinstance(train_grads, LinearFactors)
+            if factored and isinstance(test_grads, LinearFactors):
+                return self._factored_scores(test_grads, train_grads, bounds)
+            if factored:  # the test side could not be factored: compare flat gradients
+                train_grads = train_grads.flat()
+            if isinstance(test_grads, LinearFactors):
+                test_grads = test_grads.flat()
+            solved = self.inverse_hvp(test_grads)                    # (n_test, P)
         if not bounds:
             return solved.new_zeros(len(solved), 0).to("cpu")
         blocks = [-(solved @ train_grads[s:e].to(torch.float64).T) for s, e in bounds]
+        return torch.cat(blocks, dim=1).to("cpu")
+
+    def _factored_scores(self, test: LinearFactors, train: LinearFactors,
+                         bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """K-FAC/EK-FAC scores of factored gradients, block by block as they were computed."""
+        assert self.factors_ is not None and self.dampings_ is not None
+        modules = getattr(self, "_modules", None)
+        if modules is None:
+            modules = self._modules = self._kronecker_modules()
+        blocks = [-kfac.factored_scores(test, train[s:e], modules, self.factors_,
+                                        self.dampings_) for s, e in bounds]
+        if not blocks:
+            return torch.zeros(len(test), 0, dtype=torch.float64)
         return torch.cat(blocks, dim=1).to("cpu")
