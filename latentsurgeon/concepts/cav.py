@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,7 +47,12 @@ from latentsurgeon.concepts.cav_fitting import (
 )
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
-__all__ = ["CAV", "FILTERS", "METHODS"]
+__all__ = ["ALIGNMENT_WARNING", "CAV", "FILTERS", "METHODS", "mean_difference_cosine"]
+
+#: A fitted direction whose |cosine| with the class-mean difference is below this warns: it is
+#: nearly orthogonal to how the concept moves the activations (often a near-constant dimension
+#: whose noise separated the classes); a filter that only cancels distractors stays far above it.
+ALIGNMENT_WARNING = 0.05
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -92,6 +98,28 @@ class _PositiveNumbers:
 def _state_dtype(activations: torch.Tensor) -> torch.dtype:
     """Learned vectors are float32, or float64 when the activations are (no precision lost)."""
     return torch.float64 if activations.dtype == torch.float64 else torch.float32
+
+
+def mean_difference_cosine(direction: torch.Tensor, mean_clean: torch.Tensor,
+                           mean_concept: torch.Tensor) -> float:
+    """Cosine of ``direction`` with ``mean_concept - mean_clean`` (NaN when either is zero)."""
+    diff = (mean_concept - mean_clean).double().reshape(-1)
+    v = direction.double().reshape(-1)
+    norms = float(torch.linalg.vector_norm(diff) * torch.linalg.vector_norm(v))
+    return float(diff @ v) / norms if norms > 0 else math.nan
+
+
+def warn_if_orthogonal(cosine: float, method: str, what: str = "The CAV") -> None:
+    """The warning of :data:`ALIGNMENT_WARNING` (nothing for a NaN cosine)."""
+    if math.isnan(cosine) or abs(cosine) >= ALIGNMENT_WARNING:
+        return
+    warnings.warn(
+        f"{what}'s direction (method={method!r}) is nearly orthogonal to the difference of the "
+        f"class means (cosine {cosine:.2g}): it does not point where the concept moves the "
+        "activations, and its TCAV scores and corrections will not act on the concept. This "
+        "often means a near-constant dimension whose tiny noise separates the classes. Check "
+        "cav.mean_difference_cosine_, or use method='mass_mean' or 'pattern'.",
+        UserWarning, stacklevel=3)
 
 
 def fitted_cav(params: dict[str, Any], fitted: FittedDirection, input_shape: tuple[int, ...],
@@ -141,6 +169,12 @@ class CAV(Estimator):
             held out: see ``test_size``).
         input_shape_: per-sample shape of the activations before pooling.
         threshold_: projection value separating the classes (midpoint of the projected means).
+        mean_difference_cosine_: cosine of ``direction_`` with ``mean_concept_ - mean_clean_``
+            (1 for ``"mass_mean"``); a fit below :data:`ALIGNMENT_WARNING` in absolute value
+            warns (``UserWarning``): such a direction does not follow the concept. Filters are
+            fitted on activations standardised with a variance floor (see
+            :mod:`~latentsurgeon.concepts.cav_fitting`), so a near-constant dimension cannot take
+            the direction.
 
     Raises (in ``fit``):
         InvalidParameterError: a parameter outside what it accepts; labels other than 0/1.
@@ -196,6 +230,8 @@ class CAV(Estimator):
         self.threshold_ = fitted.threshold
         self.scores_ = fitted.scores
         self.input_shape_ = list(input_shape)
+        self.mean_difference_cosine_ = mean_difference_cosine(
+            fitted.direction, fitted.mean_clean, fitted.mean_concept)
 
     def _fit_rows(self, X: torch.Tensor, y: torch.Tensor, train: torch.Tensor,
                   input_shape: tuple[int, ...], dtype: torch.dtype) -> CAV:
@@ -204,6 +240,7 @@ class CAV(Estimator):
                                    C=self.C, seeds=[self.seed],
                                    zero_direction=self.zero_direction)
         self._set_state(fitted, input_shape, dtype)
+        warn_if_orthogonal(self.mean_difference_cosine_, self.method)
         return self
 
     def fit(self, activations: Any, labels: Any, *, sample_mask: Any = None,

@@ -43,7 +43,7 @@ from latentsurgeon.activations.batching import (
 )
 from latentsurgeon.activations.pooling import PoolingOption, same_pooled_space
 from latentsurgeon.concepts._activations import _layer_activations
-from latentsurgeon.concepts.cav import CAV, METHODS, fitted_cav
+from latentsurgeon.concepts.cav import CAV, METHODS, fitted_cav, warn_if_orthogonal
 from latentsurgeon.concepts.cav_fitting import Problem, fit_directions, held_out_split
 from latentsurgeon.concepts.derivatives import (
     check_target,
@@ -337,6 +337,11 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
         fitted = [fitted_cav({**params, "seed": s}, f, shape, state)
                   for f, s in zip(found, seeds, strict=True)]
     concept_cavs = given if given is not None else fitted[:n_runs]
+    if given is None and concept_cavs:
+        # Random CAVs may point anywhere; the concept's should follow its mean difference.
+        cosines = [abs(c.mean_difference_cosine_) for c in concept_cavs]
+        warn_if_orthogonal(float(np.nanmedian(cosines)) if not all(map(math.isnan, cosines))
+                           else math.nan, params["method"], "tcav(): the median concept CAV")
     if null_given is not None:
         null_cavs = null_given
     elif randoms is not None:
