@@ -109,7 +109,8 @@ def mean_difference_cosine(direction: torch.Tensor, mean_clean: torch.Tensor,
     return float(diff @ v) / norms if norms > 0 else math.nan
 
 
-def warn_if_orthogonal(cosine: float, method: str, what: str = "The CAV") -> None:
+def warn_if_orthogonal(cosine: float, method: str, what: str = "The CAV", *,
+                       stacklevel: int = 4) -> None:
     """The warning of :data:`ALIGNMENT_WARNING` (nothing for a NaN cosine)."""
     if math.isnan(cosine) or abs(cosine) >= ALIGNMENT_WARNING:
         return
@@ -119,7 +120,7 @@ def warn_if_orthogonal(cosine: float, method: str, what: str = "The CAV") -> Non
         "activations, and its TCAV scores and corrections will not act on the concept. This "
         "often means a near-constant dimension whose tiny noise separates the classes. Check "
         "cav.mean_difference_cosine_, or use method='mass_mean' or 'pattern'.",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=stacklevel)
 
 
 def fitted_cav(params: dict[str, Any], fitted: FittedDirection, input_shape: tuple[int, ...],

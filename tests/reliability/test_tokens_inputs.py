@@ -78,7 +78,7 @@ CASES = [
         "mass_mean", "token_mean").fit(ACTS, Y).project(torch.zeros(2, 4, 3)),
          ShapeMismatchError, ["per-sample shape", "(4, 5)", "(4, 3)"]),
     Case("probe_layers: an unknown pooling", lambda: probe_layers(
-        TEXT, BATCH, torch.tensor([0, 1]), layers="block", pooling="tokens", progress=False),
+        TEXT, "block", BATCH, torch.tensor([0, 1]), pooling="tokens", progress=False),
          InvalidParameterError, ["pooling", "tokens"], [TEXT]),
     Case("pooled gradients: a token mode on a conv layer", lambda: pooled_gradients(
         CONV, "0", IMAGES, 1, pooling="cls"), ShapeMismatchError, ["cls", "(N, T, D)"], [CONV]),
