@@ -68,7 +68,9 @@ TERMS: tuple[Term, ...] = (
     Term("significance level", "significance", "the level of a statistical test (TCAV)",
          {"alpha": "deprecated (tcav)"}),
     Term("pooling", "pooling", "how (N, C, *spatial) activations become per-sample vectors: "
-         "'max', 'mean', 'flatten', 'none'; LEACE's channel-wise erasure is 'channel'"),
+         "'max', 'mean', 'flatten', 'none'; token activations (N, T, D): 'mean'/'max' over "
+         "unmasked tokens with an attention_mask, and 'cls', 'last', 'position:K', 'token_mean', "
+         "'token_max'; LEACE's channel-wise erasure is 'channel'"),
     Term("batch", "batch_size", "samples per forward (or training) pass"),
     Term("progress", "progress", "show a tqdm bar (it hides itself off a TTY); True by default "
          "everywhere"),

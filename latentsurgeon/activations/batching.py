@@ -6,6 +6,9 @@ Every method reads user data through this module:
   dict of tensors such as a tokenizer's output, or whatever a ``DataLoader`` yields); in-memory
   data are sliced (or indexed by a seeded permutation) without per-sample collation.
 * :func:`batch_inputs` - the model input of a batch (the first element of a tuple batch).
+* :func:`attention_mask_of` - the ``(N, T)`` attention mask a dict batch carries (a tokenizer's
+  ``attention_mask``), which pooling uses to read token activations (see
+  :mod:`latentsurgeon.activations.pooling`).
 * :func:`as_loader` - a ``DataLoader`` (for code that needs one: the store, sharding).
 * :func:`as_samples` - labelled data held in memory as :class:`Samples` (corrections, metrics).
 * :func:`model_device`, :func:`to_device` - where inputs go: the model's device.
@@ -37,6 +40,7 @@ from latentsurgeon.errors import (
 __all__ = [
     "DataLike",
     "analysis_device",
+    "attention_mask_of",
     "Samples",
     "as_loader",
     "as_samples",
@@ -243,6 +247,24 @@ def batch_inputs(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and not isinstance(batch, torch.Tensor):
         return batch[0]
     return batch
+
+
+#: The key under which a dict batch (a tokenizer's output) carries its attention mask.
+ATTENTION_MASK_KEY = "attention_mask"
+
+
+def attention_mask_of(inputs: Any) -> torch.Tensor | None:
+    """The ``(N, T)`` attention mask of a batch of model inputs, or None.
+
+    A dict batch (a tokenizer's output: ``input_ids``, ``attention_mask``, ...) carries it under
+    ``"attention_mask"``; a tensor or tuple input carries none. Only a 2-D tensor counts: an
+    extended ``(N, 1, T, T)`` mask is the model's business, not a token mask.
+    """
+    if isinstance(inputs, Mapping):
+        mask = inputs.get(ATTENTION_MASK_KEY)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            return mask
+    return None
 
 
 def loader_length(loader: DataLoader) -> int:

@@ -31,12 +31,13 @@ from latentsurgeon._aliases import moved
 from latentsurgeon.activations.access import ForwardFn, ModelAccess
 from latentsurgeon.activations.batching import (
     DataLike,
+    attention_mask_of,
     batch_inputs,
     check_batch_size,
     iter_batches,
     n_batches,
 )
-from latentsurgeon.activations.pooling import check_pooling, pool
+from latentsurgeon.activations.pooling import ALL_POOLINGS, check_pooling, pool
 from latentsurgeon.errors import (
     InvalidParameterError,
     LatentSurgeonError,
@@ -58,7 +59,7 @@ def resolve_poolings(names: Sequence[str], pooling: Pooling) -> dict[str, str]:
         return dict.fromkeys(names, mode)
     if not isinstance(pooling, Mapping):
         raise InvalidParameterError(
-            "pooling must be None, one of 'max', 'mean', 'flatten', 'none', or a dict "
+            f"pooling must be None, one of {', '.join(ALL_POOLINGS)}, 'position:K', or a dict "
             f"{{layer: mode}}; got {pooling!r}.")
     unknown = sorted(set(pooling) - set(names))
     if unknown:  # a typo would silently read that layer unpooled
@@ -92,8 +93,11 @@ class LayerReader:
         model: the network, or the :class:`~latentsurgeon.activations.access.ModelAccess` of
             a method (its forward function and device are used).
         layers: layer selector (default with an access: its layers).
-        pooling: ``None``/``"none"`` (as is), ``"max"``, ``"mean"``, ``"flatten"``, or a dict per
-            layer.
+        pooling: ``None``/``"none"`` (as is), a mode of
+            :mod:`~latentsurgeon.activations.pooling` (``"max"``, ``"mean"``, ``"flatten"``,
+            the token modes ``"cls"``, ``"last"``, ``"position:K"``, ``"token_mean"``,
+            ``"token_max"``), or a dict per layer. A dict batch's ``attention_mask`` makes
+            ``(N, T, D)`` outputs token sequences: ``"mean"`` is then over unmasked tokens.
         stop_early: end each pass after the last requested layer (default).
         forward_fn: ``forward_fn(model, inputs)`` instead of the default call (``model(**inputs)``
             for a dict, else ``model(inputs)``).
@@ -127,6 +131,7 @@ class LayerReader:
         self.poolings = resolve_poolings(self.names, pooling)
         self.stopper = access.stopper(self.names, enabled=stop_early)
         self._captured: dict[str, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None  # the attention mask of the batch being read
         self._stack: ExitStack | None = None
 
     @property
@@ -160,7 +165,7 @@ class LayerReader:
     def _record(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
         tensor = primary_tensor(output).detach()
         completes = self.stopper.count(name)
-        value = pool(tensor, self.poolings[name])
+        value = pool(tensor, self.poolings[name], self._mask)
         # Pooling made new memory, or nothing runs after this call: no copy needed. Otherwise a
         # later in-place op could still change the output, so keep a copy of it now.
         if not completes and value.untyped_storage().data_ptr() == \
@@ -182,7 +187,12 @@ class LayerReader:
         if self._stack is None:
             raise LatentSurgeonError("LayerReader.read() works inside `with LayerReader(...)`.")
         self._captured.clear()
-        self.access.run_stopped(self.stopper, inputs)
+        # A dict batch's attention mask makes (N, T, D) outputs token sequences for pooling.
+        self._mask = attention_mask_of(inputs)
+        try:
+            self.access.run_stopped(self.stopper, inputs)
+        finally:
+            self._mask = None
         missing = [n for n in self.names if n not in self._captured]
         if missing:
             raise self._not_run(missing, inputs)
@@ -228,8 +238,10 @@ def layer_outputs(
         layers: layer selector (names, globs, ``path:`` globs, ``re:`` regexes, classes, Select).
         data: a tensor ``(N, ...)``, a tuple ``(inputs, labels, ...)``, a dict of tensors, a
             split, a Dataset or a DataLoader (the model input is a batch's first element).
-        pooling: ``None`` (as is), ``"max"``, ``"mean"``, ``"flatten"`` or a dict per layer;
-            applied per batch, the moment the layer produces its output.
+        pooling: ``None`` (as is), a mode of :mod:`~latentsurgeon.activations.pooling` or a
+            dict per layer; applied per batch, the moment the layer produces its output (with
+            the batch's ``attention_mask`` for dict inputs: ``"mean"`` of ``(N, T, D)`` is then
+            over unmasked tokens).
         batch_size: samples per forward pass (``None``: in-memory data in one pass).
         device: None or the model's device.
         forward_fn: ``forward_fn(model, inputs)`` instead of ``model(inputs)`` /

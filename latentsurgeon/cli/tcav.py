@@ -32,6 +32,51 @@ def _inputs(value: Any, what: str) -> torch.Tensor:
     return tensor
 
 
+def _rows_in(rows: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """``(len(rows),)`` bool: which rows are exactly equal to a row of ``among``."""
+    if len(among) == 0 or rows.shape[1:] != among.shape[1:]:
+        return torch.zeros(len(rows), dtype=torch.bool)
+    flat, other = rows.reshape(len(rows), -1), among.reshape(len(among), -1)
+    found = torch.zeros(len(rows), dtype=torch.bool)
+    for start in range(0, len(other), 256):  # (rows x 256) comparisons at a time
+        block = other[start:start + 256]
+        found |= (flat[:, None, :] == block[None]).all(-1).any(1)
+    return found
+
+
+def default_random_pool(data: Any, concept: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The train split without the concept's own examples, and how many were left out.
+
+    Random CAVs drawn from a pool that holds the concept see the concept too, and TCAV's control
+    then hides a real effect (ResNet-18 on patched digits: p = 0.175 against p = 0.00024 with a
+    clean pool). So the split's artifact-flagged samples and any exact copy of a concept input
+    are left out; a split without artifact flags cannot be cleaned and is refused, saying how to
+    pass a clean pool.
+    """
+    split = split_of(data, "train", what="tcav's random inputs")
+    images = _inputs(split, "--data train")
+    artifact = getattr(split, "artifact", None)
+    if artifact is None:
+        raise InvalidParameterError(
+            "tcav's default random pool is the --data train split, but that split carries no "
+            "artifact flags, so the concept's own examples (e.g. the patched images) cannot be "
+            "left out of it, and random CAVs that see the concept hide its effect. Pass "
+            "--random PKG.MOD:FN returning concept-free inputs, or give the train split an "
+            "'artifact' field (1 where a sample carries the concept) to have them left out.")
+    flags = torch.as_tensor(artifact).reshape(-1).bool()
+    if len(flags) != len(images):
+        raise LatentSurgeonError(
+            f"--data train: {len(flags)} artifact flags for {len(images)} inputs; they must "
+            "match one to one.")
+    keep = ~flags & ~_rows_in(images, concept)
+    if int(keep.sum()) < 2:
+        raise InvalidParameterError(
+            f"tcav's default random pool: only {int(keep.sum())} of the {len(images)} train "
+            "inputs are free of the concept; pass --random PKG.MOD:FN returning concept-free "
+            "inputs.")
+    return images[keep], int((~keep).sum())
+
+
 def concept_sets(args: argparse.Namespace, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(concept inputs, random pool)`` for ``--concept`` and ``--random``."""
     if args.concept in ("watermark", "random"):
@@ -50,7 +95,10 @@ def concept_sets(args: argparse.Namespace, data: Any) -> tuple[torch.Tensor, tor
     if args.random:
         pool = _inputs(load_object(args.random, "--random"), "--random")
     elif pool is None:
-        pool = _inputs(split_of(data, "train", what="tcav's random inputs"), "--data train")
+        pool, left_out = default_random_pool(data, concept)
+        if not getattr(args, "quiet", False):
+            print(f"random pool: the train split without the concept's examples ({len(pool)} "
+                  f"inputs, {left_out} left out)")
     return concept, pool
 
 
@@ -116,8 +164,10 @@ def register(sub: Any) -> None:
                    help="the concept's example inputs: the bundled watermark, a random control "
                         "concept, or a function returning your concept inputs")
     p.add_argument("--random", metavar="PKG.MOD:FN",
-                   help="a function returning the inputs random sets are drawn from "
-                        "(default: the bundled random pool, or your train split)")
+                   help="a function returning the inputs random sets are drawn from, free of "
+                        "the concept (default: the bundled random pool, or your train split "
+                        "without its artifact-flagged samples and copies of the concept inputs; "
+                        "a train split without artifact flags is refused)")
     p.add_argument("--runs", type=count(1), default=10, help="CAVs per concept (default 10)")
     p.add_argument("--pooling", default="flatten", choices=["flatten", "max", "mean"],
                    help="CAV space (default flatten, as Kim et al.)")

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from latentsurgeon._validation import check_finite
-from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches
+from latentsurgeon.activations.batching import (
+    DataLike,
+    attention_mask_of,
+    batch_inputs,
+    iter_batches,
+)
 from latentsurgeon.activations.pooling import pool
 from latentsurgeon.activations.read import LayerReader
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
@@ -45,8 +50,8 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
         model, layer: the network and one layer name.
         data: the samples (anything :func:`~latentsurgeon.activations.batching.iter_batches`
             reads; the model input is a batch's first element).
-        pooling: ``"flatten"``, ``"max"``, ``"mean"`` or ``"none"`` (then the layer must give
-            one vector per sample).
+        pooling: a mode of :mod:`~latentsurgeon.activations.pooling` (``"none"``: the layer
+            must give one vector per sample); a dict batch's ``attention_mask`` is handed to it.
         batch_size, device: of the forward passes (``device`` is the model's).
         bar: a tqdm bar advanced once per batch.
         what: names the data in error messages.
@@ -68,13 +73,15 @@ def _layer_activations(model: nn.Module, layer: str, data: DataLike, pooling: st
     # safe from later in-place ops; pooling happens here, after the shape check.
     with LayerReader(model, [layer], device=device) as reader:
         for batch in iter_batches(data, batch_size):
-            acts = reader.read(finite(batch_inputs(batch), what))[layer]
+            inputs = finite(batch_inputs(batch), what)
+            acts = reader.read(inputs)[layer]
             if pooling == "none" and acts.dim() > 2:
                 raise ShapeMismatchError(
                     "A CAV needs one vector per sample: use pooling='flatten', 'max' or 'mean' "
                     f"for activations of shape {tuple(acts.shape)}.")
             shape = tuple(acts.shape[1:])
-            vectors = finite(pool(acts, pooling).reshape(len(acts), -1),
+            # A dict batch's attention mask makes (N, T, D) activations tokens (pooling's rule).
+            vectors = finite(pool(acts, pooling, attention_mask_of(inputs)).reshape(len(acts), -1),
                              f"activations of {what} at layer {layer!r}")
             if out is None:
                 parts.append(vectors.to("cpu", torch.float64))

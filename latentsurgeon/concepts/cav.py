@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Interval, Options, check_finite
 from latentsurgeon.activations.batching import _binary_labels
-from latentsurgeon.activations.pooling import POOLINGS, pool
+from latentsurgeon.activations.pooling import PoolingOption, pool, same_pooled_space
 from latentsurgeon.concepts.cav_fitting import (
     FILTERS,
     METHODS,
@@ -46,7 +47,12 @@ from latentsurgeon.concepts.cav_fitting import (
 )
 from latentsurgeon.errors import LatentSurgeonError, ShapeMismatchError
 
-__all__ = ["CAV", "FILTERS", "METHODS"]
+__all__ = ["ALIGNMENT_WARNING", "CAV", "FILTERS", "METHODS", "mean_difference_cosine"]
+
+#: A fitted direction whose |cosine| with the class-mean difference is below this warns: it is
+#: nearly orthogonal to how the concept moves the activations (often a near-constant dimension
+#: whose noise separated the classes); a filter that only cancels distractors stays far above it.
+ALIGNMENT_WARNING = 0.05
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -94,6 +100,29 @@ def _state_dtype(activations: torch.Tensor) -> torch.dtype:
     return torch.float64 if activations.dtype == torch.float64 else torch.float32
 
 
+def mean_difference_cosine(direction: torch.Tensor, mean_clean: torch.Tensor,
+                           mean_concept: torch.Tensor) -> float:
+    """Cosine of ``direction`` with ``mean_concept - mean_clean`` (NaN when either is zero)."""
+    diff = (mean_concept - mean_clean).double().reshape(-1)
+    v = direction.double().reshape(-1)
+    norms = float(torch.linalg.vector_norm(diff) * torch.linalg.vector_norm(v))
+    return float(diff @ v) / norms if norms > 0 else math.nan
+
+
+def warn_if_orthogonal(cosine: float, method: str, what: str = "The CAV", *,
+                       stacklevel: int = 4) -> None:
+    """The warning of :data:`ALIGNMENT_WARNING` (nothing for a NaN cosine)."""
+    if math.isnan(cosine) or abs(cosine) >= ALIGNMENT_WARNING:
+        return
+    warnings.warn(
+        f"{what}'s direction (method={method!r}) is nearly orthogonal to the difference of the "
+        f"class means (cosine {cosine:.2g}): it does not point where the concept moves the "
+        "activations, and its TCAV scores and corrections will not act on the concept. This "
+        "often means a near-constant dimension whose tiny noise separates the classes. Check "
+        "cav.mean_difference_cosine_, or use method='mass_mean' or 'pattern'.",
+        UserWarning, stacklevel=stacklevel)
+
+
 def fitted_cav(params: dict[str, Any], fitted: FittedDirection, input_shape: tuple[int, ...],
                dtype: torch.dtype = torch.float32) -> CAV:
     """A :class:`CAV` with parameters ``params`` and the learned state ``fitted`` (its vectors
@@ -111,8 +140,11 @@ class CAV(Estimator):
             ``"signal"``, ``"mass_mean"`` (see module doc).
         pooling: how ``(N, C, H, W)`` activations become vectors before fitting: ``"flatten"``
             (default, ``C*H*W``), ``"max"`` or ``"mean"`` (per channel, ``C``), ``"none"`` (as is:
-            the activations must already be ``(N, D)``). Recorded with the direction and applied
-            again by :meth:`project`.
+            the activations must already be ``(N, D)``); for token activations ``(N, T, D)``
+            the token modes ``"cls"``, ``"last"``, ``"position:K"``, ``"token_mean"``,
+            ``"token_max"``, or ``"mean"``/``"max"`` with an ``attention_mask`` (over unmasked
+            tokens; :mod:`~latentsurgeon.activations.pooling` has the rule). Recorded with the
+            direction and applied again by :meth:`project`.
         filter_method: the linear model whose pattern ``"pattern"`` computes (a filter method).
         C: regularisation of the filters: the weight of the summed loss against the penalty
             (``C`` of svm/logistic, ``1/alpha`` of ridge, ``alpha = 1/(C n)`` of lasso). A list
@@ -138,6 +170,12 @@ class CAV(Estimator):
             held out: see ``test_size``).
         input_shape_: per-sample shape of the activations before pooling.
         threshold_: projection value separating the classes (midpoint of the projected means).
+        mean_difference_cosine_: cosine of ``direction_`` with ``mean_concept_ - mean_clean_``
+            (1 for ``"mass_mean"``); a fit below :data:`ALIGNMENT_WARNING` in absolute value
+            warns (``UserWarning``): such a direction does not follow the concept. Filters are
+            fitted on activations standardised with a variance floor (see
+            :mod:`~latentsurgeon.concepts.cav_fitting`), so a near-constant dimension cannot take
+            the direction.
 
     Raises (in ``fit``):
         InvalidParameterError: a parameter outside what it accepts; labels other than 0/1.
@@ -146,7 +184,7 @@ class CAV(Estimator):
 
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "method": Options(METHODS),
-        "pooling": Options(POOLINGS),
+        "pooling": PoolingOption(),
         "filter_method": Options(FILTERS),
         "C": [_PositiveNumbers(), Options(["grid"])],
         "test_size": Interval(float, 0, 1, closed="neither"),
@@ -174,13 +212,16 @@ class CAV(Estimator):
         self.zero_direction = zero_direction
 
     # -- fitting ---------------------------------------------------------------------------------
-    def _vectors(self, activations: torch.Tensor) -> torch.Tensor:
-        """``(N, ...)`` activations -> ``(N, D)`` float64 pooled vectors."""
+    def _vectors(self, activations: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, ...)`` activations -> ``(N, D)`` float64 pooled vectors (the pooling rule of
+        :mod:`~latentsurgeon.activations.pooling`, with ``attention_mask`` for tokens)."""
         if self.pooling == "none" and activations.dim() > 2:
             raise ShapeMismatchError(
                 "A CAV needs one vector per sample: use pooling='flatten', 'max' or 'mean' for "
                 f"activations of shape {tuple(activations.shape)}.")
-        return pool(activations.double(), self.pooling).reshape(len(activations), -1)
+        mask = None if attention_mask is None else _as_tensor(attention_mask, "attention_mask")
+        return pool(activations.double(), self.pooling, mask).reshape(len(activations), -1)
 
     def _set_state(self, fitted: FittedDirection, input_shape: tuple[int, ...],
                    dtype: torch.dtype) -> None:
@@ -190,6 +231,8 @@ class CAV(Estimator):
         self.threshold_ = fitted.threshold
         self.scores_ = fitted.scores
         self.input_shape_ = list(input_shape)
+        self.mean_difference_cosine_ = mean_difference_cosine(
+            fitted.direction, fitted.mean_clean, fitted.mean_concept)
 
     def _fit_rows(self, X: torch.Tensor, y: torch.Tensor, train: torch.Tensor,
                   input_shape: tuple[int, ...], dtype: torch.dtype) -> CAV:
@@ -198,10 +241,11 @@ class CAV(Estimator):
                                    C=self.C, seeds=[self.seed],
                                    zero_direction=self.zero_direction)
         self._set_state(fitted, input_shape, dtype)
+        warn_if_orthogonal(self.mean_difference_cosine_, self.method)
         return self
 
     def fit(self, activations: Any, labels: Any, *, sample_mask: Any = None,
-            layer: str | None = None) -> CAV:
+            layer: str | None = None, attention_mask: Any = None) -> CAV:
         """Fit the direction.
 
         Args:
@@ -212,6 +256,9 @@ class CAV(Estimator):
             sample_mask: ``(N,)`` bool, fit only on these samples (e.g. ``class_labels == k`` to
                 fit within the class the concept co-occurs with).
             layer: the store layer to read when ``activations`` is a store.
+            attention_mask: ``(N, T)`` token mask of ``(N, T, D)`` activations (1 = token, 0 =
+                padding): ``"mean"``/``"max"`` then pool over the unmasked tokens, ``"last"``
+                reads the last unmasked one (see :mod:`~latentsurgeon.activations.pooling`).
 
         Returns:
             self
@@ -228,6 +275,8 @@ class CAV(Estimator):
                 raise ShapeMismatchError(
                     f"sample_mask has {len(keep)} entries, activations {len(acts)} samples.")
             acts, y = acts[keep], y[keep]
+            if attention_mask is not None:
+                attention_mask = _as_tensor(attention_mask, "attention_mask")[keep]
         check_finite(acts, "activations")
         present = sorted(set(torch.unique(y).tolist()))
         if present != [0, 1]:
@@ -235,7 +284,7 @@ class CAV(Estimator):
                 f"A CAV needs both concept (1) and concept-free (0) samples; got labels {present}.")
         if min(int((y == 0).sum()), int((y == 1).sum())) < 2:
             raise LatentSurgeonError("Each group needs at least 2 samples to fit a CAV.")
-        X = self._vectors(acts)
+        X = self._vectors(acts, attention_mask)
         if self.method == "mass_mean" and not can_hold_out(y, self.test_size):
             # A closed form needs no validation split to exist: fit on every sample and report
             # the held-out score as unavailable rather than refusing a tiny set.
@@ -269,26 +318,30 @@ class CAV(Estimator):
                               tuple(a1.shape[1:]), _state_dtype(a1))
 
     # -- use -------------------------------------------------------------------------------------
-    def pooled(self, activations: Any) -> torch.Tensor:
+    def pooled(self, activations: Any, *, attention_mask: Any = None) -> torch.Tensor:
         """Pool activations ``(N, *input_shape_)`` as at fit time -> ``(N, D)`` in the dtype of
-        ``direction_``."""
+        ``direction_`` (token activations of another length ``T`` pool into the same space)."""
         self._check_fitted()
         acts = _as_tensor(activations, "activations") if not isinstance(activations, torch.Tensor) \
             else activations
-        if list(acts.shape[1:]) != list(self.input_shape_):
+        mask = None if attention_mask is None else _as_tensor(attention_mask, "attention_mask")
+        x = None
+        if same_pooled_space(acts.shape[1:], self.input_shape_, self.pooling):
+            x = pool(acts.to(self.direction_.dtype), self.pooling, mask).reshape(len(acts), -1)
+        if x is None or x.shape[1] != self.direction_.numel():
             raise ShapeMismatchError(
                 f"The CAV was fitted on activations of per-sample shape {tuple(self.input_shape_)}, "
                 f"got {tuple(acts.shape[1:])}.")
-        return pool(acts.to(self.direction_.dtype), self.pooling).reshape(len(acts), -1)
+        return x
 
-    def project(self, activations: Any) -> torch.Tensor:
+    def project(self, activations: Any, *, attention_mask: Any = None) -> torch.Tensor:
         """Scalar projection of each sample on the direction: ``(N, ...) -> (N,)``."""
-        x = self.pooled(activations)
+        x = self.pooled(activations, attention_mask=attention_mask)
         return x @ self.direction_.to(x.device)
 
-    def predict(self, activations: Any) -> torch.Tensor:
+    def predict(self, activations: Any, *, attention_mask: Any = None) -> torch.Tensor:
         """Concept present (True) where the projection exceeds ``threshold_``: ``(N,)`` bool."""
-        return self.project(activations) > self.threshold_
+        return self.project(activations, attention_mask=attention_mask) > self.threshold_
 
     def cosine(self, other: Any) -> float:
         """Cosine similarity of ``direction_`` with another CAV or a vector ``(D,)``."""

@@ -25,9 +25,14 @@ A ``"mass_mean"`` CAV of a set too small to split (2 + 2 samples; see :func:`can
 its training part spanning every row and its held-out scores NaN ("unavailable"). A zero
 direction (coinciding class means) raises unless ``zero_direction="keep"``.
 
-Filters are fitted on standardised activations (``(a - mean) / (std + 1e-8)``) and mapped back
-to activation coordinates. Every direction is normalised to unit length and oriented so that the
-concept's rows project higher.
+Filters are fitted on standardised activations (``(a - mean) / (max(std, floor) + 1e-8)``) and
+mapped back to activation coordinates. The **variance floor** is ``SD_FLOOR`` (1e-3) times the
+layer's typical scale (the root mean variance over its dimensions): a dimension that is nearly
+constant (a standard deviation of 1e-9 beside dimensions of 1e-1) is not blown up to unit variance,
+where its tiny noise could separate the classes and take the whole direction while the real
+concept dimension gets none (mapped back, such a weight is divided by that 1e-9 once more).
+Dimensions above the floor are standardised exactly as before. Every direction is normalised to
+unit length and oriented so that the concept's rows project higher.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from sklearn.svm import LinearSVC
 from latentsurgeon.concepts.newton import newton_dual, newton_primal
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, NonFiniteError
 
-__all__ = ["FILTERS", "GRID", "METHODS", "ZERO_DIRECTION", "FittedDirection", "Problem",
+__all__ = ["FILTERS", "GRID", "METHODS", "SD_FLOOR", "ZERO_DIRECTION", "FittedDirection", "Problem",
            "can_hold_out", "fit_directions", "held_out_split", "paired_split"]
 
 METHODS = ("svm", "logistic", "ridge", "lasso", "pattern", "signal", "mass_mean")
@@ -62,6 +67,9 @@ FILTERS = ("svm", "logistic", "ridge", "lasso")
 GRID = tuple(10.0 ** k for k in range(-5, 5))
 _NEWTON_LOSS = {"logistic": "logistic", "ridge": "squared"}
 _EPS = 1e-8  # added to the standard deviation, as the scikit-learn path always did
+#: Standard deviations below this share of the layer's typical scale (root mean variance) are
+#: raised to it before standardising (see the module doc).
+SD_FLOOR = 1e-3
 #: Newton is used while the smaller side of a problem (rows or dimensions) is at most this; its
 #: cost grows with that side squared (Gram or Hessian) and cubed (the solve).
 NEWTON_MAX_SIDE = 2048
@@ -148,12 +156,15 @@ def _balanced(y: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
 
 def _standardise_(X: torch.Tensor, scratch: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise ``X`` by its own rows, in place: ``(X - mu) / (sd + 1e-8)`` with the
-    population ``sd``; returns ``(mu, sd + 1e-8)``. ``scratch``: a buffer of ``X``'s shape."""
+    """Standardise ``X`` by its own rows, in place: ``(X - mu) / (max(sd, floor) + 1e-8)`` with
+    the population ``sd`` and ``floor = SD_FLOOR * sqrt(mean(sd^2))`` (the layer's typical
+    scale); returns ``(mu, max(sd, floor) + 1e-8)``. ``scratch``: a buffer of ``X``'s shape."""
     mu = X.mean(0)
     X.sub_(mu)
     squares = torch.mul(X, X, out=scratch) if scratch is not None else X * X
-    sd = squares.mean(0).sqrt_().add_(_EPS)
+    variance = squares.mean(0)
+    floor = SD_FLOOR * float(variance.mean().sqrt())
+    sd = variance.sqrt_().clamp_(min=floor).add_(_EPS)
     X.div_(sd)
     return mu, sd
 

@@ -11,7 +11,13 @@ change of the activation that moves its pooled vector by ``v``:
 * ``"flatten"``: ``lift(v) = v`` reshaped, so ``S_v(x) = grad.flatten() @ v``;
 * ``"mean"``: ``v_c`` added at every position of channel ``c``;
 * ``"max"``: ``v_c`` added at the position of channel ``c``'s maximum (the only place where a
-  small change moves the maximum).
+  small change moves the maximum);
+* token activations ``(N, T, D)`` (see :mod:`~latentsurgeon.activations.pooling` for when they
+  count as tokens): ``v`` at every unmasked token for the mean, at the pooled token for
+  ``"cls"``/``"last"``/``"position:K"``. The batch's attention mask is the one pooling uses.
+
+The lift is :func:`latentsurgeon.activations.pooling.lift`: pooling and its gradient follow one
+rule.
 
 It is computed by inserting a zero offset ``lift(delta)`` into the layer's output (the model
 access's :meth:`~latentsurgeon.activations.access.ModelAccess.offsets`) and differentiating the
@@ -31,8 +37,13 @@ import torch
 from torch import nn
 
 from latentsurgeon.activations.access import ModelAccess
-from latentsurgeon.activations.batching import DataLike, batch_inputs, iter_batches
-from latentsurgeon.activations.pooling import check_pooling
+from latentsurgeon.activations.batching import (
+    DataLike,
+    attention_mask_of,
+    batch_inputs,
+    iter_batches,
+)
+from latentsurgeon.activations.pooling import check_pooling, lift, pooled_dim, same_pooled_space
 from latentsurgeon.concepts._activations import finite
 from latentsurgeon.concepts.cav import CAV
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
@@ -40,26 +51,6 @@ from latentsurgeon.hooks import preserve_model_state, select_logits
 
 __all__ = ["check_target", "common_pooling", "directional_derivatives", "directions",
            "gradients_and_target", "n_outputs", "pooled_gradients"]
-
-
-def _pooled_dim(acts: torch.Tensor, pooling: str) -> int:
-    if acts.dim() <= 2 or pooling in ("flatten", "none"):
-        return int(np.prod(acts.shape[1:]))
-    return int(acts.shape[1])
-
-
-def _lift(acts: torch.Tensor, delta: torch.Tensor, pooling: str) -> torch.Tensor:
-    """The smallest change of ``acts (N, C, *spatial)`` that moves ``pool(acts)`` by
-    ``delta (N, D)`` (see the module doc)."""
-    if acts.dim() <= 2 or pooling in ("flatten", "none"):
-        return delta.reshape(acts.shape)
-    view = delta.reshape(*delta.shape, *([1] * (acts.dim() - 2)))
-    if pooling == "mean":
-        return view.expand_as(acts)
-    # max: only the arg-max position moves a channel's maximum (first one on ties, like argmax).
-    flat = acts.detach().flatten(2)
-    onehot = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
-    return onehot.view_as(acts) * view
 
 
 def n_outputs(output: Any, head: str | int | None) -> int:
@@ -112,7 +103,9 @@ def pooled_gradients(
         inputs: the inputs ``(N, ...)`` (anything ``iter_batches`` reads).
         target: the output index (negative counts from the end); checked against the model's
             number of outputs on the first batch.
-        pooling: ``"flatten"``, ``"max"``, ``"mean"`` (or ``"none"`` for ``(N, D)`` layers).
+        pooling: a mode of :mod:`~latentsurgeon.activations.pooling` (``"none"`` for ``(N, D)``
+            layers); a dict batch's ``attention_mask`` is handed to it, as when the CAVs'
+            activations were read.
         head: where the logits are in a tuple/dict output (see
             :func:`~latentsurgeon.hooks.select_logits`); None refuses an output holding several
             tensors.
@@ -151,24 +144,27 @@ def gradients_and_target(
     layer = access.layer(layer)
     shapes: list[tuple[int, ...]] = []
     dtypes: list[torch.dtype] = []
+    masks: list[torch.Tensor | None] = [None]  # the attention mask of the batch in flight
 
-    def lift(acts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def lift_offset(acts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if pooling == "none" and acts.dim() > 2:
             raise ShapeMismatchError(
                 "TCAV needs one vector per input: use pooling='flatten', 'max' or 'mean' for "
                 f"activations of shape {tuple(acts.shape)}.")
-        delta = torch.zeros(len(acts), _pooled_dim(acts, pooling), dtype=acts.dtype,
+        delta = torch.zeros(len(acts), pooled_dim(acts, pooling, masks[0]), dtype=acts.dtype,
                             device=acts.device, requires_grad=True)
         shapes.append(tuple(acts.shape[1:]))
         dtypes.append(acts.dtype)
-        return delta, _lift(acts, delta, pooling)
+        return delta, lift(acts, delta, pooling, masks[0])
 
     grads: list[torch.Tensor] = []
     checked = False
-    with preserve_model_state(model), access.offsets([layer], lift=lift) as probe:
+    with preserve_model_state(model), access.offsets([layer], lift=lift_offset) as probe:
         model.eval()
         for batch in iter_batches(inputs, batch_size):
-            output = probe.call(finite(batch_inputs(batch), "class inputs"))
+            batch = finite(batch_inputs(batch), "class inputs")
+            masks[0] = attention_mask_of(batch)
+            output = probe.call(batch)
             if not checked:
                 target = check_target(target, n_outputs(output, head))
                 checked = True
@@ -191,7 +187,8 @@ def directions(cavs: Sequence[CAV], dim: int, shape: tuple[int, ...]) -> torch.T
     rows = []
     for cav in cavs:
         cav._check_fitted()
-        if list(cav.input_shape_) != list(shape) or cav.direction_.numel() != dim:
+        if not same_pooled_space(cav.input_shape_, shape, cav.pooling) \
+                or cav.direction_.numel() != dim:
             raise ShapeMismatchError(
                 f"A CAV fitted on activations of per-sample shape {tuple(cav.input_shape_)} "
                 f"(pooling {cav.pooling!r}, {cav.direction_.numel()} dims) does not fit this "

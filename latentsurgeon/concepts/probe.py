@@ -38,7 +38,7 @@ from latentsurgeon.activations.batching import (
     batch_inputs,
     check_batch_size,
 )
-from latentsurgeon.activations.pooling import POOLINGS
+from latentsurgeon.activations.pooling import PoolingOption
 from latentsurgeon.activations.store import ActivationStore
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import resolve_layers
@@ -53,7 +53,7 @@ TASKS = ("classification", "regression")
 _CONSTRAINTS = {
     "task": Options(TASKS),
     "probe_factory": [None, CallableConstraint()],
-    "pooling": [Options(POOLINGS), dict],
+    "pooling": [PoolingOption(), dict],
     "test_size": Interval(float, 0, 1, closed="neither"),
     "seed": [None, Interval(int, 0, None)],
     "progress": bool,
@@ -274,7 +274,10 @@ def probe_layers(
         probe_factory: ``probe_factory(layer_name) -> estimator`` with scikit-learn's
             ``fit(X, y)``/``predict(X)``; default :func:`default_probe`.
         pooling: how conv activations become vectors (``"mean"``, ``"max"``, ``"flatten"``), or
-            a dict per layer; used at extraction.
+            a dict per layer; used at extraction. For token activations ``(N, T, D)`` of dict
+            inputs with an ``attention_mask`` (a tokenizer's output) ``"mean"`` is the mean over
+            unmasked tokens; ``"cls"``, ``"last"``, ``"position:K"``, ``"token_mean"`` are the
+            token modes (:mod:`~latentsurgeon.activations.pooling`).
         test_size: share of samples held out (stratified for classification when possible).
         seed: seeds the split (None: fresh randomness).
         store_path: keep the extracted activations in this store directory (a complete store

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from latentsurgeon.activations.batching import count_samples, n_batches
+from latentsurgeon.activations.pooling import same_pooled_space
 from latentsurgeon.concepts._activations import _layer_activations
 from latentsurgeon.errors import InvalidParameterError, ShapeMismatchError
 
@@ -115,7 +116,7 @@ class RandomSets:
 
             return RandomActivations(rows, [locate(i) for i in self.negatives],
                                      [locate(i) for i in self.positives], shape)
-        parts, offsets, shapes = [], [0], set()
+        parts, offsets, shapes = [], [0], []
         for j, s in enumerate(self.sets):
             size = count_samples(s) if out is not None else None
             target = out[offsets[-1]:offsets[-1] + size] if size is not None else None
@@ -123,9 +124,12 @@ class RandomSets:
                                              what=f"random set {j}", out=target)
             parts.append(acts)
             offsets.append(offsets[-1] + len(acts))
-            shapes.add(shape)
-        if len(shapes) != 1:
-            raise ShapeMismatchError(f"The random sets give activations of shapes {shapes}.")
+            shapes.append(shape)
+        # Sets of padded token batches differ in T; pooled, they share one space.
+        if any(not same_pooled_space(s, shapes[0], pooling) for s in shapes) or \
+                len({p.shape[1] for p in parts}) != 1:
+            raise ShapeMismatchError(
+                f"The random sets give activations of shapes {sorted(set(shapes))}.")
         ranges = [torch.arange(offsets[j], offsets[j + 1]) for j in range(len(self.sets))]
         rows = out if out is not None else torch.cat(parts)
-        return RandomActivations(rows, ranges[1:], ranges[:-1], shapes.pop())
+        return RandomActivations(rows, ranges[1:], ranges[:-1], shapes[0])

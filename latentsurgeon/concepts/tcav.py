@@ -41,9 +41,9 @@ from latentsurgeon.activations.batching import (
     iter_batches,
     n_batches,
 )
-from latentsurgeon.activations.pooling import POOLINGS
+from latentsurgeon.activations.pooling import PoolingOption, same_pooled_space
 from latentsurgeon.concepts._activations import _layer_activations
-from latentsurgeon.concepts.cav import CAV, METHODS, fitted_cav
+from latentsurgeon.concepts.cav import CAV, METHODS, fitted_cav, warn_if_orthogonal
 from latentsurgeon.concepts.cav_fitting import Problem, fit_directions, held_out_split
 from latentsurgeon.concepts.derivatives import (
     check_target,
@@ -67,7 +67,7 @@ _CONSTRAINTS = {
     "layer": str,
     "n_runs": [None, Interval(int, 1, None)],
     "set_size": [None, Interval(int, 2, None)],
-    "pooling": Options(POOLINGS),
+    "pooling": PoolingOption(),
     "method": Options(METHODS),
     "cav_params": [None, dict],
     "test": Options(TESTS),
@@ -299,7 +299,7 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
         acts, concept_shape = _layer_activations(
             model, layer, concept, pooling, batch_size, device, bar, what="concept inputs",
             out=rows[:n_concept] if rows is not None else None)
-        if concept_shape != shape:
+        if not same_pooled_space(concept_shape, shape, pooling) or acts.shape[1] != dim:
             raise ShapeMismatchError(f"Concept inputs give activations of shape {concept_shape}, "
                                      f"the class inputs {shape}.")
         concept_rows = torch.arange(len(acts))
@@ -308,7 +308,7 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
     if sets is not None:
         randoms = sets.activations(model, layer, pooling, batch_size=batch_size, device=device,
                                    bar=bar, out=rows[n_concept:] if rows is not None else None)
-        if randoms.shape != shape:
+        if not same_pooled_space(randoms.shape, shape, pooling) or randoms.rows.shape[1] != dim:
             raise ShapeMismatchError(f"Random inputs give activations of shape {randoms.shape}, "
                                      f"the class inputs {shape}.")
         blocks.append(randoms.rows)
@@ -337,6 +337,11 @@ def _fit_cavs(model: nn.Module, layer: str, concept: Any, given: list[CAV] | Non
         fitted = [fitted_cav({**params, "seed": s}, f, shape, state)
                   for f, s in zip(found, seeds, strict=True)]
     concept_cavs = given if given is not None else fitted[:n_runs]
+    if given is None and concept_cavs:
+        # Random CAVs may point anywhere; the concept's should follow its mean difference.
+        cosines = [abs(c.mean_difference_cosine_) for c in concept_cavs]
+        warn_if_orthogonal(float(np.nanmedian(cosines)) if not all(map(math.isnan, cosines))
+                           else math.nan, params["method"], "tcav(): the median concept CAV")
     if null_given is not None:
         null_cavs = null_given
     elif randoms is not None:

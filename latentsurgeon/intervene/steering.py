@@ -24,7 +24,13 @@ from torch import nn
 from latentsurgeon._aliases import moved
 from latentsurgeon._estimator import Estimator
 from latentsurgeon._validation import Callable, Options, check_finite
-from latentsurgeon.activations.batching import batch_inputs, batch_size_of, iter_batches
+from latentsurgeon.activations.batching import (
+    attention_mask_of,
+    batch_inputs,
+    batch_size_of,
+    iter_batches,
+)
+from latentsurgeon.activations.pooling import pool
 from latentsurgeon.activations.read import LayerReader
 from latentsurgeon.errors import InvalidParameterError, LatentSurgeonError, ShapeMismatchError
 from latentsurgeon.hooks import HookGroup, preserve_model_state, primary_tensor, replace_primary
@@ -41,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 SteerFn = CallableT[[str, torch.Tensor, torch.Tensor, float], torch.Tensor]
 TOKENS = ("mean", "last", "none")
+#: What ``alpha=1`` adds: the fitted (or given) vector itself (``"difference"``: for a fitted
+#: vector, moves the negative mean onto the positive mean), or a step along it as long as a
+#: typical activation of the layer (``"activation_norm"``: ``alpha`` is then a multiple of the
+#: mean norm measured on the fit inputs).
+UNITS = ("difference", "activation_norm")
 
 
 def _check_alpha(alpha: Any) -> float:
@@ -68,18 +79,9 @@ def _check_positions_param(positions: Any) -> Positions:
     )
 
 
-def _attention_mask(batch: Any, activation: torch.Tensor) -> torch.Tensor | None:
-    """The batch's ``attention_mask`` ``(N, T)`` when it lines up with ``(N, T, D)`` activations."""
-    if activation.dim() != 3 or not isinstance(batch, Mapping):
-        return None
-    mask = batch.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(activation.shape[:2]):
-        return mask.to(activation.device)
-    return None
-
-
 def _reduce(activation: torch.Tensor, token: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample vectors from a layer's activation ``(N, ...)``.
+    """Per-sample vectors from a layer's activation ``(N, ...)``, by the pooling rule of
+    :mod:`latentsurgeon.activations.pooling` (a steered 3-D activation is a token sequence).
 
     ``"mean"``: ``(N, T, D) -> (N, D)`` over (unmasked) tokens, ``(N, C, H, W) -> (N, C)`` over
     pixels; ``"last"``: ``(N, T, D) -> (N, D)``, the last (unmasked) token; ``"none"``: as is.
@@ -88,23 +90,26 @@ def _reduce(activation: torch.Tensor, token: str, mask: torch.Tensor | None) -> 
     if token == "none" or activation.dim() <= 2:
         return activation
     if activation.dim() == 3:
-        if token == "mean":
-            if mask is None:
-                return activation.mean(1)
-            weights = mask.to(activation.dtype).unsqueeze(-1)
-            return (activation * weights).sum(1) / weights.sum(1).clamp_min(1)
-        if mask is None:
-            return activation[:, -1]
-        # Last attended position, whichever side the padding is on.
-        t = activation.shape[1]
-        last = t - 1 - mask.ne(0).flip(1).to(torch.int64).argmax(1)
-        return activation[torch.arange(len(activation), device=activation.device), last]
+        return pool(activation, "token_mean" if token == "mean" else "last", mask)
     if token == "last":
         raise ShapeMismatchError(
             f"token='last' needs (N, T, D) sequence activations, got shape "
             f"{tuple(activation.shape)}; use token='mean' (average over positions) or 'none'."
         )
-    return activation.flatten(2).mean(-1)
+    return pool(activation, "mean")
+
+
+def _position_norms(activation: torch.Tensor, token: str,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """Norms of what a steering vector is added to, one per place it is added: the ``D``-vector
+    of every (unmasked) token of ``(N, T, D)``, the ``C``-vector of every pixel of
+    ``(N, C, H, W)``, a row of ``(N, D)``; with ``token="none"`` the whole per-sample tensor."""
+    if token == "none" or activation.dim() <= 2:
+        return activation.reshape(len(activation), -1).norm(dim=1)
+    if activation.dim() == 3:
+        norms = activation.norm(dim=2)                                  # (N, T)
+        return norms[mask != 0] if mask is not None else norms.reshape(-1)
+    return activation.norm(dim=1).reshape(-1)                           # (N * H * W,)
 
 
 def _default_steer(name: str, activation: torch.Tensor, vector: torch.Tensor,
@@ -150,11 +155,25 @@ class SteeringVector(Estimator):
             ``(D,)``/``(C,)`` vectors added at every position/pixel; ``"last"`` takes the last
             (attended) token of ``(N, T, D)``; ``"none"`` keeps the full per-sample shape
             (``(T, D)``, ``(C, H, W)``).
+        units: what ``alpha`` counts. ``"difference"`` (default): ``alpha=1`` adds the vector
+            itself, for a fitted vector the mean difference, which moves the negative inputs'
+            mean activation onto the positive one; that is often a small step next to the
+            spread of single activations (a text model's predictions moved at ``alpha=4``, not
+            at 1), so check :meth:`relative_strength`. ``"activation_norm"``: ``alpha=1`` adds
+            a step along the vector as long as a typical activation of the layer
+            (``activation_norms_``): ``alpha`` is a multiple of the layer's own scale, comparable
+            across layers and models (needs :meth:`fit`).
 
     Learned attributes:
         vectors_: ``{layer name: vector}``, CPU float32; shape ``(D,)``, ``(C,)`` or per-sample.
         n_positive_, n_negative_: number of samples the means were taken over (0 when the vector
             was given with :meth:`from_vector`).
+        vector_norms_: ``{layer name: ||vector||}``.
+        activation_norms_: ``{layer name: typical activation norm}``: the mean norm, over the fit
+            inputs (positive and negative), of what a vector is added to: each unmasked token's
+            ``D``-vector of ``(N, T, D)``, each pixel's ``C``-vector of ``(N, C, H, W)``, each row
+            of ``(N, D)``, the whole per-sample tensor with ``token="none"``. Empty for a vector
+            given with :meth:`from_vector`.
 
     Example::
 
@@ -170,16 +189,20 @@ class SteeringVector(Estimator):
         steer_fn: SteerFn | None = None,
         positions: Positions = None,
         token: str = "mean",
+        *,
+        units: str = "difference",
     ) -> None:
         self.layers = layers
         self.alpha = alpha
         self.steer_fn = steer_fn
         self.positions = positions
         self.token = token
+        self.units = units
 
     # -- construction ----------------------------------------------------------------------------
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "token": Options(TOKENS),
+        "units": Options(UNITS),
         "steer_fn": [None, Callable()],
     }
 
@@ -200,6 +223,8 @@ class SteeringVector(Estimator):
         what: str,
     ) -> tuple[dict[str, torch.Tensor], int]:
         sums: dict[str, torch.Tensor] = {}
+        norm_sums: dict[str, float] = {}
+        norm_counts: dict[str, int] = {}
         count = 0
         # The one read path: early exit after the last steered layer, true outputs whatever runs
         # later, the model's device and dtype.
@@ -215,7 +240,14 @@ class SteeringVector(Estimator):
                             f"Layer {name!r} produced {act.shape[0]} rows for {n} samples: it runs "
                             "more than once per forward pass; steer a layer that runs once."
                         )
-                    per_sample = _reduce(act, self.token, _attention_mask(batch, act))
+                    mask = attention_mask_of(batch)
+                    if mask is not None and (act.dim() != 3
+                                             or tuple(mask.shape) != tuple(act.shape[:2])):
+                        mask = None  # the mask of other tokens (or of no token layer)
+                    per_sample = _reduce(act, self.token, mask)
+                    norms = _position_norms(act, self.token, mask).to(torch.float64)
+                    norm_sums[name] = norm_sums.get(name, 0.0) + float(norms.sum())
+                    norm_counts[name] = norm_counts.get(name, 0) + norms.numel()
                     total = per_sample.to(torch.float64).sum(0).cpu()
                     if name in sums and sums[name].shape != total.shape:
                         raise ShapeMismatchError(
@@ -228,6 +260,7 @@ class SteeringVector(Estimator):
                 count += n
         if count == 0:
             raise LatentSurgeonError(f"The {what} inputs yielded no samples.")
+        self._norm_parts.append((norm_sums, norm_counts))
         return {name: s / count for name, s in sums.items()}, count
 
     def fit(
@@ -262,6 +295,7 @@ class SteeringVector(Estimator):
                                      "use SteeringVector.from_vector to give a vector directly.")
         names = list(resolve_layers(model, self.layers))
         run = {"forward_fn": forward_fn, "batch_size": batch_size, "device": device}
+        self._norm_parts: list[tuple[dict[str, float], dict[str, int]]] = []
         with preserve_model_state(model), torch.no_grad():
             model.eval()  # dropout would add noise to the means
             pos, n_pos = self._mean_activations(model, positive_inputs, names, what="positive",
@@ -284,6 +318,18 @@ class SteeringVector(Estimator):
         self.vectors_ = vectors
         self.n_positive_ = n_pos
         self.n_negative_ = n_neg
+        parts = self._norm_parts
+        del self._norm_parts
+        # the typical activation norm over both sets, every place a vector is added
+        self.activation_norms_ = {
+            name: sum(p[0][name] for p in parts) / max(sum(p[1][name] for p in parts), 1)
+            for name in names}
+        self.vector_norms_ = {name: float(v.norm()) for name, v in vectors.items()}
+        for name in names:
+            logger.info("steering vector at %s: norm %.4g, typical activation norm %.4g "
+                        "(alpha=1 adds %.3g of it)", name, self.vector_norms_[name],
+                        self.activation_norms_[name],
+                        self.vector_norms_[name] / max(self.activation_norms_[name], 1e-30))
         return self
 
     @classmethod
@@ -319,6 +365,8 @@ class SteeringVector(Estimator):
                         for k, v in vectors.items()}
         obj.n_positive_ = 0
         obj.n_negative_ = 0
+        obj.vector_norms_ = {k: float(v.norm()) for k, v in obj.vectors_.items()}
+        obj.activation_norms_ = {}  # not measured: no inputs were seen
         return obj
 
     # -- use -------------------------------------------------------------------------------------
@@ -342,6 +390,7 @@ class SteeringVector(Estimator):
         positions = _check_positions_param(self.positions)
         steer = self.steer_fn or _default_steer
         on_device: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        vectors = self._vectors_in_units()
 
         def steer_hook(name: str, module: nn.Module, inputs: tuple, output: Any) -> Any:
             if strength == 0.0:
@@ -349,7 +398,7 @@ class SteeringVector(Estimator):
             activation = primary_tensor(output)
             key = (name, activation.device, activation.dtype)
             if key not in on_device:
-                on_device[key] = self.vectors_[name].to(activation.device, activation.dtype)
+                on_device[key] = vectors[name].to(activation.device, activation.dtype)
             vector = on_device[key]
             if positions is not None:
                 check_positions(positions, activation, f"SteeringVector at layer {name!r}")
@@ -372,6 +421,47 @@ class SteeringVector(Estimator):
         group = HookGroup()
         group.forward(model, list(self.vectors_), steer_hook, prepend=True)
         return group
+
+    def _vectors_in_units(self) -> dict[str, torch.Tensor]:
+        """What ``alpha=1`` adds per layer (see ``units``)."""
+        if self.units == "difference":
+            return self.vectors_
+        norms = getattr(self, "activation_norms_", {})
+        missing = [name for name in self.vectors_ if name not in norms]
+        if missing:
+            raise LatentSurgeonError(
+                "units='activation_norm' counts alpha in typical activation norms, measured by "
+                f"fit on its inputs; no norm is known for {missing} (a vector given with "
+                "from_vector): fit the vector, or use units='difference'.")
+        out = {}
+        for name, vector in self.vectors_.items():
+            length = float(vector.norm())
+            if length == 0:
+                raise LatentSurgeonError(
+                    f"The steering vector at layer {name!r} is zero; it has no direction to "
+                    "take a step of the typical activation norm along.")
+            out[name] = vector * (norms[name] / length)
+        return out
+
+    def relative_strength(self, alpha: float | None = None) -> dict[str, float]:
+        """``{layer: ||alpha * added vector|| / typical activation norm}``: how large a step
+        ``alpha`` (default ``self.alpha``) takes next to the layer's own activations (1.0: as
+        long as a typical activation). With ``units="activation_norm"`` this is ``|alpha|``.
+
+        Raises:
+            LatentSurgeonError: a vector given with :meth:`from_vector` (no norm measured).
+        """
+        self._check_fitted()
+        strength = _check_alpha(self.alpha if alpha is None else alpha)
+        norms = getattr(self, "activation_norms_", {})
+        missing = [name for name in self.vectors_ if name not in norms]
+        if missing:
+            raise LatentSurgeonError(
+                f"No typical activation norm is known for {missing} (a vector given with "
+                "from_vector); fit the vector on inputs to measure it.")
+        vectors = self._vectors_in_units()
+        return {name: abs(strength) * float(v.norm()) / max(norms[name], 1e-30)
+                for name, v in vectors.items()}
 
     @contextmanager
     @moved(("model", "alpha"))
@@ -424,6 +514,8 @@ class ActivationAddition(SteeringVector):
         steer_fn: SteerFn | None = None,
         positions: Positions = None,
         token: str = "none",
+        *,
+        units: str = "difference",
     ) -> None:
         super().__init__(layers=layers, alpha=alpha, steer_fn=steer_fn, positions=positions,
-                         token=token)
+                         token=token, units=units)

@@ -176,3 +176,52 @@ def test_can_hold_out_is_the_condition_held_out_split_refuses(labels, test_size,
     else:
         with pytest.raises(InvalidParameterError, match="test_size"):
             held_out_split(y, test_size, seed=0)
+
+
+# -- the variance floor ----------------------------------------------------------------------------
+def _noise_dimension_data(seed: int, n: int = 200, d: int = 10):
+    """The issue's synthetic case: dimension 0 carries the concept (overlapping classes, scale
+    0.1); dimension 9 is near-constant (5 + 1e-9 noise) and its tiny noise separates the classes
+    perfectly. Without a floor, standardising blows dimension 9 up to unit variance and the
+    filter puts all its weight there."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.1
+    X[:, 0] += 0.1 * y
+    X[:, 9] = 5.0 + 1e-9 * (y - 0.5) + 1e-10 * torch.randn(n, generator=g, dtype=torch.float64)
+    return X, y
+
+
+@pytest.mark.parametrize("method", ["logistic", "ridge", "svm"])
+def test_a_near_constant_dimension_does_not_take_the_direction(method):
+    cosines = []
+    for seed in range(4):  # seeds not tuned on: the floor is a fixed 1e-3 of the layer's scale
+        X, y = _noise_dimension_data(seed)
+        cav = CAV(method, "none").fit(X, y)
+        cosines.append(cav.mean_difference_cosine_)
+        assert int(cav.direction_.abs().argmax()) == 0
+        assert abs(float(cav.direction_[9])) < 0.2
+    assert float(np.mean(cosines)) > 0.9
+
+
+def test_without_the_floor_the_noise_dimension_wins_and_the_cav_warns(monkeypatch):
+    monkeypatch.setattr(cav_fitting, "SD_FLOOR", 0.0)
+    X, y = _noise_dimension_data(0)
+    with pytest.warns(UserWarning, match="nearly orthogonal to the difference of the class means"):
+        cav = CAV("logistic", "none").fit(X, y)
+    assert int(cav.direction_.abs().argmax()) == 9
+    assert abs(cav.mean_difference_cosine_) < 1e-3
+
+
+def test_the_floor_leaves_ordinary_dimensions_bit_identical():
+    X = torch.from_numpy(_problem_data(60, 8, 0)[0])
+    Z = X.clone()
+    mu, sd = cav_fitting._standardise_(Z)
+    plain = ((X - X.mean(0)) ** 2).mean(0).sqrt() + 1e-8  # the computation before the floor
+    assert torch.equal(sd, plain)
+    torch.testing.assert_close(Z, (X - mu) / plain, rtol=0, atol=1e-12)
+    # a constant and a near-constant dimension are raised to the floor, not divided by ~0
+    X[:, 0], X[:, 1] = 3.0, 3.0 + 1e-12 * torch.arange(60)
+    _, sd = cav_fitting._standardise_(X.clone())
+    typical = float(X.var(0, unbiased=False).mean().sqrt())
+    assert float(sd[0]) == float(sd[1]) == pytest.approx(cav_fitting.SD_FLOOR * typical + 1e-8)

@@ -14,9 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from latentsurgeon.activations import capture, pool
+from latentsurgeon.activations.pooling import lift as _lift
 from latentsurgeon.concepts import CAV, TCAVResult, tcav
 from latentsurgeon.concepts.derivatives import (
-    _lift,
     directional_derivatives,
     pooled_gradients,
 )

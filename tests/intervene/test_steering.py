@@ -350,3 +350,80 @@ def test_a_positional_alpha_still_steers_with_a_warning():
     with torch.no_grad():
         assert torch.equal(model(x), new)
     handle.remove()
+
+
+# -- what alpha counts -----------------------------------------------------------------------------
+class MaskedText(nn.Module):
+    """input_ids + attention_mask -> block (N, T, 6) -> masked mean -> 2 logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(16, 6)
+        self.block = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.tanh(self.block(self.emb(input_ids)))
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+def _prompts(seed: int, n: int, low: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, low + 8, (n, 7), generator=g)
+    lengths = torch.randint(3, 8, (n,), generator=g)
+    mask = (torch.arange(7)[None] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def test_activation_norms_are_the_mean_norm_at_unmasked_tokens():
+    model = MaskedText()
+    pos, neg = _prompts(0, 10, 0), _prompts(1, 12, 8)
+    sv = SteeringVector("block").fit(model, pos, neg, batch_size=4)
+    with torch.no_grad():
+        norms = [model.block(model.emb(p["input_ids"])).norm(dim=2)[p["attention_mask"] != 0]
+                 for p in (pos, neg)]
+    expected = float(torch.cat(norms).double().mean())
+    assert sv.activation_norms_["block"] == pytest.approx(expected, rel=1e-6)
+    assert sv.vector_norms_["block"] == pytest.approx(float(sv.vectors_["block"].norm()))
+    # the fitted vector is the attention-masked mean difference (padding never counts)
+    with torch.no_grad():
+        means = [torch.stack([model.block(model.emb(p["input_ids"][i:i + 1,
+                              :int(p["attention_mask"][i].sum())]))[0].mean(0)
+                              for i in range(len(p["input_ids"]))]).mean(0) for p in (pos, neg)]
+    torch.testing.assert_close(sv.vectors_["block"], means[0] - means[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 3.0])
+def test_units_activation_norm_takes_a_step_of_alpha_typical_norms(alpha):
+    model = MaskedText()
+    pos, neg = _prompts(0, 10, 0), _prompts(1, 12, 8)
+    diff = SteeringVector("block", alpha=alpha).fit(model, pos, neg)
+    scaled = SteeringVector("block", alpha=alpha, units="activation_norm").fit(model, pos, neg)
+    typical = scaled.activation_norms_["block"]
+    with torch.no_grad(), capture(model, "block") as cap:
+        model(**neg)
+    with torch.no_grad(), scaled.applied(model), capture(model, "block") as steered:
+        model(**neg)
+    step = steered["block"] - cap["block"]                                  # (N, T, 6)
+    torch.testing.assert_close(step.norm(dim=2), torch.full(step.shape[:2], alpha * typical),
+                               rtol=1e-4, atol=1e-5)
+    unit = diff.vectors_["block"] / diff.vectors_["block"].norm()
+    torch.testing.assert_close(step[0, 0] / step[0, 0].norm(), unit, rtol=1e-4, atol=1e-5)
+    assert scaled.relative_strength() == {"block": pytest.approx(alpha)}
+    # in the default units alpha=1 is the mean difference: its size next to an activation
+    ratio = diff.vector_norms_["block"] / diff.activation_norms_["block"]
+    assert diff.relative_strength(1.0) == {"block": pytest.approx(ratio)}
+    assert diff.relative_strength() == {"block": pytest.approx(alpha * ratio)}
+
+
+def test_units_survive_save_and_load(tmp_path):
+    model = MaskedText()
+    sv = SteeringVector("block", alpha=2.0, units="activation_norm").fit(
+        model, _prompts(0, 6, 0), _prompts(1, 6, 8))
+    sv.save(tmp_path / "sv")
+    back = SteeringVector.load(tmp_path / "sv")
+    assert back.units == "activation_norm"
+    assert back.activation_norms_ == pytest.approx(sv.activation_norms_)
+    assert back.relative_strength() == pytest.approx(sv.relative_strength())
