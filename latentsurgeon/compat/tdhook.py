@@ -469,6 +469,20 @@ class HookedModule:
 
 
 # -- hook adapters: tdhook's callback arguments from our hook functions ----------------------------
+def _register_all(model: nn.Module, names: Mapping[str, str], directions: Sequence[str],
+                  deliver: Callable[..., None]) -> HookGroup:
+    """One :class:`HookGroup` with ``deliver`` registered in every direction (all or none: a
+    failure removes what was registered)."""
+    group = HookGroup()
+    try:
+        for direction in directions:
+            _register(group, model, names, direction, deliver)
+    except BaseException:
+        group.remove()
+        raise
+    return group
+
+
 def _register(group: HookGroup, model: nn.Module, names: Mapping[str, str], direction: str,
               deliver: Callable[..., None]) -> None:
     """Register ``deliver(key, direction, **tdhook_params)`` for each ``{key: name}`` in
@@ -573,14 +587,7 @@ class ActivationCaching(_KeyPatternFactory):
                     "TensorDict.")
             _set(context.cache, where, value)
 
-        group = HookGroup()
-        try:
-            for direction in self._directions:
-                _register(group, context.module, names, direction, deliver)
-        except BaseException:
-            group.remove()
-            raise
-        return group
+        return _register_all(context.module, names, self._directions, deliver)
 
     def _run(self, context: HookingContext, data: Any) -> Any:
         result = context._forward(data)
@@ -645,14 +652,7 @@ class Probing(_KeyPatternFactory):
         def deliver(key: str, direction: str, **params: Any) -> None:
             probes[key, direction].step(params[_VALUE[direction]], **self._extra)
 
-        group = HookGroup()
-        try:
-            for direction in self._directions:
-                _register(group, context.module, names, direction, deliver)
-        except BaseException:
-            group.remove()
-            raise
-        return group
+        return _register_all(context.module, names, self._directions, deliver)
 
     def _run(self, context: HookingContext, data: Any) -> Any:
         if self._additional_keys is not None:

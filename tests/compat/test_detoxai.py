@@ -451,3 +451,10 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = run_section("detoxai")
     assert hook_count(namespace["model"]) == 0
+
+
+def test_the_base_corrector_is_abstract_as_in_detoxai():
+    from latentsurgeon.compat.detoxai.clarc import CLARC
+
+    with pytest.raises(TypeError, match="abstract"):
+        CLARC(torch.nn.Linear(2, 2), "base", "cpu")

@@ -9,6 +9,7 @@ batches, ``artifact_labels`` 0/1 with 1 = artifact present (detoxai's "protected
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 import sys
@@ -120,7 +121,7 @@ def unwrap_model(model: Any, device: Any, owner: str) -> tuple[nn.Module, nn.Mod
     return model.to(where), None
 
 
-class CLARC:
+class CLARC(abc.ABC):
     """detoxai's ClArC corrector: ``extract_activations`` -> ``compute_cavs`` ->
     ``apply_model_correction`` (in :class:`~latentsurgeon.compat.detoxai.PCLARC`,
     :class:`~latentsurgeon.compat.detoxai.ACLARC`, :class:`~latentsurgeon.compat.detoxai.RRCLARC`).
@@ -253,8 +254,10 @@ class CLARC:
                                mean_concept_=self.mean_act_a[layer].reshape(-1).cpu(),
                                pooling="flatten")
 
+    @abc.abstractmethod
     def apply_model_correction(self, cav_layers: list[str], *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError
+        """Correct the model at ``cav_layers`` (each corrector's own way; detoxai's base class
+        is abstract too, so ``CLARC(...)`` itself cannot be built)."""
 
 
 def _cav_recipe(cav_type: Any, owner: str) -> dict[str, Any]:
